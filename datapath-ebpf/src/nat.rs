@@ -1,0 +1,149 @@
+//! Source NAT mappings: find the mapping of a flow, or create one with a free external port.
+//!
+//! A mapping is two entries: `NAT_OUT[original tuple]` and `NAT_IN[reply tuple]`. The reply
+//! entry is created first with `BPF_NOEXIST`, which atomically reserves the external port for
+//! that destination (so one external port serves many destinations, like MASQUERADE); the
+//! original entry follows, and the reply entry is rolled back if that fails.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use bpfnat_common::{
+    Counter, FlowKey, NatConfig, NatEntry, IPPROTO_ICMP, NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED,
+    PORT_ALLOC_TRIES,
+};
+
+use crate::{
+    maps::{CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT},
+    stats::count,
+};
+
+const EEXIST: i32 = 17;
+
+/// The configuration, if the datapath has been told its external address.
+#[inline(always)]
+pub fn config() -> Option<NatConfig> {
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.external_addr != 0 => Some(*cfg),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+pub fn is_internal(addr: u32) -> bool {
+    INTERNAL_NETS.get(&Key::new(32, addr)).is_some()
+}
+
+/// Record one packet of `len` bytes on an entry. Several CPUs may carry the same flow, so
+/// the counters use atomic adds; `last_seen_ns` is a plain store (any recent value will do).
+#[inline(always)]
+pub fn touch(entry: *mut NatEntry, len: u32) {
+    unsafe {
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        // The BPF target has no compare-and-swap, so core's atomics lack fetch_add; the
+        // intrinsic lowers to the BPF atomic add instruction (the result is unused, so no
+        // fetch variant is needed).
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).bytes, len as u64);
+    }
+}
+
+/// Ports an outbound flow may be given, inclusive, host byte order.
+#[inline(always)]
+fn port_range(proto: u8, original: u16, cfg: &NatConfig) -> (u32, u32) {
+    if proto == IPPROTO_ICMP {
+        // Echo identifiers have no classes; any 16-bit value is fine.
+        return (0, 65535);
+    }
+    if cfg.port_min != 0 {
+        return (cfg.port_min as u32, cfg.port_max as u32);
+    }
+    // MASQUERADE keeps a port in its class so privileged-port semantics survive the NAT.
+    match original {
+        0..=511 => (1, 511),
+        512..=1023 => (600, 1023),
+        _ => (1024, 65535),
+    }
+}
+
+/// Try to reserve `reply` for this mapping. `Ok(false)`: another mapping holds it.
+#[inline(always)]
+fn claim(reply: &FlowKey, inbound: &NatEntry) -> Result<bool, Counter> {
+    match NAT_IN.insert(reply, inbound, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(true),
+        Err(e) if e == -EEXIST => Ok(false),
+        // -E2BIG / -ENOMEM: the table is full.
+        Err(_) => Err(Counter::DropTableFull),
+    }
+}
+
+/// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
+#[inline(always)]
+pub fn create_mapping(key: &FlowKey, cfg: &NatConfig) -> Result<*mut NatEntry, Counter> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let original_port = u16::from_be(key.src_port);
+    let (lo, hi) = port_range(key.proto, original_port, cfg);
+
+    let mut reply = FlowKey::new(key.dst_addr, cfg.external_addr, key.dst_port, key.src_port, key.proto);
+    let inbound = NatEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        addr: key.src_addr,
+        port: key.src_port,
+        ..NatEntry::default()
+    };
+
+    let in_range = (original_port as u32) >= lo && (original_port as u32) <= hi;
+    let mut claimed = in_range && claim(&reply, &inbound)?;
+    if !claimed {
+        let span = hi.wrapping_sub(lo).wrapping_add(1);
+        if span == 0 || hi < lo {
+            // Unreachable with a validated configuration; also proves to the compiler that
+            // the modulo below cannot divide by zero (a panic path the verifier would reject).
+            return Err(Counter::DropNoPort);
+        }
+        let mut tries = 0;
+        while tries < PORT_ALLOC_TRIES {
+            count(Counter::PortRetries);
+            let port = lo + unsafe { bpf_get_prandom_u32() } % span;
+            reply.dst_port = (port as u16).to_be();
+            if claim(&reply, &inbound)? {
+                claimed = true;
+                break;
+            }
+            tries += 1;
+        }
+    }
+    if !claimed {
+        return Err(Counter::DropNoPort);
+    }
+
+    let mut flags = NAT_FLAG_ORIGINAL;
+    if reply.dst_port != key.src_port {
+        flags |= NAT_FLAG_PORT_REMAPPED;
+    }
+    let outbound = NatEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        addr: cfg.external_addr,
+        port: reply.dst_port,
+        flags,
+        ..NatEntry::default()
+    };
+    match NAT_OUT.insert(key, &outbound, BPF_NOEXIST as u64) {
+        Ok(()) => count(Counter::NewMappings),
+        Err(e) => {
+            // Give the port back. EEXIST: another CPU mapped this same flow an instant
+            // earlier; use its mapping. Anything else: the table is full.
+            let _ = NAT_IN.remove(&reply);
+            if e != -EEXIST {
+                return Err(Counter::DropTableFull);
+            }
+        }
+    }
+    NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)
+}

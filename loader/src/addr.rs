@@ -1,0 +1,119 @@
+//! Parsing of the user's address arguments: IPv4 CIDRs and port ranges, with one-line errors.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// An IPv4 network, normalised so that host bits are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
+        if prefix_len > 32 {
+            bail!("prefix length {prefix_len} is larger than 32");
+        }
+        let masked = u32::from(addr) & Self::mask_of(prefix_len);
+        Ok(Self { addr: Ipv4Addr::from(masked), prefix_len })
+    }
+
+    fn mask_of(prefix_len: u8) -> u32 {
+        if prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix_len))
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask_of(self.prefix_len) == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| anyhow!("bad CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 172.18.0.0/24"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .with_context(|| format!("bad CIDR {s:?}: {addr:?} is not an IPv4 address"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| anyhow!("bad CIDR {s:?}: prefix length must be 0-32"))?;
+        Self::new(addr, len)
+    }
+}
+
+/// An inclusive port range, `LO-HI`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let bad = || anyhow!("bad port range {s:?}: expected LO-HI with 1 <= LO <= HI <= 65535");
+        let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(Self { lo, hi })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_masks_host_bits() {
+        let net: Ipv4Net = "172.18.0.7/24".parse().unwrap();
+        assert_eq!(net.to_string(), "172.18.0.0/24");
+        assert!(net.contains("172.18.0.200".parse().unwrap()));
+        assert!(!net.contains("172.18.1.1".parse().unwrap()));
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_cidrs_are_rejected_with_a_reason() {
+        for bad in ["172.18.0.0", "172.18.0.0/33", "172.18.0/24", "x/24", "172.18.0.0/-1", "::1/64"] {
+            let err = bad.parse::<Ipv4Net>().unwrap_err().to_string();
+            assert!(err.starts_with("bad CIDR"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("1024-65535".parse::<PortRange>().unwrap(), PortRange { lo: 1024, hi: 65535 });
+        assert_eq!("5000-5000".parse::<PortRange>().unwrap(), PortRange { lo: 5000, hi: 5000 });
+        for bad in ["0-10", "10-5", "10", "a-b", "1-65536", ""] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+}

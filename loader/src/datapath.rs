@@ -1,0 +1,226 @@
+//! The loaded eBPF datapath: load and verify the programs, fill the configuration maps,
+//! attach to an uplink, read counters and the connection table.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{
+        links::LinkOrder,
+        tc::{NlOptions, TcAttachOptions},
+        SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use bpfnat_common::{names, Counter, FlowKey, NatConfig, NatEntry, DEFAULT_TABLE_SIZE};
+
+use crate::addr::{Ipv4Net, PortRange};
+
+/// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
+pub static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath"));
+
+/// How programs are attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX on kernels that have it (>= 6.6), clsact + cls_bpf otherwise.
+    Auto,
+    /// TCX links (kernel >= 6.6): owned by this process, detached when it exits.
+    Tcx,
+    /// Legacy clsact qdisc + cls_bpf filter via netlink.
+    Clsact,
+}
+
+impl TcMode {
+    fn resolve(self) -> Self {
+        match self {
+            TcMode::Auto if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) => TcMode::Tcx,
+            TcMode::Auto => TcMode::Clsact,
+            other => other,
+        }
+    }
+}
+
+/// Tuning given at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Entries of each connection-tracking map.
+    pub table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { table_size: DEFAULT_TABLE_SIZE }
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Load the object and run both programs through the verifier. Nothing is attached yet.
+    pub fn load(opts: LoadOptions) -> anyhow::Result<Self> {
+        if opts.table_size == 0 {
+            bail!("table size must be at least 1");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
+            .map_max_entries(names::MAP_NAT_IN, opts.table_size)
+            .load(DATAPATH_OBJECT)
+            .map_err(|e| explain_load_error(anyhow::Error::new(e)))
+            .context("loading the datapath's maps")?;
+        for name in [names::PROG_EGRESS, names::PROG_INGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| explain_load_error(anyhow::Error::new(e)))
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Start forwarding the datapath's log records (rare events only) to the `log` crate.
+    /// Must be called inside a tokio runtime.
+    pub fn start_logging(&mut self) -> anyhow::Result<()> {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")?;
+        // SAFETY: the logger owns its ring-buffer fd and keeps it open, unchanged, for as long as
+        // the AsyncFd (which owns the logger) lives.
+        let mut logger =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)? };
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = logger.readable_mut().await else { break };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
+    /// Write the runtime configuration (external address, port range).
+    pub fn configure(&mut self, external: Ipv4Addr, ports: Option<PortRange>) -> anyhow::Result<()> {
+        let cfg = NatConfig {
+            external_addr: bpfnat_common::addr_to_map(external.octets()),
+            port_min: ports.map_or(0, |p| p.lo),
+            port_max: ports.map_or(0, |p| p.hi),
+            flags: 0,
+            pad: 0,
+        };
+        let mut config: Array<&mut MapData, NatConfig> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+        config.set(0, cfg, 0).context("writing the datapath configuration")
+    }
+
+    /// The configuration currently in the datapath.
+    pub fn config(&self) -> anyhow::Result<NatConfig> {
+        let config: Array<&MapData, NatConfig> = Array::try_from(self.map(names::MAP_CONFIG)?)?;
+        Ok(config.get(&0, 0)?)
+    }
+
+    /// Mark `net` as internal: its traffic leaving through the uplink is masqueraded.
+    pub fn add_internal_subnet(&mut self, net: Ipv4Net) -> anyhow::Result<()> {
+        let mut nets: LpmTrie<&mut MapData, u32, u32> =
+            LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
+        let key = Key::new(u32::from(net.prefix_len), bpfnat_common::addr_to_map(net.addr.octets()));
+        nets.insert(&key, 0, 0).with_context(|| format!("adding internal subnet {net}"))
+    }
+
+    /// Attach both programs to `uplink`: egress translates, ingress translates back.
+    /// TCX links and netlink filters both go away when this `Datapath` is dropped.
+    pub fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
+        crate::iface::ifindex(uplink)?;
+        let mode = mode.resolve();
+        if mode == TcMode::Clsact {
+            match aya::programs::tc::qdisc_add_clsact(uplink) {
+                Ok(()) => {}
+                // Already there (another tool, or a previous run): reuse it.
+                Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {uplink}")),
+            }
+        }
+        for (name, hook) in [(names::PROG_EGRESS, TcAttachType::Egress), (names::PROG_INGRESS, TcAttachType::Ingress)] {
+            let options = match mode {
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            };
+            self.classifier(name)?
+                .attach_with_options(uplink, hook, options)
+                .map_err(|e| explain_attach_error(anyhow::Error::new(e), mode))
+                .with_context(|| format!("attaching {name} to {uplink} {hook:?}"))?;
+        }
+        Ok(mode)
+    }
+
+    pub fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
+            .try_into()?)
+    }
+
+    fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
+    }
+
+    /// The original-direction table (key: tuple as sent by the container).
+    pub fn nat_out(&self) -> anyhow::Result<HashMap<&MapData, FlowKey, NatEntry>> {
+        Ok(HashMap::try_from(self.map(names::MAP_NAT_OUT)?)?)
+    }
+
+    /// The reply-direction table (key: tuple as the reply arrives).
+    pub fn nat_in(&self) -> anyhow::Result<HashMap<&MapData, FlowKey, NatEntry>> {
+        Ok(HashMap::try_from(self.map(names::MAP_NAT_IN)?)?)
+    }
+
+    pub fn nat_out_mut(&mut self) -> anyhow::Result<HashMap<&mut MapData, FlowKey, NatEntry>> {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_NAT_OUT)?)?)
+    }
+
+    pub fn nat_in_mut(&mut self) -> anyhow::Result<HashMap<&mut MapData, FlowKey, NatEntry>> {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_NAT_IN)?)?)
+    }
+
+    /// Counters summed over all CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?)?;
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// One counter summed over all CPUs.
+    pub fn counter(&self, which: Counter) -> anyhow::Result<u64> {
+        Ok(self.counters()?.into_iter().find(|(c, _)| *c == which).map_or(0, |(_, v)| v))
+    }
+}
+
+/// Turn the kernel's terse errors into an actionable one-liner.
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context("the kernel refused to load BPF: run as root (needs CAP_BPF and CAP_NET_ADMIN)")
+    } else if text.contains("Invalid argument") || text.contains("not supported") {
+        err.context(
+            "the kernel rejected the datapath: it needs BPF with BTF, hash/LPM/per-CPU maps and TC \
+             classifiers (Linux >= 5.15; TCX needs >= 6.6)",
+        )
+    } else {
+        err
+    }
+}
+
+fn explain_attach_error(err: anyhow::Error, mode: TcMode) -> anyhow::Error {
+    match mode {
+        TcMode::Tcx => err.context("TCX attach failed (needs Linux >= 6.6; try --tc-mode clsact)"),
+        _ => err,
+    }
+}

@@ -1,0 +1,132 @@
+//! Expiry of idle mappings. Userspace owns expiry (not LRU, not bpf_timer): one sweeper that
+//! always removes both halves of a mapping together, so no half can outlive the other, and
+//! that can count what it removes. The datapath only stamps `last_seen_ns`.
+
+use std::time::Duration;
+
+use bpfnat_common::{FlowKey, NatEntry, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::datapath::Datapath;
+
+/// Idle timeouts per protocol.
+///
+/// Until TCP state tracking lands, an idle TCP mapping lives 2 h 4 min: RFC 5382's minimum for
+/// established connections (the kernel's 5 days would keep closed connections forever without
+/// FIN/RST tracking). UDP and ICMP use the kernel's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub tcp: Duration,
+    /// UDP flow that has only been seen leaving.
+    pub udp_one_way: Duration,
+    /// UDP flow with replies.
+    pub udp_both_ways: Duration,
+    pub icmp: Duration,
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: Duration::from_secs(7440),
+            udp_one_way: Duration::from_secs(30),
+            udp_both_ways: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+            other: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Timeouts {
+    fn for_flow(&self, proto: u8, replied: bool) -> Duration {
+        match proto {
+            IPPROTO_TCP => self.tcp,
+            IPPROTO_UDP if replied => self.udp_both_ways,
+            IPPROTO_UDP => self.udp_one_way,
+            IPPROTO_ICMP => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// The reply-direction key of a mapping, from its original key and `NAT_OUT` value.
+pub fn reply_key(original: &FlowKey, out: &NatEntry) -> FlowKey {
+    FlowKey::new(original.dst_addr, out.addr, original.dst_port, out.port, original.proto)
+}
+
+/// The original-direction key of a mapping, from its reply key and `NAT_IN` value.
+pub fn original_key(reply: &FlowKey, inbound: &NatEntry) -> FlowKey {
+    FlowKey::new(inbound.addr, reply.src_addr, inbound.port, reply.src_port, reply.proto)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    (ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Mappings removed because they were idle past their timeout.
+    pub expired: u64,
+    /// Reply entries removed because their original half was gone.
+    pub orphans: u64,
+}
+
+/// Remove every mapping idle past its timeout, and reply halves whose original half is gone
+/// (left by a failed insert); `orphan_grace` keeps a half that is being created right now.
+pub fn sweep(dp: &mut Datapath, timeouts: &Timeouts, orphan_grace: Duration) -> anyhow::Result<SweepReport> {
+    let now = monotonic_ns();
+    let mut report = SweepReport::default();
+
+    let mut expired = Vec::new();
+    {
+        let out = dp.nat_out()?;
+        let inbound = dp.nat_in()?;
+        for item in out.iter() {
+            let Ok((key, entry)) = item else { continue };
+            let reply = reply_key(&key, &entry);
+            let reply_entry = inbound.get(&reply, 0).ok();
+            let last = reply_entry.map_or(entry.last_seen_ns, |r| r.last_seen_ns.max(entry.last_seen_ns));
+            let replied = reply_entry.is_some_and(|r| r.packets > 0);
+            let timeout = timeouts.for_flow(key.proto, replied).as_nanos() as u64;
+            if now.saturating_sub(last) > timeout {
+                expired.push((key, reply));
+            }
+        }
+    }
+    {
+        let mut out = dp.nat_out_mut()?;
+        for (key, _) in &expired {
+            let _ = out.remove(key);
+        }
+    }
+    {
+        let mut inbound = dp.nat_in_mut()?;
+        for (_, reply) in &expired {
+            let _ = inbound.remove(reply);
+        }
+    }
+    report.expired = expired.len() as u64;
+
+    let mut orphans = Vec::new();
+    {
+        let out = dp.nat_out()?;
+        let inbound = dp.nat_in()?;
+        let grace = orphan_grace.as_nanos() as u64;
+        for item in inbound.iter() {
+            let Ok((key, entry)) = item else { continue };
+            if out.get(&original_key(&key, &entry), 0).is_err() && now.saturating_sub(entry.last_seen_ns) > grace {
+                orphans.push(key);
+            }
+        }
+    }
+    {
+        let mut inbound = dp.nat_in_mut()?;
+        for key in &orphans {
+            let _ = inbound.remove(key);
+        }
+    }
+    report.orphans = orphans.len() as u64;
+    Ok(report)
+}
