@@ -44,14 +44,33 @@ pub struct FlowKey {
 
 impl FlowKey {
     #[inline(always)]
-    pub const fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
-        Self { src_addr, dst_addr, src_port, dst_port, proto, pad: [0; 3] }
+    pub const fn new(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            pad: [0; 3],
+        }
     }
 
     /// The key of the opposite direction.
     #[inline(always)]
     pub const fn reversed(&self) -> Self {
-        Self::new(self.dst_addr, self.src_addr, self.dst_port, self.src_port, self.proto)
+        Self::new(
+            self.dst_addr,
+            self.src_addr,
+            self.dst_port,
+            self.src_port,
+            self.proto,
+        )
     }
 }
 

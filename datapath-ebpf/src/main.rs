@@ -71,7 +71,13 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassUnsupportedProto));
     }
 
-    let key = FlowKey::new(pkt.src_addr, pkt.dst_addr, pkt.src_port, pkt.dst_port, pkt.proto);
+    let key = FlowKey::new(
+        pkt.src_addr,
+        pkt.dst_addr,
+        pkt.src_port,
+        pkt.dst_port,
+        pkt.proto,
+    );
     let entry = match NAT_OUT.get_ptr_mut(&key) {
         Some(entry) => entry,
         None => {
@@ -118,7 +124,13 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassUnsupportedProto));
     }
 
-    let key = FlowKey::new(pkt.src_addr, pkt.dst_addr, pkt.src_port, pkt.dst_port, pkt.proto);
+    let key = FlowKey::new(
+        pkt.src_addr,
+        pkt.dst_addr,
+        pkt.src_port,
+        pkt.dst_port,
+        pkt.proto,
+    );
     let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
         // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
         return Ok(pass(Counter::PassNoMatch));

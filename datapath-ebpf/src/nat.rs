@@ -88,7 +88,13 @@ pub fn create_mapping(key: &FlowKey, cfg: &NatConfig) -> Result<*mut NatEntry, C
     let original_port = u16::from_be(key.src_port);
     let (lo, hi) = port_range(key.proto, original_port, cfg);
 
-    let mut reply = FlowKey::new(key.dst_addr, cfg.external_addr, key.dst_port, key.src_port, key.proto);
+    let mut reply = FlowKey::new(
+        key.dst_addr,
+        cfg.external_addr,
+        key.dst_port,
+        key.src_port,
+        key.proto,
+    );
     let inbound = NatEntry {
         last_seen_ns: now,
         created_ns: now,

@@ -83,7 +83,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Counter> {
     let linear = ctx.data_end() - ctx.data();
     if linear < MAX_HEADERS && (ctx.len() as usize) > linear {
         let want = core::cmp::min(ctx.len() as usize, MAX_HEADERS);
-        ctx.pull_data(want as u32).map_err(|_| Counter::DropMalformed)?;
+        ctx.pull_data(want as u32)
+            .map_err(|_| Counter::DropMalformed)?;
     }
 
     let ether_type: u16 = match read::<u16>(ctx, 12) {
@@ -160,5 +161,13 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Counter> {
         _ => return Ok(Parsed::Pass(Counter::PassUnsupportedProto)),
     };
 
-    Ok(Parsed::Packet(Packet { proto, src_addr, dst_addr, src_port, dst_port, icmp_type, l4 }))
+    Ok(Parsed::Packet(Packet {
+        proto,
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        icmp_type,
+        l4,
+    }))
 }

@@ -17,7 +17,10 @@ impl Ipv4Net {
             bail!("prefix length {prefix_len} is larger than 32");
         }
         let masked = u32::from(addr) & Self::mask_of(prefix_len);
-        Ok(Self { addr: Ipv4Addr::from(masked), prefix_len })
+        Ok(Self {
+            addr: Ipv4Addr::from(masked),
+            prefix_len,
+        })
     }
 
     fn mask_of(prefix_len: u8) -> u32 {
@@ -43,9 +46,9 @@ impl FromStr for Ipv4Net {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| anyhow!("bad CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 172.18.0.0/24"))?;
+        let (addr, len) = s.split_once('/').ok_or_else(|| {
+            anyhow!("bad CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 172.18.0.0/24")
+        })?;
         let addr: Ipv4Addr = addr
             .parse()
             .with_context(|| format!("bad CIDR {s:?}: {addr:?} is not an IPv4 address"))?;
@@ -102,7 +105,14 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_rejected_with_a_reason() {
-        for bad in ["172.18.0.0", "172.18.0.0/33", "172.18.0/24", "x/24", "172.18.0.0/-1", "::1/64"] {
+        for bad in [
+            "172.18.0.0",
+            "172.18.0.0/33",
+            "172.18.0/24",
+            "x/24",
+            "172.18.0.0/-1",
+            "::1/64",
+        ] {
             let err = bad.parse::<Ipv4Net>().unwrap_err().to_string();
             assert!(err.starts_with("bad CIDR"), "{bad}: {err}");
         }
@@ -110,8 +120,17 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!("1024-65535".parse::<PortRange>().unwrap(), PortRange { lo: 1024, hi: 65535 });
-        assert_eq!("5000-5000".parse::<PortRange>().unwrap(), PortRange { lo: 5000, hi: 5000 });
+        assert_eq!(
+            "1024-65535".parse::<PortRange>().unwrap(),
+            PortRange {
+                lo: 1024,
+                hi: 65535
+            }
+        );
+        assert_eq!(
+            "5000-5000".parse::<PortRange>().unwrap(),
+            PortRange { lo: 5000, hi: 5000 }
+        );
         for bad in ["0-10", "10-5", "10", "a-b", "1-65536", ""] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }

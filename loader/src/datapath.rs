@@ -19,7 +19,8 @@ use bpfnat_common::{names, Counter, FlowKey, NatConfig, NatEntry, DEFAULT_TABLE_
 use crate::addr::{Ipv4Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
-pub static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath"));
+pub static DATAPATH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath"));
 
 /// How programs are attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,7 +36,11 @@ pub enum TcMode {
 impl TcMode {
     fn resolve(self) -> Self {
         match self {
-            TcMode::Auto if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) => TcMode::Tcx,
+            TcMode::Auto
+                if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) =>
+            {
+                TcMode::Tcx
+            }
             TcMode::Auto => TcMode::Clsact,
             other => other,
         }
@@ -51,7 +56,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { table_size: DEFAULT_TABLE_SIZE }
+        Self {
+            table_size: DEFAULT_TABLE_SIZE,
+        }
     }
 }
 
@@ -89,11 +96,14 @@ impl Datapath {
         let logger = aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")?;
         // SAFETY: the logger owns its ring-buffer fd and keeps it open, unchanged, for as long as
         // the AsyncFd (which owns the logger) lives.
-        let mut logger =
-            unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)? };
+        let mut logger = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)?
+        };
         tokio::spawn(async move {
             loop {
-                let Ok(mut guard) = logger.readable_mut().await else { break };
+                let Ok(mut guard) = logger.readable_mut().await else {
+                    break;
+                };
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
@@ -102,7 +112,11 @@ impl Datapath {
     }
 
     /// Write the runtime configuration (external address, port range).
-    pub fn configure(&mut self, external: Ipv4Addr, ports: Option<PortRange>) -> anyhow::Result<()> {
+    pub fn configure(
+        &mut self,
+        external: Ipv4Addr,
+        ports: Option<PortRange>,
+    ) -> anyhow::Result<()> {
         let cfg = NatConfig {
             external_addr: bpfnat_common::addr_to_map(external.octets()),
             port_min: ports.map_or(0, |p| p.lo),
@@ -110,8 +124,11 @@ impl Datapath {
             flags: 0,
             pad: 0,
         };
-        let mut config: Array<&mut MapData, NatConfig> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
-        config.set(0, cfg, 0).context("writing the datapath configuration")
+        let mut config: Array<&mut MapData, NatConfig> =
+            Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+        config
+            .set(0, cfg, 0)
+            .context("writing the datapath configuration")
     }
 
     /// The configuration currently in the datapath.
@@ -124,8 +141,12 @@ impl Datapath {
     pub fn add_internal_subnet(&mut self, net: Ipv4Net) -> anyhow::Result<()> {
         let mut nets: LpmTrie<&mut MapData, u32, u32> =
             LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
-        let key = Key::new(u32::from(net.prefix_len), bpfnat_common::addr_to_map(net.addr.octets()));
-        nets.insert(&key, 0, 0).with_context(|| format!("adding internal subnet {net}"))
+        let key = Key::new(
+            u32::from(net.prefix_len),
+            bpfnat_common::addr_to_map(net.addr.octets()),
+        );
+        nets.insert(&key, 0, 0)
+            .with_context(|| format!("adding internal subnet {net}"))
     }
 
     /// Attach both programs to `uplink`: egress translates, ingress translates back.
@@ -137,11 +158,17 @@ impl Datapath {
             match aya::programs::tc::qdisc_add_clsact(uplink) {
                 Ok(()) => {}
                 // Already there (another tool, or a previous run): reuse it.
-                Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {uplink}")),
+                Err(aya::programs::tc::TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding a clsact qdisc to {uplink}"))
+                }
             }
         }
-        for (name, hook) in [(names::PROG_EGRESS, TcAttachType::Egress), (names::PROG_INGRESS, TcAttachType::Ingress)] {
+        for (name, hook) in [
+            (names::PROG_EGRESS, TcAttachType::Egress),
+            (names::PROG_INGRESS, TcAttachType::Ingress),
+        ] {
             let options = match mode {
                 TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
                 _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
@@ -163,11 +190,15 @@ impl Datapath {
     }
 
     fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
     }
 
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
     }
 
     /// The original-direction table (key: tuple as sent by the container).
@@ -190,7 +221,8 @@ impl Datapath {
 
     /// Counters summed over all CPUs, in `Counter::ALL` order.
     pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?)?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?)?;
         Counter::ALL
             .iter()
             .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
@@ -199,7 +231,11 @@ impl Datapath {
 
     /// One counter summed over all CPUs.
     pub fn counter(&self, which: Counter) -> anyhow::Result<u64> {
-        Ok(self.counters()?.into_iter().find(|(c, _)| *c == which).map_or(0, |(_, v)| v))
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|(c, _)| *c == which)
+            .map_or(0, |(_, v)| v))
     }
 }
 

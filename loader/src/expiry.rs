@@ -50,19 +50,33 @@ impl Timeouts {
 
 /// The reply-direction key of a mapping, from its original key and `NAT_OUT` value.
 pub fn reply_key(original: &FlowKey, out: &NatEntry) -> FlowKey {
-    FlowKey::new(original.dst_addr, out.addr, original.dst_port, out.port, original.proto)
+    FlowKey::new(
+        original.dst_addr,
+        out.addr,
+        original.dst_port,
+        out.port,
+        original.proto,
+    )
 }
 
 /// The original-direction key of a mapping, from its reply key and `NAT_IN` value.
 pub fn original_key(reply: &FlowKey, inbound: &NatEntry) -> FlowKey {
-    FlowKey::new(inbound.addr, reply.src_addr, inbound.port, reply.src_port, reply.proto)
+    FlowKey::new(
+        inbound.addr,
+        reply.src_addr,
+        inbound.port,
+        reply.src_port,
+        reply.proto,
+    )
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
-    (ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64)
+    (ts.tv_sec() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec() as u64)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +89,11 @@ pub struct SweepReport {
 
 /// Remove every mapping idle past its timeout, and reply halves whose original half is gone
 /// (left by a failed insert); `orphan_grace` keeps a half that is being created right now.
-pub fn sweep(dp: &mut Datapath, timeouts: &Timeouts, orphan_grace: Duration) -> anyhow::Result<SweepReport> {
+pub fn sweep(
+    dp: &mut Datapath,
+    timeouts: &Timeouts,
+    orphan_grace: Duration,
+) -> anyhow::Result<SweepReport> {
     let now = monotonic_ns();
     let mut report = SweepReport::default();
 
@@ -87,7 +105,9 @@ pub fn sweep(dp: &mut Datapath, timeouts: &Timeouts, orphan_grace: Duration) -> 
             let Ok((key, entry)) = item else { continue };
             let reply = reply_key(&key, &entry);
             let reply_entry = inbound.get(&reply, 0).ok();
-            let last = reply_entry.map_or(entry.last_seen_ns, |r| r.last_seen_ns.max(entry.last_seen_ns));
+            let last = reply_entry.map_or(entry.last_seen_ns, |r| {
+                r.last_seen_ns.max(entry.last_seen_ns)
+            });
             let replied = reply_entry.is_some_and(|r| r.packets > 0);
             let timeout = timeouts.for_flow(key.proto, replied).as_nanos() as u64;
             if now.saturating_sub(last) > timeout {
@@ -116,7 +136,9 @@ pub fn sweep(dp: &mut Datapath, timeouts: &Timeouts, orphan_grace: Duration) -> 
         let grace = orphan_grace.as_nanos() as u64;
         for item in inbound.iter() {
             let Ok((key, entry)) = item else { continue };
-            if out.get(&original_key(&key, &entry), 0).is_err() && now.saturating_sub(entry.last_seen_ns) > grace {
+            if out.get(&original_key(&key, &entry), 0).is_err()
+                && now.saturating_sub(entry.last_seen_ns) > grace
+            {
                 orphans.push(key);
             }
         }

@@ -10,9 +10,8 @@ use crate::addr::Ipv4Net;
 
 /// The interface index of `name`, or a one-line error naming the interface.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
-    nix::net::if_::if_nametoindex(name).map_err(|_| {
-        anyhow!("unknown interface {name:?} (not found in this network namespace)")
-    })
+    nix::net::if_::if_nametoindex(name)
+        .map_err(|_| anyhow!("unknown interface {name:?} (not found in this network namespace)"))
 }
 
 /// One IPv4 address of an interface.
@@ -27,16 +26,30 @@ pub struct InterfaceAddr {
 impl InterfaceAddr {
     pub fn network(&self) -> Ipv4Net {
         // prefix_len comes from the kernel and is always <= 32.
-        Ipv4Net::new(self.addr, self.prefix_len.min(32)).unwrap_or(Ipv4Net { addr: self.addr, prefix_len: 32 })
+        Ipv4Net::new(self.addr, self.prefix_len.min(32)).unwrap_or(Ipv4Net {
+            addr: self.addr,
+            prefix_len: 32,
+        })
     }
 }
 
 /// The IPv4 addresses of interface `name`, in the kernel's order.
-pub async fn ipv4_addrs(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Vec<InterfaceAddr>> {
+pub async fn ipv4_addrs(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> anyhow::Result<Vec<InterfaceAddr>> {
     let index = ifindex(name)?;
-    let mut stream = handle.address().get().set_link_index_filter(index).execute();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
     let mut out = Vec::new();
-    while let Some(msg) = stream.try_next().await.with_context(|| format!("reading addresses of {name}"))? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("reading addresses of {name}"))?
+    {
         let secondary = msg.header.flags.contains(&AddressHeaderFlag::Secondary);
         // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
         let local = msg.attributes.iter().find_map(|a| match a {
@@ -48,16 +61,27 @@ pub async fn ipv4_addrs(handle: &rtnetlink::Handle, name: &str) -> anyhow::Resul
             _ => None,
         });
         if let Some(addr) = local.or(any) {
-            out.push(InterfaceAddr { addr, prefix_len: msg.header.prefix_len, secondary });
+            out.push(InterfaceAddr {
+                addr,
+                prefix_len: msg.header.prefix_len,
+                secondary,
+            });
         }
     }
     Ok(out)
 }
 
 /// The address MASQUERADE would use: the interface's primary IPv4 address.
-pub async fn primary_ipv4(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+pub async fn primary_ipv4(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> anyhow::Result<Option<Ipv4Addr>> {
     let addrs = ipv4_addrs(handle, name).await?;
-    Ok(addrs.iter().find(|a| !a.secondary).or(addrs.first()).map(|a| a.addr))
+    Ok(addrs
+        .iter()
+        .find(|a| !a.secondary)
+        .or(addrs.first())
+        .map(|a| a.addr))
 }
 
 /// Open an rtnetlink connection in the current network namespace.
@@ -73,7 +97,10 @@ pub async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::
     let mut req = handle.qdisc().del(ifindex as i32);
     let msg = req.message_mut();
     msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
     req.execute().await.context("deleting the clsact qdisc")
 }
 
@@ -83,7 +110,10 @@ pub async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Res
     let mut stream = handle.qdisc().get().execute();
     while let Some(msg) = stream.try_next().await.context("listing qdiscs")? {
         if msg.header.index == ifindex as i32
-            && msg.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+            && msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
         {
             return Ok(true);
         }

@@ -110,7 +110,11 @@ impl LabSpec {
     /// Every namespace of the lab: host, WAN, then containers.
     pub fn namespaces(&self) -> Vec<&str> {
         let mut names = vec![self.host_netns.as_str(), self.wan_netns.as_str()];
-        names.extend(self.containers.iter().map(|container| container.netns.as_str()));
+        names.extend(
+            self.containers
+                .iter()
+                .map(|container| container.netns.as_str()),
+        );
         names
     }
 
@@ -124,7 +128,10 @@ impl LabSpec {
                 bail!("namespace {name} appears twice in the lab spec");
             }
         }
-        for (len, what) in [(self.subnet_prefix_len, "container subnet"), (self.uplink_prefix_len, "uplink subnet")] {
+        for (len, what) in [
+            (self.subnet_prefix_len, "container subnet"),
+            (self.uplink_prefix_len, "uplink subnet"),
+        ] {
             if !(1..=30).contains(&len) {
                 bail!("{what} prefix length /{len} must be within /1../30");
             }
@@ -133,11 +140,18 @@ impl LabSpec {
         let mut host_ifnames = HashSet::new();
         let host_side = [self.bridge.as_str(), self.uplink.as_str()]
             .into_iter()
-            .chain(self.containers.iter().map(|container| container.host_veth.as_str()));
+            .chain(
+                self.containers
+                    .iter()
+                    .map(|container| container.host_veth.as_str()),
+            );
         for ifname in host_side {
             netns::validate_ifname(ifname)?;
             if ifname == "lo" || !host_ifnames.insert(ifname) {
-                bail!("interface name {ifname} is used twice in {}", self.host_netns);
+                bail!(
+                    "interface name {ifname} is used twice in {}",
+                    self.host_netns
+                );
             }
         }
         netns::validate_ifname(&self.wan_iface)?;
@@ -161,10 +175,14 @@ impl LabSpec {
                 );
             }
             if !seen_addrs.insert(container.addr) {
-                bail!("address {} is used twice in the container subnet", container.addr);
+                bail!(
+                    "address {} is used twice in the container subnet",
+                    container.addr
+                );
             }
         }
-        if network_of(self.uplink_addr, self.uplink_prefix_len) != network_of(self.wan_addr, self.uplink_prefix_len)
+        if network_of(self.uplink_addr, self.uplink_prefix_len)
+            != network_of(self.wan_addr, self.uplink_prefix_len)
             || self.uplink_addr == self.wan_addr
         {
             bail!(
@@ -175,14 +193,28 @@ impl LabSpec {
             );
         }
         if network_of(self.remote_server, self.subnet_prefix_len) == subnet {
-            bail!("remote server {} must not be inside the container subnet", self.remote_server);
+            bail!(
+                "remote server {} must not be inside the container subnet",
+                self.remote_server
+            );
         }
         Ok(())
     }
 }
 
+/// The MAC for a lab interface with address `addr`: `02:42:` + the IPv4
+/// address, as Docker does for containers. Deterministic MACs mean that an
+/// interface rebuilt by a repair comes back with the MAC its neighbours have
+/// cached, so nothing has to wait for ARP entries to go stale.
+pub fn lab_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 fn network_of(addr: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
     Ipv4Addr::from(u32::from(addr) & mask)
 }
 
@@ -220,12 +252,19 @@ pub fn up(spec: &LabSpec) -> Result<()> {
 fn build(spec: &LabSpec) -> Result<()> {
     for name in spec.namespaces() {
         netns::create(name)?;
-        netns::with_netlink(name, |handle| async move { netns::set_link_up(&handle, "lo").await })?;
+        netns::with_netlink(name, |handle| async move {
+            netns::set_link_up(&handle, "lo").await
+        })?;
     }
 
-    let (bridge, bridge_addr, prefix_len) = (spec.bridge.clone(), spec.bridge_addr, spec.subnet_prefix_len);
+    let (bridge, bridge_addr, prefix_len) = (
+        spec.bridge.clone(),
+        spec.bridge_addr,
+        spec.subnet_prefix_len,
+    );
     netns::with_netlink(&spec.host_netns, move |handle| async move {
         netns::ensure_bridge(&handle, &bridge).await?;
+        netns::set_link_mac(&handle, &bridge, lab_mac(bridge_addr)).await?;
         netns::set_link_up(&handle, &bridge).await?;
         netns::add_address(&handle, &bridge, bridge_addr.into(), prefix_len).await
     })?;
@@ -235,10 +274,20 @@ fn build(spec: &LabSpec) -> Result<()> {
             .with_context(|| format!("setting up container namespace {}", container.netns))?;
     }
 
-    ensure_veth_pair(&spec.host_netns, &spec.uplink, &spec.wan_netns, &spec.wan_iface)?;
-    let (uplink, uplink_addr, uplink_prefix_len, wan_addr) =
-        (spec.uplink.clone(), spec.uplink_addr, spec.uplink_prefix_len, spec.wan_addr);
+    ensure_veth_pair(
+        &spec.host_netns,
+        &spec.uplink,
+        &spec.wan_netns,
+        &spec.wan_iface,
+    )?;
+    let (uplink, uplink_addr, uplink_prefix_len, wan_addr) = (
+        spec.uplink.clone(),
+        spec.uplink_addr,
+        spec.uplink_prefix_len,
+        spec.wan_addr,
+    );
     netns::with_netlink(&spec.host_netns, move |handle| async move {
+        netns::set_link_mac(&handle, &uplink, lab_mac(uplink_addr)).await?;
         netns::set_link_up(&handle, &uplink).await?;
         netns::add_address(&handle, &uplink, uplink_addr.into(), uplink_prefix_len).await?;
         netns::replace_default_route_v4(&handle, wan_addr).await
@@ -249,6 +298,7 @@ fn build(spec: &LabSpec) -> Result<()> {
     // towards the container subnet, so un-NATed replies go nowhere.
     let (wan_iface, remote_server) = (spec.wan_iface.clone(), spec.remote_server);
     netns::with_netlink(&spec.wan_netns, move |handle| async move {
+        netns::set_link_mac(&handle, &wan_iface, lab_mac(wan_addr)).await?;
         netns::set_link_up(&handle, &wan_iface).await?;
         netns::add_address(&handle, &wan_iface, wan_addr.into(), uplink_prefix_len).await?;
         netns::add_address(&handle, "lo", remote_server.into(), 32).await
@@ -257,7 +307,12 @@ fn build(spec: &LabSpec) -> Result<()> {
 }
 
 fn build_container(spec: &LabSpec, container: &ContainerSpec) -> Result<()> {
-    ensure_veth_pair(&spec.host_netns, &container.host_veth, &container.netns, &container.ifname)?;
+    ensure_veth_pair(
+        &spec.host_netns,
+        &container.host_veth,
+        &container.netns,
+        &container.ifname,
+    )?;
 
     let (bridge, host_veth) = (spec.bridge.clone(), container.host_veth.clone());
     netns::with_netlink(&spec.host_netns, move |handle| async move {
@@ -265,9 +320,14 @@ fn build_container(spec: &LabSpec, container: &ContainerSpec) -> Result<()> {
         netns::set_link_up(&handle, &host_veth).await
     })?;
 
-    let (ifname, addr, prefix_len, gateway) =
-        (container.ifname.clone(), container.addr, spec.subnet_prefix_len, spec.bridge_addr);
+    let (ifname, addr, prefix_len, gateway) = (
+        container.ifname.clone(),
+        container.addr,
+        spec.subnet_prefix_len,
+        spec.bridge_addr,
+    );
     netns::with_netlink(&container.netns, move |handle| async move {
+        netns::set_link_mac(&handle, &ifname, lab_mac(addr)).await?;
         netns::set_link_up(&handle, &ifname).await?;
         netns::add_address(&handle, &ifname, addr.into(), prefix_len).await?;
         netns::replace_default_route_v4(&handle, gateway).await
@@ -310,7 +370,11 @@ pub fn describe(spec: &LabSpec) -> String {
             container.addr,
             spec.subnet_prefix_len,
             spec.bridge_addr,
-            if container.tx_checksum { "" } else { ", tx checksum off" },
+            if container.tx_checksum {
+                ""
+            } else {
+                ", tx checksum off"
+            },
             container.host_veth,
             spec.bridge,
         );
@@ -346,8 +410,18 @@ mod tests {
         assert_eq!(spec.namespaces(), ["lab-host", "lab-wan", "ns1", "ns2"]);
         assert_eq!(spec.subnet(), Ipv4Addr::new(172, 18, 0, 0));
         let text = describe(&spec);
-        for expected in ["172.18.0.0/24", "docker1 172.18.0.1/24", "ens5 203.0.113.2/24", "wan0 203.0.113.1/24", "198.51.100.1/32", "veth-ns1"] {
-            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+        for expected in [
+            "172.18.0.0/24",
+            "docker1 172.18.0.1/24",
+            "ens5 203.0.113.2/24",
+            "wan0 203.0.113.1/24",
+            "198.51.100.1/32",
+            "veth-ns1",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
         }
     }
 
@@ -380,8 +454,17 @@ mod tests {
 
     #[test]
     fn network_of_masks_host_bits() {
-        assert_eq!(network_of(Ipv4Addr::new(10, 99, 3, 77), 24), Ipv4Addr::new(10, 99, 3, 0));
-        assert_eq!(network_of(Ipv4Addr::new(10, 99, 3, 77), 1), Ipv4Addr::new(0, 0, 0, 0));
-        assert_eq!(network_of(Ipv4Addr::new(10, 99, 3, 77), 32), Ipv4Addr::new(10, 99, 3, 77));
+        assert_eq!(
+            network_of(Ipv4Addr::new(10, 99, 3, 77), 24),
+            Ipv4Addr::new(10, 99, 3, 0)
+        );
+        assert_eq!(
+            network_of(Ipv4Addr::new(10, 99, 3, 77), 1),
+            Ipv4Addr::new(0, 0, 0, 0)
+        );
+        assert_eq!(
+            network_of(Ipv4Addr::new(10, 99, 3, 77), 32),
+            Ipv4Addr::new(10, 99, 3, 77)
+        );
     }
 }

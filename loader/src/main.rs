@@ -12,7 +12,11 @@ use bpfnat::{
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bpfnat", version, about = "eBPF NAT datapath for container hosts: MASQUERADE without iptables")]
+#[command(
+    name = "bpfnat",
+    version,
+    about = "eBPF NAT datapath for container hosts: MASQUERADE without iptables"
+)]
 struct Cli {
     /// Run inside this named network namespace (as `ip netns exec NAME` would).
     #[arg(long, global = true, value_name = "NAME")]
@@ -45,10 +49,10 @@ struct UpArgs {
     bridge: String,
     /// Internal subnet to masquerade (repeatable); default: the bridge's IPv4 subnets.
     #[arg(long, value_name = "CIDR")]
-    subnet: Vec<Ipv4Net>,
+    subnet: Vec<String>,
     /// External port range for TCP/UDP; default: MASQUERADE's classes (1-511, 600-1023, 1024-65535).
     #[arg(long, value_name = "LO-HI")]
-    port_range: Option<PortRange>,
+    port_range: Option<String>,
     /// Entries in each connection-tracking map.
     #[arg(long, default_value_t = bpfnat_common::DEFAULT_TABLE_SIZE)]
     table_size: u32,
@@ -105,11 +109,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.sweep_interval == 0 {
                 anyhow::bail!("--sweep-interval must be at least 1 second");
             }
+            // Parsed here rather than by clap so a bad value gets our one-line error.
+            let subnets = args
+                .subnet
+                .iter()
+                .map(|s| s.parse::<Ipv4Net>())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let port_range = args
+                .port_range
+                .as_deref()
+                .map(str::parse::<PortRange>)
+                .transpose()?;
             let opts = up::UpOptions {
                 uplink: args.uplink,
                 bridge: args.bridge,
-                subnets: args.subnet,
-                port_range: args.port_range,
+                subnets,
+                port_range,
                 table_size: args.table_size,
                 tc_mode: args.tc_mode,
                 timeouts: Timeouts {

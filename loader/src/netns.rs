@@ -56,7 +56,9 @@ static NETNS_LOCK: Mutex<()> = Mutex::new(());
 fn lock_netns_dir() -> MutexGuard<'static, ()> {
     // A panic while holding the lock leaves no broken invariant behind (the
     // filesystem is the state), so a poisoned lock is still usable.
-    NETNS_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    NETNS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Path of the bind mount for namespace `name`, rejecting names that could
@@ -80,7 +82,9 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         || name.len() > MAX_IFNAME_LEN
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
         bail!("invalid interface name {name:?} (1..={MAX_IFNAME_LEN} bytes, no '/', ':' or whitespace)");
     }
@@ -143,7 +147,7 @@ fn prepare_run_dir() -> Result<()> {
 fn remove_netns_file(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         // EINVAL: not a mount point (stale plain file); ENOENT: already gone.
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
         Err(err) => return Err(err).with_context(|| format!("unmounting {}", path.display())),
     }
     match fs::remove_file(path) {
@@ -173,7 +177,7 @@ pub fn create(name: &str) -> Result<()> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
 
@@ -219,7 +223,10 @@ pub fn delete(name: &str) -> Result<()> {
 fn open_netns(name: &str) -> Result<File> {
     let path = netns_path(name)?;
     if !is_live_netns_mount(&path) {
-        bail!("network namespace {name} does not exist ({} is not a namespace mount)", path.display());
+        bail!(
+            "network namespace {name} does not exist ({} is not a namespace mount)",
+            path.display()
+        );
     }
     File::open(&path).with_context(|| format!("opening {}", path.display()))
 }
@@ -229,7 +236,8 @@ fn open_netns(name: &str) -> Result<File> {
 /// the process are unaffected. Meant for CLI start-up, before any runtime.
 pub fn enter(name: &str) -> Result<()> {
     let ns_file = open_netns(name)?;
-    setns(&ns_file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into network namespace {name}"))
+    setns(&ns_file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns into network namespace {name}"))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -265,7 +273,12 @@ pub fn run_in<T: Send + 'static>(
         })
         .with_context(|| format!("spawning thread for network namespace {name}"))?
         .join()
-        .map_err(|panic| anyhow!("thread in network namespace {name} panicked: {}", panic_message(&*panic)))?
+        .map_err(|panic| {
+            anyhow!(
+                "thread in network namespace {name} panicked: {}",
+                panic_message(&*panic)
+            )
+        })?
 }
 
 /// Turns `net/ipv4/ip_forward` (or the dotted `net.ipv4.ip_forward`) into a
@@ -273,9 +286,17 @@ pub fn run_in<T: Send + 'static>(
 fn sysctl_path(key: &str) -> Result<PathBuf> {
     // Dotted form only when there is no slash: interface names in
     // `net/ipv4/conf/eth0.100/...` legitimately contain dots.
-    let relative = if key.contains('/') { key.to_owned() } else { key.replace('.', "/") };
+    let relative = if key.contains('/') {
+        key.to_owned()
+    } else {
+        key.replace('.', "/")
+    };
     let relative = relative.trim_start_matches('/');
-    if relative.is_empty() || relative.split('/').any(|part| part.is_empty() || part == "..") {
+    if relative.is_empty()
+        || relative
+            .split('/')
+            .any(|part| part.is_empty() || part == "..")
+    {
         bail!("invalid sysctl key {key:?}");
     }
     Ok(Path::new("/proc/sys").join(relative))
@@ -287,7 +308,8 @@ pub fn sysctl(name: &str, key: &str, value: &str) -> Result<()> {
     let path = sysctl_path(key)?;
     let value = value.to_owned();
     run_in(name, move || {
-        fs::write(&path, value.as_bytes()).with_context(|| format!("writing {value:?} to {}", path.display()))
+        fs::write(&path, value.as_bytes())
+            .with_context(|| format!("writing {value:?} to {}", path.display()))
     })
     .with_context(|| format!("setting sysctl {key} in network namespace {name}"))
 }
@@ -296,7 +318,8 @@ pub fn sysctl(name: &str, key: &str, value: &str) -> Result<()> {
 pub fn read_sysctl(name: &str, key: &str) -> Result<String> {
     let path = sysctl_path(key)?;
     run_in(name, move || {
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(text.trim_end().to_owned())
     })
     .with_context(|| format!("reading sysctl {key} in network namespace {name}"))
@@ -311,22 +334,36 @@ struct EthtoolValue {
 
 /// Issues one `ETHTOOL_{G,S}*` command carrying a `struct ethtool_value` on
 /// the current thread's namespace, returning the `data` the kernel left.
-fn ethtool_value_ioctl(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+/// A socket to hang interface ioctls on, in the current thread's namespace.
+fn inet_dgram_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw_fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw_fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: raw_fd is a freshly opened descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(raw_fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw_fd) })
+}
 
-    let mut value = EthtoolValue { cmd, data };
+/// A zeroed `ifreq` naming `ifname` (validated by callers to fit with its NUL).
+fn ifreq_for(ifname: &str) -> libc::ifreq {
     // SAFETY: ifreq is a plain C struct/union for which all-zero is valid.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    // Name was validated to fit with its NUL terminator (already zeroed).
-    for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.as_bytes()) {
+    for (slot, byte) in request
+        .ifr_name
+        .iter_mut()
+        .take(MAX_IFNAME_LEN)
+        .zip(ifname.as_bytes())
+    {
         *slot = *byte as c_char;
     }
+    request
+}
+
+fn ethtool_value_ioctl(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let socket = inet_dgram_socket()?;
+    let mut value = EthtoolValue { cmd, data };
+    let mut request = ifreq_for(ifname);
     request.ifr_ifru.ifru_data = std::ptr::addr_of_mut!(value).cast::<c_char>();
     // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to,
     // both of which live until the call returns.
@@ -337,12 +374,34 @@ fn ethtool_value_ioctl(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
     Ok(value.data)
 }
 
+/// The MAC address of `ifname` in the current thread's namespace
+/// (`SIOCGIFHWADDR`; rtnetlink 0.14 would need netlink-packet-route's types
+/// to pick it out of a link dump).
+fn current_mac(ifname: &str) -> io::Result<[u8; 6]> {
+    let socket = inet_dgram_socket()?;
+    let mut request = ifreq_for(ifname);
+    // SAFETY: SIOCGIFHWADDR fills the ifreq, which lives across the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a successful SIOCGIFHWADDR leaves ifru_hwaddr initialised.
+    let hwaddr = unsafe { request.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (byte, raw) in mac.iter_mut().zip(hwaddr.sa_data) {
+        *byte = raw as u8;
+    }
+    Ok(mac)
+}
+
 /// Reads whether TX checksum offload is on (`ethtool -k IF`, "tx-checksumming").
 pub fn tx_checksum(netns: &str, ifname: &str) -> Result<bool> {
     validate_ifname(ifname)?;
     let ifname_owned = ifname.to_owned();
-    run_in(netns, move || Ok(ethtool_value_ioctl(&ifname_owned, ETHTOOL_GTXCSUM, 0)? != 0))
-        .with_context(|| format!("reading tx checksum offload of {ifname} in netns {netns}"))
+    run_in(netns, move || {
+        Ok(ethtool_value_ioctl(&ifname_owned, ETHTOOL_GTXCSUM, 0)? != 0)
+    })
+    .with_context(|| format!("reading tx checksum offload of {ifname} in netns {netns}"))
 }
 
 /// Turns TX checksum offload on or off, like `ethtool -K IF tx on|off`, and
@@ -352,14 +411,24 @@ pub fn set_tx_checksum(netns: &str, ifname: &str, on: bool) -> Result<()> {
     validate_ifname(ifname)?;
     let ifname_owned = ifname.to_owned();
     run_in(netns, move || {
-        ethtool_value_ioctl(&ifname_owned, ETHTOOL_STXCSUM, u32::from(on)).context("ETHTOOL_STXCSUM")?;
-        let now_on = ethtool_value_ioctl(&ifname_owned, ETHTOOL_GTXCSUM, 0).context("ETHTOOL_GTXCSUM")? != 0;
+        ethtool_value_ioctl(&ifname_owned, ETHTOOL_STXCSUM, u32::from(on))
+            .context("ETHTOOL_STXCSUM")?;
+        let now_on =
+            ethtool_value_ioctl(&ifname_owned, ETHTOOL_GTXCSUM, 0).context("ETHTOOL_GTXCSUM")? != 0;
         if now_on != on {
-            bail!("driver kept tx checksum offload {}", if now_on { "on" } else { "off" });
+            bail!(
+                "driver kept tx checksum offload {}",
+                if now_on { "on" } else { "off" }
+            );
         }
         Ok(())
     })
-    .with_context(|| format!("setting tx checksum offload {} on {ifname} in netns {netns}", if on { "on" } else { "off" }))
+    .with_context(|| {
+        format!(
+            "setting tx checksum offload {} on {ifname} in netns {netns}",
+            if on { "on" } else { "off" }
+        )
+    })
 }
 
 /// Runs rtnetlink operations inside the named namespace: a current-thread
@@ -377,7 +446,8 @@ where
             .build()
             .context("building tokio runtime for netlink")?;
         runtime.block_on(async move {
-            let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("opening rtnetlink socket")?;
             tokio::spawn(connection);
             f(handle).await
         })
@@ -421,7 +491,9 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
 
 /// Like [`link_index`] but an absent interface is an error.
 pub async fn require_link_index(handle: &Handle, name: &str) -> Result<u32> {
-    link_index(handle, name).await?.ok_or_else(|| anyhow!("no interface named {name}"))
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| anyhow!("no interface named {name}"))
 }
 
 /// `ip link set NAME up`
@@ -435,6 +507,26 @@ pub async fn set_link_up(handle: &Handle, name: &str) -> Result<()> {
         .await
         .map_err(netlink_error)
         .with_context(|| format!("setting {name} up"))
+}
+
+/// `ip link set NAME address MAC`, skipped when it already has that MAC
+/// (a change notification would flush the neighbour entries learnt on it).
+/// On a bridge this also pins the MAC: otherwise the bridge takes the lowest
+/// MAC among its ports and changes it as ports come and go, leaving stale
+/// gateway entries in the neighbours' ARP caches.
+pub async fn set_link_mac(handle: &Handle, name: &str, mac: [u8; 6]) -> Result<()> {
+    let index = require_link_index(handle, name).await?;
+    if current_mac(name).with_context(|| format!("reading the MAC address of {name}"))? == mac {
+        return Ok(());
+    }
+    handle
+        .link()
+        .set(index)
+        .address(mac.to_vec())
+        .execute()
+        .await
+        .map_err(netlink_error)
+        .with_context(|| format!("setting the MAC address of {name}"))
 }
 
 /// `ip link set NAME name NEW_NAME` (the link must be down).
@@ -495,7 +587,12 @@ pub async fn set_bridge_port(handle: &Handle, port: &str, bridge: &str) -> Resul
 }
 
 /// Whether `addr/prefix_len` is configured on interface `ifname`.
-pub async fn has_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_len: u8) -> Result<bool> {
+pub async fn has_address(
+    handle: &Handle,
+    ifname: &str,
+    addr: IpAddr,
+    prefix_len: u8,
+) -> Result<bool> {
     let index = require_link_index(handle, ifname).await?;
     let matching = handle
         .address()
@@ -512,17 +609,33 @@ pub async fn has_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_len
 }
 
 /// `ip addr add ADDR/PREFIX dev IFNAME`; already present is fine.
-pub async fn add_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_len: u8) -> Result<()> {
+pub async fn add_address(
+    handle: &Handle,
+    ifname: &str,
+    addr: IpAddr,
+    prefix_len: u8,
+) -> Result<()> {
     let index = require_link_index(handle, ifname).await?;
-    match handle.address().add(index, addr, prefix_len).execute().await {
+    match handle
+        .address()
+        .add(index, addr, prefix_len)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(err) if netlink_errno(&err) == Some(libc::EEXIST) => Ok(()),
-        Err(err) => Err(netlink_error(err)).with_context(|| format!("adding {addr}/{prefix_len} to {ifname}")),
+        Err(err) => Err(netlink_error(err))
+            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}")),
     }
 }
 
 /// `ip addr del ADDR/PREFIX dev IFNAME`; absent is fine.
-pub async fn delete_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_len: u8) -> Result<()> {
+pub async fn delete_address(
+    handle: &Handle,
+    ifname: &str,
+    addr: IpAddr,
+    prefix_len: u8,
+) -> Result<()> {
     let index = require_link_index(handle, ifname).await?;
     let matching = handle
         .address()
@@ -540,7 +653,8 @@ pub async fn delete_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_
             Ok(()) => {}
             Err(err) if netlink_errno(&err) == Some(libc::EADDRNOTAVAIL) => {}
             Err(err) => {
-                return Err(netlink_error(err)).with_context(|| format!("deleting {addr}/{prefix_len} from {ifname}"))
+                return Err(netlink_error(err))
+                    .with_context(|| format!("deleting {addr}/{prefix_len} from {ifname}"))
             }
         }
     }
@@ -550,7 +664,12 @@ pub async fn delete_address(handle: &Handle, ifname: &str, addr: IpAddr, prefix_
 /// `ip route replace DEST/PREFIX via GATEWAY` in the main table: creates the
 /// route or overwrites a different one for the same destination, so it is
 /// idempotent and also repairs a wrong gateway.
-pub async fn replace_route_v4(handle: &Handle, destination: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) -> Result<()> {
+pub async fn replace_route_v4(
+    handle: &Handle,
+    destination: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<()> {
     handle
         .route()
         .add()
@@ -572,13 +691,17 @@ pub async fn replace_default_route_v4(handle: &Handle, gateway: Ipv4Addr) -> Res
 /// Whether interface `ifname` exists in the named namespace.
 pub fn link_exists(netns: &str, ifname: &str) -> Result<bool> {
     let ifname = ifname.to_owned();
-    with_netlink(netns, move |handle| async move { Ok(link_index(&handle, &ifname).await?.is_some()) })
+    with_netlink(netns, move |handle| async move {
+        Ok(link_index(&handle, &ifname).await?.is_some())
+    })
 }
 
 /// Deletes interface `ifname` in the named namespace; absent is fine.
 pub fn delete_link_in(netns: &str, ifname: &str) -> Result<()> {
     let ifname = ifname.to_owned();
-    with_netlink(netns, move |handle| async move { delete_link(&handle, &ifname).await })
+    with_netlink(netns, move |handle| async move {
+        delete_link(&handle, &ifname).await
+    })
 }
 
 /// A name for a veth end that only lives for a moment in the "wrong"
@@ -618,28 +741,29 @@ pub fn create_veth_pair(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> R
     }
 
     if link_exists(ns_b, name_b).with_context(context)? {
-        return Err(anyhow!("interface {name_b} already exists in netns {ns_b}")).with_context(context);
+        return Err(anyhow!("interface {name_b} already exists in netns {ns_b}"))
+            .with_context(context);
     }
     let ns_b_path = netns_path(ns_b)?;
     let temporary = temporary_ifname();
 
-    let (name_a_owned, temporary_owned) = (name_a.to_owned(), temporary.clone());
+    let (a_end, peer) = (name_a.to_owned(), temporary.clone());
     with_netlink(ns_a, move |handle| async move {
-        if link_index(&handle, &name_a_owned).await?.is_some() {
-            bail!("interface {name_a_owned} already exists");
+        if link_index(&handle, &a_end).await?.is_some() {
+            bail!("interface {a_end} already exists");
         }
         handle
             .link()
             .add()
-            .veth(name_a_owned.clone(), temporary_owned.clone())
+            .veth(a_end.clone(), peer.clone())
             .execute()
             .await
             .map_err(netlink_error)
-            .with_context(|| format!("adding veth {name_a_owned} with peer {temporary_owned}"))?;
+            .with_context(|| format!("adding veth {a_end} with peer {peer}"))?;
         let moved = async {
-            let ns_b_file =
-                File::open(&ns_b_path).with_context(|| format!("opening {}", ns_b_path.display()))?;
-            let peer_index = require_link_index(&handle, &temporary_owned).await?;
+            let ns_b_file = File::open(&ns_b_path)
+                .with_context(|| format!("opening {}", ns_b_path.display()))?;
+            let peer_index = require_link_index(&handle, &peer).await?;
             handle
                 .link()
                 .set(peer_index)
@@ -647,23 +771,23 @@ pub fn create_veth_pair(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> R
                 .execute()
                 .await
                 .map_err(netlink_error)
-                .with_context(|| format!("moving {temporary_owned} to {}", ns_b_path.display()))?;
-            set_link_up(&handle, &name_a_owned).await
+                .with_context(|| format!("moving {peer} to {}", ns_b_path.display()))?;
+            set_link_up(&handle, &a_end).await
         }
         .await;
         if moved.is_err() {
-            let _ = delete_link(&handle, &name_a_owned).await;
+            let _ = delete_link(&handle, &a_end).await;
         }
         moved
     })
     .with_context(context)?;
 
-    let (name_b_owned, temporary_owned) = (name_b.to_owned(), temporary);
+    let (b_end, moved_peer) = (name_b.to_owned(), temporary);
     let renamed = with_netlink(ns_b, move |handle| async move {
         // Moving a link between namespaces brings it down, which is also
         // what renaming requires.
-        rename_link(&handle, &temporary_owned, &name_b_owned).await?;
-        set_link_up(&handle, &name_b_owned).await
+        rename_link(&handle, &moved_peer, &b_end).await?;
+        set_link_up(&handle, &b_end).await
     });
     if let Err(err) = renamed {
         let _ = delete_link_in(ns_a, name_a);

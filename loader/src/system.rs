@@ -24,8 +24,14 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     if bpffs_mounted() {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("bpffs is not mounted and mounting it at {BPFFS} failed"))?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("bpffs is not mounted and mounting it at {BPFFS} failed"))?;
     info!("mounted bpffs at {BPFFS}");
     Ok(())
 }

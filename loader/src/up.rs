@@ -38,11 +38,23 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let netlink = iface::netlink()?;
     let external = iface::primary_ipv4(&netlink, &opts.uplink)
         .await?
-        .with_context(|| format!("uplink {:?} has no IPv4 address to masquerade with", opts.uplink))?;
+        .with_context(|| {
+            format!(
+                "uplink {:?} has no IPv4 address to masquerade with",
+                opts.uplink
+            )
+        })?;
     let subnets = if opts.subnets.is_empty() {
-        let nets: Vec<Ipv4Net> = iface::ipv4_addrs(&netlink, &opts.bridge).await?.iter().map(|a| a.network()).collect();
+        let nets: Vec<Ipv4Net> = iface::ipv4_addrs(&netlink, &opts.bridge)
+            .await?
+            .iter()
+            .map(|a| a.network())
+            .collect();
         if nets.is_empty() {
-            bail!("bridge {:?} has no IPv4 address; give the container subnet with --subnet", opts.bridge);
+            bail!(
+                "bridge {:?} has no IPv4 address; give the container subnet with --subnet",
+                opts.bridge
+            );
         }
         nets
     } else {
@@ -52,7 +64,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         bail!("uplink address {external} is inside internal subnet {net}: check --uplink and --subnet");
     }
 
-    let mut dp = Datapath::load(LoadOptions { table_size: opts.table_size })?;
+    let mut dp = Datapath::load(LoadOptions {
+        table_size: opts.table_size,
+    })?;
     if let Err(e) = dp.start_logging() {
         warn!("datapath log records unavailable: {e:#}");
     }
@@ -62,13 +76,20 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     let had_clsact = iface::has_clsact(&netlink, uplink_index).await?;
     let mode = dp.attach(&opts.uplink, opts.tc_mode)?;
-    let subnet_list = subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let subnet_list = subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     info!(
         "attached to {} ({mode:?}): masquerading {subnet_list} behind bridge {} as {external}",
         opts.uplink, opts.bridge
     );
     // The readiness line scripts and tests wait for.
-    println!("ready: uplink={} external={external} subnets={subnet_list} mode={mode:?}", opts.uplink);
+    println!(
+        "ready: uplink={} external={external} subnets={subnet_list} mode={mode:?}",
+        opts.uplink
+    );
     std::io::stdout().flush().ok();
 
     let result = serve(&mut dp, &opts, external).await;
@@ -76,7 +97,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     drop(dp); // closes the TCX links / removes the cls_bpf filters
     if mode == TcMode::Clsact && !had_clsact {
         if let Err(e) = iface::delete_clsact(&netlink, uplink_index).await {
-            warn!("could not remove the clsact qdisc we added to {}: {e:#}", opts.uplink);
+            warn!(
+                "could not remove the clsact qdisc we added to {}: {e:#}",
+                opts.uplink
+            );
         }
     }
     info!("detached from {}", opts.uplink);
@@ -112,8 +136,17 @@ async fn serve(dp: &mut Datapath, opts: &UpOptions, external: Ipv4Addr) -> anyho
 pub fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> {
     let flows = dp.nat_out()?.keys().filter(Result::is_ok).count();
     let counters = dp.counters()?;
-    let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
-    let drops: u64 = counters.iter().filter(|(c, _)| c.name().starts_with("drop_")).map(|(_, v)| v).sum();
+    let get = |c: Counter| {
+        counters
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| *v)
+    };
+    let drops: u64 = counters
+        .iter()
+        .filter(|(c, _)| c.name().starts_with("drop_"))
+        .map(|(_, v)| v)
+        .sum();
     Ok(format!(
         "status: external={external} flows={flows} out={} in={} new={} drops={drops}",
         get(Counter::EgressTranslated),

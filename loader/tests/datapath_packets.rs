@@ -39,8 +39,10 @@ fn root() -> bool {
 
 fn datapath(ports: Option<PortRange>) -> Datapath {
     let mut dp = Datapath::load(LoadOptions { table_size: 4096 }).expect("load datapath");
-    dp.configure(EXTERNAL.parse().unwrap(), ports).expect("configure");
-    dp.add_internal_subnet("172.18.0.0/24".parse().unwrap()).expect("subnet");
+    dp.configure(EXTERNAL.parse().unwrap(), ports)
+        .expect("configure");
+    dp.add_internal_subnet("172.18.0.0/24".parse().unwrap())
+        .expect("subnet");
     dp
 }
 
@@ -50,7 +52,11 @@ fn run(dp: &mut Datapath, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
     let result = dp
         .classifier(prog)
         .expect("program")
-        .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
@@ -70,7 +76,11 @@ fn with_src(f: &Frame, src: &str, sport: Option<u16>) -> Frame {
     g.src = src.parse().unwrap();
     if let Some(p) = sport {
         g.l4 = match g.l4 {
-            L4::Tcp { dport, flags, .. } => L4::Tcp { sport: p, dport, flags },
+            L4::Tcp { dport, flags, .. } => L4::Tcp {
+                sport: p,
+                dport,
+                flags,
+            },
             L4::Udp { dport, .. } => L4::Udp { sport: p, dport },
             L4::IcmpEcho { kind, seq, .. } => L4::IcmpEcho { kind, id: p, seq },
         };
@@ -84,7 +94,11 @@ fn with_dst(f: &Frame, dst: &str, dport: Option<u16>) -> Frame {
     g.dst = dst.parse().unwrap();
     if let Some(p) = dport {
         g.l4 = match g.l4 {
-            L4::Tcp { sport, flags, .. } => L4::Tcp { sport, dport: p, flags },
+            L4::Tcp { sport, flags, .. } => L4::Tcp {
+                sport,
+                dport: p,
+                flags,
+            },
             L4::Udp { sport, .. } => L4::Udp { sport, dport: p },
             L4::IcmpEcho { kind, seq, .. } => L4::IcmpEcho { kind, id: p, seq },
         };
@@ -111,7 +125,11 @@ fn external_port(dp: &Datapath, f: &Frame) -> u16 {
 
 fn assert_frame(got: &[u8], want: &Frame, case: &str) {
     verify_checksums(got).unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(got, &want.build()[..], "{case}: output frame differs from the expected one");
+    assert_eq!(
+        got,
+        &want.build()[..],
+        "{case}: output frame differs from the expected one"
+    );
 }
 
 /// Outbound rows: the source becomes EXTERNAL with the original port kept, and the reply
@@ -126,23 +144,113 @@ fn outbound_and_reply_table() {
         out: Frame,
         reply_l4: L4,
     }
-    let tcp = Frame::new(NS1, REMOTE, L4::Tcp { sport: 40000, dport: 80, flags: SYN });
-    let udp = Frame::new(NS1, REMOTE, L4::Udp { sport: 40001, dport: 53 });
-    let mut udp_nocsum = Frame::new(NS1, REMOTE, L4::Udp { sport: 40002, dport: 9 });
+    let tcp = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+        },
+    );
+    let udp = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40001,
+            dport: 53,
+        },
+    );
+    let mut udp_nocsum = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40002,
+            dport: 9,
+        },
+    );
     udp_nocsum.udp_no_checksum = true;
-    let icmp = Frame::new(NS1, REMOTE, L4::IcmpEcho { kind: 8, id: 0x4242, seq: 1 });
-    let mut tcp_options = Frame::new(NS2, REMOTE, L4::Tcp { sport: 40003, dport: 443, flags: SYN });
+    let icmp = Frame::new(
+        NS1,
+        REMOTE,
+        L4::IcmpEcho {
+            kind: 8,
+            id: 0x4242,
+            seq: 1,
+        },
+    );
+    let mut tcp_options = Frame::new(
+        NS2,
+        REMOTE,
+        L4::Tcp {
+            sport: 40003,
+            dport: 443,
+            flags: SYN,
+        },
+    );
     tcp_options.ip_options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00]; // router alert + NOPs + EOL
-    let mut big = Frame::new(NS2, REMOTE, L4::Udp { sport: 40004, dport: 5001 });
+    let mut big = Frame::new(
+        NS2,
+        REMOTE,
+        L4::Udp {
+            sport: 40004,
+            dport: 5001,
+        },
+    );
     big.payload = (0..1400u32).map(|i| (i * 7) as u8).collect();
 
     let rows = [
-        Row { name: "tcp syn", out: tcp, reply_l4: L4::Tcp { sport: 80, dport: 40000, flags: SYN_ACK } },
-        Row { name: "udp", out: udp, reply_l4: L4::Udp { sport: 53, dport: 40001 } },
-        Row { name: "udp zero checksum", out: udp_nocsum, reply_l4: L4::Udp { sport: 9, dport: 40002 } },
-        Row { name: "icmp echo", out: icmp, reply_l4: L4::IcmpEcho { kind: 0, id: 0x4242, seq: 1 } },
-        Row { name: "tcp with ip options", out: tcp_options, reply_l4: L4::Tcp { sport: 443, dport: 40003, flags: SYN_ACK } },
-        Row { name: "udp 1400-byte payload", out: big, reply_l4: L4::Udp { sport: 5001, dport: 40004 } },
+        Row {
+            name: "tcp syn",
+            out: tcp,
+            reply_l4: L4::Tcp {
+                sport: 80,
+                dport: 40000,
+                flags: SYN_ACK,
+            },
+        },
+        Row {
+            name: "udp",
+            out: udp,
+            reply_l4: L4::Udp {
+                sport: 53,
+                dport: 40001,
+            },
+        },
+        Row {
+            name: "udp zero checksum",
+            out: udp_nocsum,
+            reply_l4: L4::Udp {
+                sport: 9,
+                dport: 40002,
+            },
+        },
+        Row {
+            name: "icmp echo",
+            out: icmp,
+            reply_l4: L4::IcmpEcho {
+                kind: 0,
+                id: 0x4242,
+                seq: 1,
+            },
+        },
+        Row {
+            name: "tcp with ip options",
+            out: tcp_options,
+            reply_l4: L4::Tcp {
+                sport: 443,
+                dport: 40003,
+                flags: SYN_ACK,
+            },
+        },
+        Row {
+            name: "udp 1400-byte payload",
+            out: big,
+            reply_l4: L4::Udp {
+                sport: 5001,
+                dport: 40004,
+            },
+        },
     ];
     for row in rows {
         let mut dp = datapath(None);
@@ -151,7 +259,12 @@ fn outbound_and_reply_table() {
         let want = with_src(&row.out, EXTERNAL, None);
         assert_frame(&got, &want, &format!("{} (egress)", row.name));
         assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 1, "{}", row.name);
-        assert_eq!(dp.counter(Counter::EgressTranslated).unwrap(), 1, "{}", row.name);
+        assert_eq!(
+            dp.counter(Counter::EgressTranslated).unwrap(),
+            1,
+            "{}",
+            row.name
+        );
 
         // The reply, as the remote sends it to the external address.
         let mut reply = Frame::new(REMOTE, EXTERNAL, row.reply_l4);
@@ -162,9 +275,18 @@ fn outbound_and_reply_table() {
         let want = with_dst(&reply, &row.out.src.to_string(), None);
         assert_frame(&got, &want, &format!("{} (reply)", row.name));
         if row.out.udp_no_checksum {
-            assert_eq!(&got[got.len() - reply.payload.len() - 2..][..2], &[0, 0], "zero UDP checksum must stay zero");
+            assert_eq!(
+                &got[got.len() - reply.payload.len() - 2..][..2],
+                &[0, 0],
+                "zero UDP checksum must stay zero"
+            );
         }
-        assert_eq!(dp.counter(Counter::IngressTranslated).unwrap(), 1, "{}", row.name);
+        assert_eq!(
+            dp.counter(Counter::IngressTranslated).unwrap(),
+            1,
+            "{}",
+            row.name
+        );
     }
 }
 
@@ -175,42 +297,118 @@ fn untouched_table() {
         return;
     }
     let mut dp = datapath(None);
-    let host_own = Frame::new(EXTERNAL, REMOTE, L4::Tcp { sport: 5555, dport: 80, flags: SYN }).build();
-    let other_subnet = Frame::new("10.1.2.3", REMOTE, L4::Udp { sport: 1000, dport: 53 }).build();
+    let host_own = Frame::new(
+        EXTERNAL,
+        REMOTE,
+        L4::Tcp {
+            sport: 5555,
+            dport: 80,
+            flags: SYN,
+        },
+    )
+    .build();
+    let other_subnet = Frame::new(
+        "10.1.2.3",
+        REMOTE,
+        L4::Udp {
+            sport: 1000,
+            dport: 53,
+        },
+    )
+    .build();
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 203, 0, 113, 2, 0, 0, 0, 0, 0, 0, 203, 0, 113, 1]);
+    arp.extend_from_slice(&[
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 203, 0, 113, 2, 0, 0, 0, 0, 0, 0, 203, 0, 113, 1,
+    ]);
     let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
     ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
     ipv6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     ipv6.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     ipv6.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
-    let unknown_reply = Frame::new(REMOTE, EXTERNAL, L4::Tcp { sport: 80, dport: 33333, flags: SYN_ACK }).build();
+    let unknown_reply = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Tcp {
+            sport: 80,
+            dport: 33333,
+            flags: SYN_ACK,
+        },
+    )
+    .build();
     let gre = {
         let mut f = Frame::new(NS1, REMOTE, L4::Udp { sport: 1, dport: 2 }).build();
         f[14 + 9] = 47; // protocol GRE (header checksum now wrong, but the NAT must not care)
         f
     };
-    let mut frag = Frame::new(NS1, REMOTE, L4::Udp { sport: 4000, dport: 4001 }).build();
+    let mut frag = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 4000,
+            dport: 4001,
+        },
+    )
+    .build();
     frag[14 + 6] = 0x00;
     frag[14 + 7] = 0xb9; // fragment offset 185 * 8 bytes: a later fragment, no ports inside
 
     let rows: [(&str, &str, Vec<u8>, Counter); 8] = [
-        ("host's own traffic", names::PROG_EGRESS, host_own, Counter::PassNoMatch),
-        ("source outside internal subnets", names::PROG_EGRESS, other_subnet, Counter::PassNoMatch),
-        ("arp egress", names::PROG_EGRESS, arp.clone(), Counter::PassNotIpv4),
-        ("arp ingress", names::PROG_INGRESS, arp, Counter::PassNotIpv4),
+        (
+            "host's own traffic",
+            names::PROG_EGRESS,
+            host_own,
+            Counter::PassNoMatch,
+        ),
+        (
+            "source outside internal subnets",
+            names::PROG_EGRESS,
+            other_subnet,
+            Counter::PassNoMatch,
+        ),
+        (
+            "arp egress",
+            names::PROG_EGRESS,
+            arp.clone(),
+            Counter::PassNotIpv4,
+        ),
+        (
+            "arp ingress",
+            names::PROG_INGRESS,
+            arp,
+            Counter::PassNotIpv4,
+        ),
         ("ipv6", names::PROG_EGRESS, ipv6, Counter::PassNotIpv4),
-        ("reply to no mapping", names::PROG_INGRESS, unknown_reply, Counter::PassNoMatch),
-        ("protocol without ports", names::PROG_EGRESS, gre, Counter::PassUnsupportedProto),
-        ("non-first fragment", names::PROG_EGRESS, frag, Counter::PassFragment),
+        (
+            "reply to no mapping",
+            names::PROG_INGRESS,
+            unknown_reply,
+            Counter::PassNoMatch,
+        ),
+        (
+            "protocol without ports",
+            names::PROG_EGRESS,
+            gre,
+            Counter::PassUnsupportedProto,
+        ),
+        (
+            "non-first fragment",
+            names::PROG_EGRESS,
+            frag,
+            Counter::PassFragment,
+        ),
     ];
     for (name, prog, input, reason) in rows {
         let before = dp.counter(reason).unwrap();
         let (verdict, got) = run(&mut dp, prog, &input);
         assert_eq!(verdict, TC_ACT_OK, "{name}: verdict");
         assert_eq!(got, input, "{name}: frame must pass untouched");
-        assert_eq!(dp.counter(reason).unwrap(), before + 1, "{name}: counted as {}", reason.name());
+        assert_eq!(
+            dp.counter(reason).unwrap(),
+            before + 1,
+            "{name}: counted as {}",
+            reason.name()
+        );
     }
     assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 0);
 }
@@ -222,7 +420,16 @@ fn malformed_table() {
         return;
     }
     let mut dp = datapath(None);
-    let good = Frame::new(NS1, REMOTE, L4::Tcp { sport: 40000, dport: 80, flags: SYN }).build();
+    let good = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+        },
+    )
+    .build();
     let mut ihl_too_small = good.clone();
     ihl_too_small[14] = 0x44;
     let mut total_len_too_small = good.clone();
@@ -241,9 +448,17 @@ fn malformed_table() {
     for (i, (name, input)) in rows.into_iter().enumerate() {
         let (verdict, _) = run(&mut dp, names::PROG_EGRESS, &input);
         assert_eq!(verdict, TC_ACT_SHOT, "{name}: verdict");
-        assert_eq!(dp.counter(Counter::DropMalformed).unwrap(), i as u64 + 1, "{name}: counted");
+        assert_eq!(
+            dp.counter(Counter::DropMalformed).unwrap(),
+            i as u64 + 1,
+            "{name}: counted"
+        );
     }
-    assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 0, "no mapping from a malformed packet");
+    assert_eq!(
+        dp.counter(Counter::NewMappings).unwrap(),
+        0,
+        "no mapping from a malformed packet"
+    );
 }
 
 /// Two containers, same source port, same destination: the second gets another external port
@@ -253,7 +468,11 @@ fn port_conflict_picks_another_port_in_class() {
     if !root() {
         return;
     }
-    for (sport, lo, hi) in [(40000u16, 1024u16, 65535u16), (123, 1, 511), (700, 600, 1023)] {
+    for (sport, lo, hi) in [
+        (40000u16, 1024u16, 65535u16),
+        (123, 1, 511),
+        (700, 600, 1023),
+    ] {
         let mut dp = datapath(None);
         let a = Frame::new(NS1, REMOTE, L4::Udp { sport, dport: 53 });
         let b = Frame::new(NS2, REMOTE, L4::Udp { sport, dport: 53 });
@@ -263,12 +482,22 @@ fn port_conflict_picks_another_port_in_class() {
         assert_eq!(external_port(&dp, &a), sport, "first flow keeps its port");
         let port_b = external_port(&dp, &b);
         assert_ne!(port_b, sport, "second flow must not reuse the taken port");
-        assert!((lo..=hi).contains(&port_b), "port {port_b} outside class {lo}-{hi} of {sport}");
+        assert!(
+            (lo..=hi).contains(&port_b),
+            "port {port_b} outside class {lo}-{hi} of {sport}"
+        );
         assert_frame(&got_a, &with_src(&a, EXTERNAL, None), "first");
         assert_frame(&got_b, &with_src(&b, EXTERNAL, Some(port_b)), "second");
 
         for (port, back_to) in [(sport, NS1), (port_b, NS2)] {
-            let reply = Frame::new(REMOTE, EXTERNAL, L4::Udp { sport: 53, dport: port });
+            let reply = Frame::new(
+                REMOTE,
+                EXTERNAL,
+                L4::Udp {
+                    sport: 53,
+                    dport: port,
+                },
+            );
             let (v, got) = ingress(&mut dp, &reply);
             assert_eq!(v, TC_ACT_OK);
             assert_frame(&got, &with_dst(&reply, back_to, Some(sport)), "reply");
@@ -284,31 +513,85 @@ fn port_range_and_exhaustion() {
         return;
     }
     let mut dp = datapath(Some("5000-5000".parse().unwrap()));
-    let first = Frame::new(NS1, REMOTE, L4::Tcp { sport: 40000, dport: 80, flags: SYN });
+    let first = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+        },
+    );
     let (v, got) = egress(&mut dp, &first);
     assert_eq!(v, TC_ACT_OK);
-    assert_frame(&got, &with_src(&first, EXTERNAL, Some(5000)), "first flow gets the only port");
+    assert_frame(
+        &got,
+        &with_src(&first, EXTERNAL, Some(5000)),
+        "first flow gets the only port",
+    );
 
-    let second = Frame::new(NS2, REMOTE, L4::Tcp { sport: 40000, dport: 80, flags: SYN });
+    let second = Frame::new(
+        NS2,
+        REMOTE,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+        },
+    );
     let (v, _) = egress(&mut dp, &second);
     assert_eq!(v, TC_ACT_SHOT, "no port left for this destination");
     assert_eq!(dp.counter(Counter::DropNoPort).unwrap(), 1);
     // One try found 5000 for the first flow (its own port 40000 is outside the range); the
     // second flow tried every allowed attempt.
-    assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 1 + u64::from(bpfnat_common::PORT_ALLOC_TRIES));
+    assert_eq!(
+        dp.counter(Counter::PortRetries).unwrap(),
+        1 + u64::from(bpfnat_common::PORT_ALLOC_TRIES)
+    );
 
-    let other_destination = Frame::new(NS2, "198.51.100.2", L4::Tcp { sport: 40000, dport: 80, flags: SYN });
+    let other_destination = Frame::new(
+        NS2,
+        "198.51.100.2",
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+        },
+    );
     let (v, got) = egress(&mut dp, &other_destination);
-    assert_eq!(v, TC_ACT_OK, "the same external port serves another destination");
-    assert_frame(&got, &with_src(&other_destination, EXTERNAL, Some(5000)), "other destination");
+    assert_eq!(
+        v, TC_ACT_OK,
+        "the same external port serves another destination"
+    );
+    assert_frame(
+        &got,
+        &with_src(&other_destination, EXTERNAL, Some(5000)),
+        "other destination",
+    );
 
     // The existing flow is undisturbed.
-    let again = Frame::new(NS1, REMOTE, L4::Tcp { sport: 40000, dport: 80, flags: 0x10 });
+    let again = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: 0x10,
+        },
+    );
     let (v, got) = egress(&mut dp, &again);
     assert_eq!(v, TC_ACT_OK);
-    assert_frame(&got, &with_src(&again, EXTERNAL, Some(5000)), "existing flow");
+    assert_frame(
+        &got,
+        &with_src(&again, EXTERNAL, Some(5000)),
+        "existing flow",
+    );
     assert_eq!(dp.nat_out().unwrap().keys().count(), 2);
-    assert_eq!(dp.nat_in().unwrap().keys().count(), 2, "no half-mapping left by the failed flow");
+    assert_eq!(
+        dp.nat_in().unwrap().keys().count(),
+        2,
+        "no half-mapping left by the failed flow"
+    );
 }
 
 /// Per-flow accounting: packets, bytes and last-seen on both halves.
@@ -318,18 +601,35 @@ fn per_flow_counters() {
         return;
     }
     let mut dp = datapath(None);
-    let f = Frame::new(NS1, REMOTE, L4::Udp { sport: 41000, dport: 53 });
+    let f = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 41000,
+            dport: 53,
+        },
+    );
     let len = f.build().len() as u64;
     for _ in 0..3 {
         assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
     }
-    let reply = Frame::new(REMOTE, EXTERNAL, L4::Udp { sport: 53, dport: 41000 });
+    let reply = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Udp {
+            sport: 53,
+            dport: 41000,
+        },
+    );
     assert_eq!(ingress(&mut dp, &reply).0, TC_ACT_OK);
     let out: Vec<_> = dp.nat_out().unwrap().iter().map(Result::unwrap).collect();
     let inb: Vec<_> = dp.nat_in().unwrap().iter().map(Result::unwrap).collect();
     assert_eq!((out.len(), inb.len()), (1, 1));
     assert_eq!((out[0].1.packets, out[0].1.bytes), (3, 3 * len));
-    assert_eq!((inb[0].1.packets, inb[0].1.bytes), (1, reply.build().len() as u64));
+    assert_eq!(
+        (inb[0].1.packets, inb[0].1.bytes),
+        (1, reply.build().len() as u64)
+    );
     assert!(out[0].1.last_seen_ns >= out[0].1.created_ns && out[0].1.created_ns > 0);
     assert_eq!(inb[0].1.addr, bpfnat_common::addr_to_map([172, 18, 0, 2]));
 }

@@ -64,7 +64,16 @@ fn fresh_lab(spec: LabSpec) -> LabGuard {
 
 fn ping(netns: &str, target: Ipv4Addr) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-c1", "-W1", "-q", &target.to_string()])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-c1",
+            "-W1",
+            "-q",
+            &target.to_string(),
+        ])
         .output()
         .expect("running ip netns exec ping")
         .status
@@ -72,18 +81,33 @@ fn ping(netns: &str, target: Ipv4Addr) -> bool {
 }
 
 fn ip_output(netns: &str, args: &[&str]) -> String {
-    let output = Command::new("ip").args(["-n", netns]).args(args).output().expect("running ip");
-    assert!(output.status.success(), "ip -n {netns} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("ip")
+        .args(["-n", netns])
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        output.status.success(),
+        "ip -n {netns} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn run_ip(args: &[&str]) {
     let output = Command::new("ip").args(args).output().expect("running ip");
-    assert!(output.status.success(), "ip {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn netns_listed(name: &str) -> bool {
-    let output = Command::new("ip").args(["netns", "list"]).output().expect("running ip netns list");
+    let output = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("running ip netns list");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .any(|line| line.split_whitespace().next() == Some(name))
@@ -91,16 +115,30 @@ fn netns_listed(name: &str) -> bool {
 
 fn assert_connectivity(spec: &LabSpec) {
     for container in &spec.containers {
-        if !ping(&container.netns, spec.bridge_addr) {
-            let dump = Command::new("sh").arg("-c").arg(format!("ip -n {c} -d link; ip -n {c} addr; ip -n {c} route; ip -n {h} -d link; ip -n {c} neigh; sleep 2; ip netns exec {c} ping -c1 -W1 {g}", c = container.netns, h = spec.host_netns, g = spec.bridge_addr)).output().unwrap();
-            eprintln!("DEBUG {}", String::from_utf8_lossy(&dump.stdout));
-        }
-        assert!(ping(&container.netns, spec.bridge_addr), "{} cannot reach the bridge", container.netns);
+        assert!(
+            ping(&container.netns, spec.bridge_addr),
+            "{} cannot reach the bridge",
+            container.netns
+        );
+        assert!(
+            ping(&spec.host_netns, container.addr),
+            "host cannot reach {}",
+            container.netns
+        );
     }
     let (first, second) = (&spec.containers[0], &spec.containers[1]);
-    assert!(ping(&first.netns, second.addr), "containers cannot reach each other");
-    assert!(ping(&spec.host_netns, spec.wan_addr), "host cannot reach the WAN peer");
-    assert!(ping(&spec.host_netns, spec.remote_server), "host cannot reach the remote server");
+    assert!(
+        ping(&first.netns, second.addr),
+        "containers cannot reach each other"
+    );
+    assert!(
+        ping(&spec.host_netns, spec.wan_addr),
+        "host cannot reach the WAN peer"
+    );
+    assert!(
+        ping(&spec.host_netns, spec.remote_server),
+        "host cannot reach the remote server"
+    );
 }
 
 #[test]
@@ -115,16 +153,37 @@ fn up_builds_a_working_lab() {
     for name in spec.namespaces() {
         assert!(netns::exists(name), "{name} missing");
         assert!(netns_listed(name), "`ip netns list` does not show {name}");
-        assert!(ip_output(name, &["link", "show", "lo"]).contains("UP"), "lo down in {name}");
+        assert!(
+            ip_output(name, &["link", "show", "lo"]).contains("UP"),
+            "lo down in {name}"
+        );
     }
-    assert_eq!(netns::read_sysctl(&spec.host_netns, "net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(
+        netns::read_sysctl(&spec.host_netns, "net.ipv4.ip_forward").unwrap(),
+        "1"
+    );
     let bridge_ports = ip_output(&spec.host_netns, &["link", "show", "master", &spec.bridge]);
-    assert!(bridge_ports.contains("veth-c1") && bridge_ports.contains("veth-c2"), "{bridge_ports}");
+    assert!(
+        bridge_ports.contains("veth-c1") && bridge_ports.contains("veth-c2"),
+        "{bridge_ports}"
+    );
     let container_routes = ip_output(&spec.containers[0].netns, &["route", "show", "default"]);
-    assert!(container_routes.contains("via 10.99.1.1"), "{container_routes}");
+    assert!(
+        container_routes.contains("via 10.99.1.1"),
+        "{container_routes}"
+    );
     let host_routes = ip_output(&spec.host_netns, &["route", "show", "default"]);
-    assert!(host_routes.contains("via 192.0.2.1 dev up0"), "{host_routes}");
+    assert!(
+        host_routes.contains("via 192.0.2.1 dev up0"),
+        "{host_routes}"
+    );
     assert!(ip_output(&spec.wan_netns, &["addr", "show", "lo"]).contains("198.51.100.77/32"));
+    // Fixed MACs, so a rebuilt interface keeps the one its neighbours cached.
+    assert!(ip_output(&spec.host_netns, &["link", "show", "bntbr0"]).contains("02:42:0a:63:01:01"));
+    assert!(
+        ip_output(&spec.containers[0].netns, &["link", "show", "eth0"])
+            .contains("02:42:0a:63:01:02")
+    );
 
     assert_connectivity(spec);
 }
@@ -139,16 +198,29 @@ fn wan_has_no_route_back_to_the_containers() {
     lab::up(spec).expect("lab up");
 
     let routes = ip_output(&spec.wan_netns, &["-4", "route", "show"]);
-    assert!(!routes.contains("10.99.2.") && !routes.contains("default"), "unexpected WAN routes:\n{routes}");
+    assert!(
+        !routes.contains("10.99.2.") && !routes.contains("default"),
+        "unexpected WAN routes:\n{routes}"
+    );
     let lookup = Command::new("ip")
         .args(["-n", &spec.wan_netns, "route", "get", "10.99.2.2"])
         .output()
         .expect("running ip route get");
-    assert!(!lookup.status.success(), "WAN can route to the containers: {}", String::from_utf8_lossy(&lookup.stdout));
+    assert!(
+        !lookup.status.success(),
+        "WAN can route to the containers: {}",
+        String::from_utf8_lossy(&lookup.stdout)
+    );
 
     // Without NAT the request gets out but the reply has nowhere to go.
-    assert!(ping(&spec.host_netns, spec.remote_server), "host cannot reach the remote server");
-    assert!(!ping(&spec.containers[0].netns, spec.remote_server), "container reached the remote server without NAT");
+    assert!(
+        ping(&spec.host_netns, spec.remote_server),
+        "host cannot reach the remote server"
+    );
+    assert!(
+        !ping(&spec.containers[0].netns, spec.remote_server),
+        "container reached the remote server without NAT"
+    );
 }
 
 #[test]
@@ -170,7 +242,15 @@ fn up_is_idempotent_and_repairs_a_damaged_lab() {
     // Damage: one container namespace gone, the uplink address removed.
     let lost = &spec.containers[1];
     run_ip(&["netns", "delete", &lost.netns]);
-    run_ip(&["-n", &spec.host_netns, "addr", "del", "192.0.2.2/24", "dev", "up0"]);
+    run_ip(&[
+        "-n",
+        &spec.host_netns,
+        "addr",
+        "del",
+        "192.0.2.2/24",
+        "dev",
+        "up0",
+    ]);
     lab::up(spec).expect("repairing lab up");
     assert!(netns::exists(&lost.netns));
     assert!(ip_output(&spec.host_netns, &["addr", "show", "up0"]).contains("192.0.2.2/24"));
@@ -184,12 +264,34 @@ fn up_is_idempotent_and_repairs_a_damaged_lab() {
     std::fs::File::create(&stale).unwrap();
     assert!(!netns::exists(&spec.containers[0].netns));
     run_ip(&["-n", &spec.wan_netns, "link", "del", "wan0"]);
-    run_ip(&["-n", &spec.host_netns, "link", "add", "up0", "type", "veth", "peer", "name", "bntstray"]);
-    run_ip(&["-n", &spec.host_netns, "addr", "del", "10.99.3.1/24", "dev", "bntbr0"]);
+    run_ip(&[
+        "-n",
+        &spec.host_netns,
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "bntstray",
+    ]);
+    run_ip(&[
+        "-n",
+        &spec.host_netns,
+        "addr",
+        "del",
+        "10.99.3.1/24",
+        "dev",
+        "bntbr0",
+    ]);
     lab::up(spec).expect("repairing lab up after a simulated crash");
     assert!(netns::exists(&spec.containers[0].netns));
     let host_links = ip_output(&spec.host_netns, &["link", "show"]);
-    assert!(!host_links.contains("bntstray"), "stray veth end survived:\n{host_links}");
+    assert!(
+        !host_links.contains("bntstray"),
+        "stray veth end survived:\n{host_links}"
+    );
     assert_connectivity(spec);
 }
 
@@ -212,15 +314,31 @@ fn default_lab_addressing_works() {
 
     let host_links = ip_output(&spec.host_netns, &["link", "show"]);
     for ifname in ["docker1", "veth-ns1", "veth-ns2", "ens5"] {
-        assert!(host_links.contains(&format!(": {ifname}")), "{ifname} missing:\n{host_links}");
+        assert!(
+            host_links.contains(&format!(": {ifname}")),
+            "{ifname} missing:\n{host_links}"
+        );
     }
-    assert!(ip_output(&spec.containers[0].netns, &["addr", "show", "eth0"]).contains("172.18.0.2/24"));
-    assert!(ip_output(&spec.containers[1].netns, &["addr", "show", "eth0"]).contains("172.18.0.3/24"));
-    assert!(ping(&spec.containers[0].netns, Ipv4Addr::new(172, 18, 0, 1)));
-    assert!(ping(&spec.containers[1].netns, Ipv4Addr::new(172, 18, 0, 2)));
+    assert!(
+        ip_output(&spec.containers[0].netns, &["addr", "show", "eth0"]).contains("172.18.0.2/24")
+    );
+    assert!(
+        ip_output(&spec.containers[1].netns, &["addr", "show", "eth0"]).contains("172.18.0.3/24")
+    );
+    assert!(ping(
+        &spec.containers[0].netns,
+        Ipv4Addr::new(172, 18, 0, 1)
+    ));
+    assert!(ping(
+        &spec.containers[1].netns,
+        Ipv4Addr::new(172, 18, 0, 2)
+    ));
     assert!(ping(&spec.host_netns, Ipv4Addr::new(203, 0, 113, 1)));
     assert!(ping(&spec.host_netns, Ipv4Addr::new(198, 51, 100, 1)));
-    assert!(!ping(&spec.containers[0].netns, Ipv4Addr::new(198, 51, 100, 1)), "reached the remote without NAT");
+    assert!(
+        !ping(&spec.containers[0].netns, Ipv4Addr::new(198, 51, 100, 1)),
+        "reached the remote without NAT"
+    );
     assert!(!ip_output(&spec.wan_netns, &["route", "show"]).contains("172.18.0"));
 }
 
@@ -236,7 +354,10 @@ fn down_removes_every_namespace() {
     for name in spec.namespaces() {
         assert!(!netns::exists(name), "{name} still exists");
         assert!(!netns_listed(name), "`ip netns list` still shows {name}");
-        assert!(!netns::netns_path(name).unwrap().exists(), "{name} file left behind");
+        assert!(
+            !netns::netns_path(name).unwrap().exists(),
+            "{name} file left behind"
+        );
     }
     lab::down(spec).expect("down over an absent lab");
 }
@@ -253,7 +374,10 @@ fn tx_checksum_round_trip() {
     lab::up(spec).expect("lab up");
 
     let (off, on) = (&spec.containers[0], &spec.containers[1]);
-    assert!(!netns::tx_checksum(&off.netns, &off.ifname).unwrap(), "spec asked for tx checksum off");
+    assert!(
+        !netns::tx_checksum(&off.netns, &off.ifname).unwrap(),
+        "spec asked for tx checksum off"
+    );
     assert!(netns::tx_checksum(&on.netns, &on.ifname).unwrap());
 
     netns::set_tx_checksum(&on.netns, &on.ifname, false).unwrap();
@@ -285,8 +409,14 @@ fn netns_primitives() {
         return;
     }
     let name = "bnt-t6-x";
-    let spec = LabSpec { containers: Vec::new(), ..test_spec(6) };
-    let _guard = LabGuard(LabSpec { host_netns: name.to_owned(), ..spec });
+    let spec = LabSpec {
+        containers: Vec::new(),
+        ..test_spec(6)
+    };
+    let _guard = LabGuard(LabSpec {
+        host_netns: name.to_owned(),
+        ..spec
+    });
     netns::delete(name).unwrap();
     assert!(!netns::exists(name));
     netns::create(name).unwrap();
@@ -295,10 +425,32 @@ fn netns_primitives() {
 
     // Threads in the namespace see its (lo-only) link table, not the root
     // one. (/proc/net is /proc/self/net, i.e. the *main* thread's namespace.)
-    let links = netns::run_in(name, || Ok(std::fs::read_to_string("/proc/thread-self/net/dev")?)).unwrap();
-    assert_eq!(links.lines().filter(|line| line.contains(':')).count(), 1, "{links}");
+    let links = netns::run_in(name, || {
+        Ok(std::fs::read_to_string("/proc/thread-self/net/dev")?)
+    })
+    .unwrap();
+    assert_eq!(
+        links.lines().filter(|line| line.contains(':')).count(),
+        1,
+        "{links}"
+    );
+    // enter() moves only the calling thread.
+    let entered = std::thread::spawn(move || {
+        netns::enter(name).unwrap();
+        std::fs::read_to_string("/proc/thread-self/net/dev").unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        entered.lines().filter(|line| line.contains(':')).count(),
+        1,
+        "{entered}"
+    );
     netns::sysctl(name, "net/ipv4/ip_forward", "1").unwrap();
-    assert_eq!(netns::read_sysctl(name, "net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(
+        netns::read_sysctl(name, "net.ipv4.ip_forward").unwrap(),
+        "1"
+    );
     assert!(netns::sysctl(name, "../../etc/passwd", "x").is_err());
 
     // A panicking closure is an error, not a crashed test binary.

@@ -45,10 +45,21 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> 
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// `kind` 8 = echo request, 0 = echo reply.
-    IcmpEcho { kind: u8, id: u16, seq: u16 },
+    IcmpEcho {
+        kind: u8,
+        id: u16,
+        seq: u16,
+    },
 }
 
 /// A frame description; `build` turns it into bytes with correct checksums.
@@ -90,7 +101,11 @@ impl Frame {
 
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -128,7 +143,11 @@ impl Frame {
                 let sum = pseudo_header_sum(self.src, self.dst, self.proto(), l4.len());
                 let c = !fold(ones_complement_sum(&l4, sum));
                 // UDP transmits a computed zero as 0xffff (zero means "no checksum").
-                if c == 0 && matches!(self.l4, L4::Udp { .. }) { 0xffff } else { c }
+                if c == 0 && matches!(self.l4, L4::Udp { .. }) {
+                    0xffff
+                } else {
+                    c
+                }
             }
         };
         l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
@@ -171,13 +190,17 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     match ip[9] {
-        1 => (fold(ones_complement_sum(l4, 0)) == 0xffff).then_some(()).ok_or("bad ICMP checksum".into()),
+        1 => (fold(ones_complement_sum(l4, 0)) == 0xffff)
+            .then_some(())
+            .ok_or("bad ICMP checksum".into()),
         6 | 17 => {
             if ip[9] == 17 && l4[6] == 0 && l4[7] == 0 {
                 return Ok(()); // UDP without checksum
             }
             let sum = pseudo_header_sum(src, dst, ip[9], l4.len());
-            (fold(ones_complement_sum(l4, sum)) == 0xffff).then_some(()).ok_or(format!("bad L4 checksum (proto {})", ip[9]))
+            (fold(ones_complement_sum(l4, sum)) == 0xffff)
+                .then_some(())
+                .ok_or(format!("bad L4 checksum (proto {})", ip[9]))
         }
         _ => Ok(()),
     }

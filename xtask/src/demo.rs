@@ -1,0 +1,226 @@
+//! `cargo xtask run`: the lab, the datapath in it, and a demonstration that it works.
+
+use std::{
+    io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::cmd;
+
+const HOST_NS: &str = "lab-host";
+const WAN_NS: &str = "lab-wan";
+const CONTAINERS: [(&str, &str); 2] = [("ns1", "172.18.0.2"), ("ns2", "172.18.0.3")];
+const REMOTE: &str = "198.51.100.1";
+/// Namespaces the lab creates; the tests' own namespaces all start with `bnt-`.
+pub const LAB_NAMESPACES: [&str; 4] = ["ns1", "ns2", "lab-host", "lab-wan"];
+
+/// Network namespaces made by this project that exist now.
+pub fn leftover_namespaces() -> anyhow::Result<Vec<String>> {
+    let list = cmd(Command::new("ip").args(["netns", "list"]))?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("bnt-") || LAB_NAMESPACES.contains(n))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Tears everything down when dropped, so an error or Ctrl-C never leaves the lab behind.
+struct Lab<'a> {
+    bin: &'a Path,
+    daemon: Option<Child>,
+}
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            stop_gracefully(&mut child);
+        }
+        match Command::new(self.bin).args(["lab", "down"]).output() {
+            Ok(o) if o.status.success() => println!("lab removed"),
+            Ok(o) => eprintln!(
+                "lab down failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("lab down failed: {e}"),
+        }
+    }
+}
+
+fn stop_gracefully(child: &mut Child) {
+    // SIGINT first: bpfnat detaches its programs and reports "stopped".
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+
+    println!("== building the lab (namespaces ns1, ns2, lab-host, lab-wan)");
+    let out = cmd(Command::new(bin).args(["lab", "up"]))?;
+    let mut lab = Lab { bin, daemon: None };
+    print!("{out}");
+
+    println!("\n== netfilter in {HOST_NS}: the nat tables must be empty (no MASQUERADE anywhere)");
+    let ipt =
+        cmd(Command::new("ip").args(["netns", "exec", HOST_NS, "iptables-save", "-t", "nat"]))?;
+    let rules = ipt.lines().filter(|l| l.starts_with("-A")).count();
+    let nft = cmd(Command::new("ip").args(["netns", "exec", HOST_NS, "nft", "list", "ruleset"]))?;
+    println!(
+        "iptables nat rules: {rules}; nftables ruleset: {}",
+        if nft.trim().is_empty() {
+            "empty"
+        } else {
+            "NOT empty"
+        }
+    );
+
+    println!("\n== starting the datapath: bpfnat --netns {HOST_NS} up --uplink ens5 --bridge docker1 --status");
+    let mut child = Command::new(bin)
+        .args([
+            "--netns", HOST_NS, "up", "--uplink", "ens5", "--bridge", "docker1", "--status",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting bpfnat")?;
+    let stdout = child.stdout.take().context("bpfnat stdout")?;
+    lab.daemon = Some(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("bpfnat did not become ready in 30 s")?;
+    if !ready.starts_with("ready:") {
+        bail!("bpfnat: unexpected first line {ready:?}");
+    }
+    println!("{ready}");
+
+    println!("\n== ping {REMOTE} from each container, capturing on lab-wan's wan0");
+    let capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            WAN_NS,
+            "tcpdump",
+            "-i",
+            "wan0",
+            "-nn",
+            "-l",
+            "-c",
+            "4",
+            "icmp[icmptype] == icmp-echo",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tcpdump")?;
+    std::thread::sleep(Duration::from_millis(500));
+    for (ns, ip) in CONTAINERS {
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-c", "2", "-W", "2", "-q", REMOTE,
+            ])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        println!(
+            "{ns} ({ip}) -> {REMOTE}: ping {}",
+            if ok { "OK" } else { "FAILED" }
+        );
+    }
+    let seen = wait_output(capture, Duration::from_secs(5))?;
+    println!("lab-wan saw:");
+    for line in seen.lines() {
+        println!("    {line}");
+    }
+
+    println!("\n== TCP transfer (iperf3, 20 MB) from each container to {REMOTE}");
+    for (ns, _) in CONTAINERS {
+        let server = Command::new("ip")
+            .args([
+                "netns", "exec", WAN_NS, "iperf3", "-s", "-1", "-B", REMOTE, "-p", "5201",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 server")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let client = cmd(Command::new("ip").args([
+            "netns", "exec", ns, "iperf3", "-c", REMOTE, "-p", "5201", "-n", "20M", "-f", "m",
+        ]))
+        .unwrap_or_else(|e| format!("FAILED: {e:#}"));
+        let server_out = wait_output(server, Duration::from_secs(10))?;
+        let peer = server_out
+            .lines()
+            .find(|l| l.contains("Accepted connection from"))
+            .unwrap_or("(no connection)");
+        let rate = client
+            .lines()
+            .rev()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or("(no result)");
+        println!("{ns}: server says: {}", peer.trim());
+        println!("{ns}: {}", rate.trim());
+    }
+
+    println!("\n== live status (Ctrl-C to stop and tear everything down)");
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if tty => {
+                print!("\r{line}\x1b[K");
+                std::io::stdout().flush().ok();
+            }
+            Ok(line) => println!("{line}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("bpfnat exited unexpectedly"),
+        }
+    }
+    println!("\n== tearing down");
+    drop(lab);
+    Ok(())
+}
+
+/// Collect a child's stdout, killing it if it has not exited after `limit`.
+fn wait_output(mut child: Child, limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,123 @@
+//! Installs what the project needs on a fresh machine, and nothing that is already there.
+//!
+//! Everything here is idempotent: each step checks first and only acts when something is
+//! missing, so `cargo xtask run|test|bench` can call it every time.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::{cmd, cmd_ok};
+
+/// bpf-linker 0.10.x loads rustc's own libLLVM at run time; 0.11+ wants LLVM 23, which the
+/// pinned nightly does not ship (see README, "Toolchain").
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages used by the lab demo, the tests and the benchmarks.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iptables",
+    "nftables",
+    "tcpdump",
+    "iperf3",
+    "conntrack",
+    "ethtool",
+    "bpftool",
+    "socat",
+    "traceroute",
+];
+
+pub fn ensure_all() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()?;
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if !cmd_ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        bail!(
+            "the nightly toolchain is missing (the eBPF crate needs it): install it with \
+             `rustup toolchain install nightly --profile minimal`"
+        );
+    }
+    let installed = cmd(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if let Some(out) = current {
+        if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} (takes about 2 minutes)");
+    run(Command::new("cargo").args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn ensure_debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !cmd(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run as root (or `sudo apt-get install -y {}`)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nix_is_root() -> bool {
+    cmd(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+fn run(c: &mut Command) -> anyhow::Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
