@@ -33,7 +33,7 @@ use crate::{
 #[inline(always)]
 fn pass(reason: Counter) -> i32 {
     count(reason);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[inline(always)]
@@ -45,7 +45,7 @@ fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
         Counter::DropTableFull => warn!(ctx, "connection table full: packet dropped"),
         _ => {}
     }
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// Uplink egress: masquerade the source of packets from internal subnets.
@@ -78,7 +78,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let entry = match NAT_OUT.get_ptr_mut(&key) {
+    let entry = match NAT_OUT.get_ptr_mut(key) {
         Some(entry) => entry,
         None => {
             // Only traffic from the internal subnets is ours; the host's own traffic
@@ -95,7 +95,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     rewrite_port(ctx, &pkt.l4, pkt.l4.src_port_off, pkt.src_port, port)?;
     rewrite_addr(ctx, &pkt.l4, IP_SRC_OFF, pkt.src_addr, addr)?;
     count(Counter::EgressTranslated);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }
 
 /// Uplink ingress: send replies of masqueraded flows back to their internal address.
@@ -131,7 +131,7 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
+    let Some(entry) = NAT_IN.get_ptr_mut(key) else {
         // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
         return Ok(pass(Counter::PassNoMatch));
     };
@@ -141,7 +141,7 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     rewrite_port(ctx, &pkt.l4, pkt.l4.dst_port_off, pkt.dst_port, port)?;
     rewrite_addr(ctx, &pkt.l4, IP_DST_OFF, pkt.dst_addr, addr)?;
     count(Counter::IngressTranslated);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }
 
 #[cfg(not(test))]

@@ -140,12 +140,12 @@ pub fn create_mapping(key: &FlowKey, cfg: &NatConfig) -> Result<*mut NatEntry, C
         flags,
         ..NatEntry::default()
     };
-    match NAT_OUT.insert(key, &outbound, BPF_NOEXIST as u64) {
+    match NAT_OUT.insert(key, outbound, BPF_NOEXIST as u64) {
         Ok(()) => count(Counter::NewMappings),
         Err(e) => {
             // Give the port back. EEXIST: another CPU mapped this same flow an instant
             // earlier; use its mapping. Anything else: the table is full.
-            let _ = NAT_IN.remove(&reply);
+            let _ = NAT_IN.remove(reply);
             if e != -EEXIST {
                 return Err(Counter::DropTableFull);
             }

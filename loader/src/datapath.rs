@@ -260,3 +260,34 @@ fn explain_attach_error(err: anyhow::Error, mode: TcMode) -> anyhow::Error {
         _ => err,
     }
 }
+
+/// One program attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedProgram {
+    pub hook: &'static str,
+    pub name: String,
+    pub id: u32,
+}
+
+/// The programs attached to `iface` through TCX (current network namespace), egress then
+/// ingress, in run order. Empty on kernels without TCX.
+pub fn tcx_programs(iface: &str) -> anyhow::Result<Vec<AttachedProgram>> {
+    crate::iface::ifindex(iface)?;
+    let mut out = Vec::new();
+    for (hook, attach) in [
+        ("egress", TcAttachType::Egress),
+        ("ingress", TcAttachType::Ingress),
+    ] {
+        let Ok((_, progs)) = SchedClassifier::query_tcx(iface, attach) else {
+            continue;
+        };
+        for p in progs {
+            out.push(AttachedProgram {
+                hook,
+                name: p.name_as_str().unwrap_or("?").to_owned(),
+                id: p.id(),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -16,7 +16,7 @@ pub fn require_root() -> anyhow::Result<()> {
 
 /// Whether bpffs is mounted at /sys/fs/bpf.
 pub fn bpffs_mounted() -> bool {
-    nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Mount bpffs at /sys/fs/bpf if it is not there (pinned state lives there).

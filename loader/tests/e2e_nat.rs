@@ -342,6 +342,15 @@ fn clsact_mode_works_and_removes_its_qdisc() {
     );
     let (_, qdiscs) = ns_exec("bnt-khost", &["tc", "qdisc", "show", "dev", "upk"]);
     assert!(qdiscs.contains("clsact"), "{qdiscs}");
+    let attached = tc_programs("bnt-khost", "upk");
+    assert!(
+        attached.contains("cls_bpf/egress") && attached.contains("nat_egress"),
+        "{attached}"
+    );
+    assert!(
+        attached.contains("cls_bpf/ingress") && attached.contains("nat_ingress"),
+        "{attached}"
+    );
     assert!(ping("bnt-k1", lab.spec.remote_server));
     let echo = udp_echo(
         "bnt-kwan",

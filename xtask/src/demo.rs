@@ -124,6 +124,7 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     }
     println!("{ready}");
 
+    let mut failures = Vec::new();
     println!("\n== ping {REMOTE} from each container, capturing on lab-wan's wan0");
     let capture = Command::new("ip")
         .args([
@@ -162,6 +163,9 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     for line in seen.lines() {
         println!("    {line}");
     }
+    if seen.lines().count() == 0 || seen.lines().any(|l| !l.contains("IP 203.0.113.2 >")) {
+        failures.push("lab-wan must see only 203.0.113.2 as the source".to_owned());
+    }
 
     println!("\n== TCP transfer (iperf3, 20 MB) from each container to {REMOTE}");
     for (ns, _) in CONTAINERS {
@@ -190,6 +194,9 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
             .unwrap_or("(no result)");
         println!("{ns}: server says: {}", peer.trim());
         println!("{ns}: {}", rate.trim());
+        if !peer.contains("Accepted connection from 203.0.113.2") || !rate.contains("receiver") {
+            failures.push(format!("TCP transfer from {ns}"));
+        }
     }
 
     println!("\n== live status (Ctrl-C to stop and tear everything down)");
@@ -208,6 +215,9 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     }
     println!("\n== tearing down");
     drop(lab);
+    if !failures.is_empty() {
+        bail!("demo checks failed: {}", failures.join(", "));
+    }
     Ok(())
 }
 

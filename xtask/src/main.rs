@@ -61,7 +61,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test { args } => {
             require_root("cargo xtask test")?;
             setup::ensure_all()?;
-            test(&args)
+            test(&args)?;
+            if args.is_empty() {
+                // The main job, as a user runs it, bounded in time: it must work and leave
+                // nothing behind.
+                println!("\n== smoke test of `cargo xtask run` (10 s)");
+                let before = leftovers()?;
+                demo::run(&build_release()?, Some(std::time::Duration::from_secs(10)))?;
+                check_no_new_leftovers(&before, "cargo xtask run")?;
+            }
+            Ok(())
         }
     }
 }
@@ -85,9 +94,52 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/bpfnat"))
 }
 
+/// What this project may leave behind on a machine: namespaces, loaded NAT programs, pins.
+#[derive(Debug, PartialEq, Eq)]
+struct Leftovers {
+    namespaces: Vec<String>,
+    programs: Vec<String>,
+    pins: bool,
+}
+
+fn leftovers() -> anyhow::Result<Leftovers> {
+    let progs = cmd(Command::new("bpftool").args(["prog", "show"])).unwrap_or_default();
+    let programs = progs
+        .lines()
+        .filter(|l| l.contains("name nat_egress") || l.contains("name nat_ingress"))
+        .filter_map(|l| l.split(':').next().map(str::to_owned))
+        .collect();
+    Ok(Leftovers {
+        namespaces: demo::leftover_namespaces()?,
+        programs,
+        pins: Path::new("/sys/fs/bpf/bpfnat").exists(),
+    })
+}
+
+/// Fail if anything the project makes exists now that did not exist in `before` (a lab or a
+/// daemon the user started themselves is not the tests' doing).
+fn check_no_new_leftovers(before: &Leftovers, what: &str) -> anyhow::Result<()> {
+    let now = leftovers()?;
+    let namespaces: Vec<_> = now
+        .namespaces
+        .iter()
+        .filter(|n| !before.namespaces.contains(n))
+        .collect();
+    let programs: Vec<_> = now
+        .programs
+        .iter()
+        .filter(|p| !before.programs.contains(p))
+        .collect();
+    if !namespaces.is_empty() || !programs.is_empty() || (now.pins && !before.pins) {
+        bail!("{what} left things behind: namespaces {namespaces:?}, program ids {programs:?}, pins {}", now.pins);
+    }
+    println!("{what}: no namespace, program or pin left behind");
+    Ok(())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let root = workspace_root();
-    let before = demo::leftover_namespaces()?;
+    let before = leftovers()?;
     // The eBPF crate is not a default member (it only builds for the BPF target); the
     // loader's build.rs builds it, and its tests run the object in the kernel.
     let status = Command::new("cargo")
@@ -96,18 +148,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .status()
         .context("running cargo test")?;
-    // Namespaces that were there before (a lab the user brought up) are not the tests' doing.
-    let leftovers: Vec<String> = demo::leftover_namespaces()?
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
     if !status.success() {
         bail!("tests failed");
     }
-    if !leftovers.is_empty() {
-        bail!("tests left network namespaces behind: {leftovers:?}");
-    }
-    Ok(())
+    check_no_new_leftovers(&before, "the tests")
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {

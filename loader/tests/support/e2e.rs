@@ -410,11 +410,24 @@ pub fn udp_request(ns: &str, dst: SocketAddrV4, payload: Vec<u8>) -> Option<Vec<
     .flatten()
 }
 
-/// The TC programs attached to `iface` in `ns`, as `bpftool net show` lists them.
+/// The NAT programs attached to `iface` in `ns` (TCX links and cls_bpf filters), one
+/// "hook name" per line; empty when nothing of ours is attached.
 pub fn tc_programs(ns: &str, iface: &str) -> String {
-    let (_, out) = ns_exec(ns, &["bpftool", "net", "show", "dev", iface]);
-    out.lines()
-        .filter(|l| l.contains("nat_egress") || l.contains("nat_ingress"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let iface_owned = iface.to_owned();
+    let mut lines: Vec<String> = spawn_in(ns, move || bpfnat::datapath::tcx_programs(&iface_owned))
+        .join()
+        .expect("query thread")
+        .expect("query TCX")
+        .into_iter()
+        .map(|p| format!("tcx/{} {}", p.hook, p.name))
+        .collect();
+    for hook in ["egress", "ingress"] {
+        let (_, out) = ns_exec(ns, &["tc", "filter", "show", "dev", iface, hook]);
+        lines.extend(
+            out.lines()
+                .filter(|l| l.contains("nat_"))
+                .map(|l| format!("cls_bpf/{hook} {}", l.trim())),
+        );
+    }
+    lines.join("\n")
 }

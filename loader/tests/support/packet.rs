@@ -152,7 +152,7 @@ impl Frame {
         };
         l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
 
-        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40);
+        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let ihl = 20 + self.ip_options.len();
         let mut ip = vec![0u8; 20];
         ip[0] = 0x40 | (ihl / 4) as u8;
