@@ -200,6 +200,8 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     }
 
     println!("\n== live status (Ctrl-C to stop and tear everything down)");
+    // Status lines printed while the checks ran are stale now.
+    while rx.try_recv().is_ok() {}
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
     while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
