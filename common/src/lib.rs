@@ -101,8 +101,151 @@ pub struct NatEntry {
     pub port: u16,
     /// `NAT_FLAG_*` bits.
     pub flags: u8,
-    /// Reserved for connection state (TCP state machine); 0 today.
-    pub state: u8,
+    /// TCP only: `TCP_SEEN_*` bits of what this direction has sent since the mapping was
+    /// (re)opened. The connection state is derived from both directions' bits
+    /// ([`tcp_state`]).
+    pub tcp_flags: u8,
+}
+
+/// `NatEntry::tcp_flags`: this direction sent a FIN (same bit as in the TCP header).
+pub const TCP_SEEN_FIN: u8 = 0x01;
+/// This direction sent a SYN.
+pub const TCP_SEEN_SYN: u8 = 0x02;
+/// This direction sent a RST.
+pub const TCP_SEEN_RST: u8 = 0x04;
+/// This direction sent a segment with ACK set.
+pub const TCP_SEEN_ACK: u8 = 0x10;
+/// The other direction has sent a FIN (written into this entry by the other direction's FIN).
+pub const TCP_SEEN_PEER_FIN: u8 = 0x20;
+/// This direction sent an ACK after the other direction's FIN.
+pub const TCP_SEEN_ACKED_PEER_FIN: u8 = 0x40;
+
+/// TCP connection states, named as nf_conntrack names them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+}
+
+impl TcpState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+
+    /// Whether a new SYN from the original side may reopen the mapping (the kernel reuses
+    /// TIME_WAIT/CLOSE entries the same way).
+    pub const fn reusable(self) -> bool {
+        matches!(self, TcpState::TimeWait | TcpState::Close)
+    }
+}
+
+/// The state of a TCP connection from what each direction has sent (`NatEntry::tcp_flags`
+/// of the original and of the reply half).
+pub const fn tcp_state(original: u8, reply: u8) -> TcpState {
+    const fn has(flags: u8, bit: u8) -> bool {
+        flags & bit != 0
+    }
+    if has(original | reply, TCP_SEEN_RST) {
+        return TcpState::Close;
+    }
+    let (o_fin, r_fin) = (has(original, TCP_SEEN_FIN), has(reply, TCP_SEEN_FIN));
+    if o_fin && r_fin {
+        // Both sides closed; TIME_WAIT once each has acknowledged the other's FIN.
+        if has(original, TCP_SEEN_ACKED_PEER_FIN) && has(reply, TCP_SEEN_ACKED_PEER_FIN) {
+            return TcpState::TimeWait;
+        }
+        return TcpState::LastAck;
+    }
+    if o_fin || r_fin {
+        let other = if o_fin { reply } else { original };
+        if has(other, TCP_SEEN_ACKED_PEER_FIN) {
+            return TcpState::CloseWait;
+        }
+        return TcpState::FinWait;
+    }
+    if has(reply, TCP_SEEN_SYN) && !has(original, TCP_SEEN_ACK) {
+        return TcpState::SynRecv;
+    }
+    if has(original, TCP_SEEN_SYN) && !has(original, TCP_SEEN_ACK) && reply == 0 {
+        return TcpState::SynSent;
+    }
+    // Handshake done, or a connection picked up mid-stream (no SYN seen).
+    TcpState::Established
+}
+
+/// Idle timeouts in seconds, per state; stored in the configuration so every tool reading
+/// the instance (expiry, `conntrack list`) uses the same values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    /// UDP flow seen in one direction only.
+    pub udp_one_way: u32,
+    /// UDP flow with replies.
+    pub udp_both_ways: u32,
+    pub icmp: u32,
+    pub generic: u32,
+}
+
+impl Timeouts {
+    /// The kernel's defaults (`Documentation/networking/nf_conntrack-sysctl.rst`).
+    pub const KERNEL: Timeouts = Timeouts {
+        tcp_syn_sent: 120,
+        tcp_syn_recv: 60,
+        tcp_established: 432_000,
+        tcp_fin_wait: 120,
+        tcp_close_wait: 60,
+        tcp_last_ack: 30,
+        tcp_time_wait: 120,
+        tcp_close: 10,
+        udp_one_way: 30,
+        udp_both_ways: 120,
+        icmp: 30,
+        generic: 600,
+    };
+
+    pub const fn tcp(&self, state: TcpState) -> u32 {
+        match state {
+            TcpState::SynSent => self.tcp_syn_sent,
+            TcpState::SynRecv => self.tcp_syn_recv,
+            TcpState::Established => self.tcp_established,
+            TcpState::FinWait => self.tcp_fin_wait,
+            TcpState::CloseWait => self.tcp_close_wait,
+            TcpState::LastAck => self.tcp_last_ack,
+            TcpState::TimeWait => self.tcp_time_wait,
+            TcpState::Close => self.tcp_close,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::KERNEL
+    }
 }
 
 /// Runtime configuration of the datapath, stored at index 0 of the `CONFIG` array.
@@ -119,6 +262,8 @@ pub struct NatConfig {
     /// Reserved for feature flags; 0 today.
     pub flags: u32,
     pub pad: u32,
+    /// Idle timeouts; read by userspace (expiry, `conntrack list`), not by the datapath.
+    pub timeouts: Timeouts,
 }
 
 /// Indexes of the per-CPU `COUNTERS` array. Every verdict the datapath takes bumps exactly one
@@ -221,7 +366,7 @@ mod user {
             unsafe impl aya::Pod for $t {}
         )*};
     }
-    pod!(FlowKey, NatEntry, NatConfig);
+    pod!(FlowKey, NatEntry, NatConfig, Timeouts);
 
     impl FlowKey {
         pub fn src_ip(&self) -> core::net::Ipv4Addr {
@@ -260,7 +405,8 @@ mod tests {
     fn sizes_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NatEntry>(), 40);
-        assert_eq!(size_of::<NatConfig>(), 16);
+        assert_eq!(size_of::<NatConfig>(), 16 + 48);
+        assert_eq!(size_of::<Timeouts>(), 48);
     }
 
     #[test]
@@ -268,6 +414,37 @@ mod tests {
         let k = FlowKey::new(1, 2, 3, 4, IPPROTO_TCP);
         assert_eq!(k.reversed(), FlowKey::new(2, 1, 4, 3, IPPROTO_TCP));
         assert_eq!(k.reversed().reversed(), k);
+    }
+
+    /// Every transition of the state machine from the flag bits each side sends.
+    #[test]
+    fn tcp_states_from_both_directions() {
+        const S: u8 = TCP_SEEN_SYN;
+        const A: u8 = TCP_SEEN_ACK;
+        const F: u8 = TCP_SEEN_FIN;
+        const R: u8 = TCP_SEEN_RST;
+        const PF: u8 = TCP_SEEN_PEER_FIN;
+        const AP: u8 = TCP_SEEN_ACKED_PEER_FIN;
+        let table: &[(u8, u8, TcpState)] = &[
+            (S, 0, TcpState::SynSent),
+            (S, S | A, TcpState::SynRecv),
+            (S | A, S | A, TcpState::Established),
+            (A, 0, TcpState::Established), // picked up mid-stream
+            (A, A, TcpState::Established),
+            (S | A | F, S | A | PF, TcpState::FinWait), // original closed, not yet acknowledged
+            (S | A | F, S | A | PF | AP, TcpState::CloseWait), // acknowledged
+            (S | A | PF | AP, S | A | F, TcpState::CloseWait), // reply side closed first
+            (S | A | F | PF, S | A | PF | AP | F, TcpState::LastAck), // both FINs, last ACK pending
+            (S | A | F | PF | AP, S | A | PF | AP | F, TcpState::TimeWait),
+            (S | A | R, S | A, TcpState::Close),
+            (S, R | A, TcpState::Close), // connection refused
+        ];
+        for &(o, r, want) in table {
+            assert_eq!(tcp_state(o, r), want, "orig {o:#04x} reply {r:#04x}");
+        }
+        assert!(TcpState::TimeWait.reusable() && TcpState::Close.reusable());
+        assert!(!TcpState::Established.reusable());
+        assert_eq!(Timeouts::KERNEL.tcp(TcpState::Established), 432_000);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use bpfnat_common::{names, Counter, FlowKey, NatConfig, NatEntry, DEFAULT_TABLE_SIZE};
+use bpfnat_common::{names, Counter, FlowKey, NatConfig, NatEntry, Timeouts, DEFAULT_TABLE_SIZE};
 
 use crate::addr::{Ipv4Net, PortRange};
 
@@ -116,6 +116,7 @@ impl Datapath {
         &mut self,
         external: Ipv4Addr,
         ports: Option<PortRange>,
+        timeouts: &Timeouts,
     ) -> anyhow::Result<()> {
         let cfg = NatConfig {
             external_addr: bpfnat_common::addr_to_map(external.octets()),
@@ -123,6 +124,7 @@ impl Datapath {
             port_max: ports.map_or(0, |p| p.hi),
             flags: 0,
             pad: 0,
+            timeouts: *timeouts,
         };
         let mut config: Array<&mut MapData, NatConfig> =
             Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;

@@ -4,48 +4,27 @@
 
 use std::time::Duration;
 
-use bpfnat_common::{FlowKey, NatEntry, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use bpfnat_common::{
+    tcp_state, FlowKey, NatEntry, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::datapath::Datapath;
 
-/// Idle timeouts per protocol.
-///
-/// Until TCP state tracking lands, an idle TCP mapping lives 2 h 4 min: RFC 5382's minimum for
-/// established connections (the kernel's 5 days would keep closed connections forever without
-/// FIN/RST tracking). UDP and ICMP use the kernel's defaults.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    pub tcp: Duration,
-    /// UDP flow that has only been seen leaving.
-    pub udp_one_way: Duration,
-    /// UDP flow with replies.
-    pub udp_both_ways: Duration,
-    pub icmp: Duration,
-    pub other: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            tcp: Duration::from_secs(7440),
-            udp_one_way: Duration::from_secs(30),
-            udp_both_ways: Duration::from_secs(120),
-            icmp: Duration::from_secs(30),
-            other: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Timeouts {
-    fn for_flow(&self, proto: u8, replied: bool) -> Duration {
-        match proto {
-            IPPROTO_TCP => self.tcp,
-            IPPROTO_UDP if replied => self.udp_both_ways,
-            IPPROTO_UDP => self.udp_one_way,
-            IPPROTO_ICMP => self.icmp,
-            _ => self.other,
-        }
-    }
+/// How long a mapping may stay idle, from its protocol and (TCP) the state both halves show.
+pub fn idle_timeout(
+    timeouts: &Timeouts,
+    proto: u8,
+    out: &NatEntry,
+    reply: Option<&NatEntry>,
+) -> Duration {
+    let secs = match proto {
+        IPPROTO_TCP => timeouts.tcp(tcp_state(out.tcp_flags, reply.map_or(0, |r| r.tcp_flags))),
+        IPPROTO_UDP if reply.is_some_and(|r| r.packets > 0) => timeouts.udp_both_ways,
+        IPPROTO_UDP => timeouts.udp_one_way,
+        IPPROTO_ICMP => timeouts.icmp,
+        _ => timeouts.generic,
+    };
+    Duration::from_secs(u64::from(secs))
 }
 
 /// The reply-direction key of a mapping, from its original key and `NAT_OUT` value.
@@ -108,8 +87,8 @@ pub fn sweep(
             let last = reply_entry.map_or(entry.last_seen_ns, |r| {
                 r.last_seen_ns.max(entry.last_seen_ns)
             });
-            let replied = reply_entry.is_some_and(|r| r.packets > 0);
-            let timeout = timeouts.for_flow(key.proto, replied).as_nanos() as u64;
+            let timeout =
+                idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref()).as_nanos() as u64;
             if now.saturating_sub(last) > timeout {
                 expired.push((key, reply));
             }

@@ -7,6 +7,7 @@
 //! - [`netns`], [`lab`]: named network namespaces and the self-contained lab topology.
 //! - [`addr`]: parsing of CIDRs and port ranges.
 pub mod addr;
+pub mod config;
 pub mod datapath;
 pub mod expiry;
 pub mod iface;

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use bpfnat::{
     addr::{Ipv4Net, PortRange},
     datapath::TcMode,
-    expiry::Timeouts,
     lab, netns, up,
 };
 use clap::{Parser, Subcommand};
@@ -59,18 +58,12 @@ struct UpArgs {
     /// How to attach to the uplink.
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     tc_mode: TcMode,
-    /// Idle timeout of TCP mappings, seconds.
-    #[arg(long, default_value_t = Timeouts::default().tcp.as_secs())]
-    tcp_timeout: u64,
-    /// Idle timeout of UDP mappings that saw no reply, seconds.
-    #[arg(long, default_value_t = Timeouts::default().udp_one_way.as_secs())]
-    udp_timeout: u64,
-    /// Idle timeout of UDP mappings with replies, seconds.
-    #[arg(long, default_value_t = Timeouts::default().udp_both_ways.as_secs())]
-    udp_stream_timeout: u64,
-    /// Idle timeout of ICMP echo mappings, seconds.
-    #[arg(long, default_value_t = Timeouts::default().icmp.as_secs())]
-    icmp_timeout: u64,
+    /// Idle timeout, NAME=SECONDS (repeatable), NAME as in nf_conntrack without its prefix:
+    /// tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_close_wait,
+    /// tcp_last_ack, tcp_time_wait, tcp_close, udp_one_way, udp_both_ways, icmp, generic.
+    /// Defaults are the kernel's.
+    #[arg(long = "timeout", value_name = "NAME=SECONDS")]
+    timeouts: Vec<String>,
     /// How often idle mappings are looked for, seconds.
     #[arg(long, default_value_t = 5)]
     sweep_interval: u64,
@@ -127,13 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 port_range,
                 table_size: args.table_size,
                 tc_mode: args.tc_mode,
-                timeouts: Timeouts {
-                    tcp: Duration::from_secs(args.tcp_timeout),
-                    udp_one_way: Duration::from_secs(args.udp_timeout),
-                    udp_both_ways: Duration::from_secs(args.udp_stream_timeout),
-                    icmp: Duration::from_secs(args.icmp_timeout),
-                    ..Timeouts::default()
-                },
+                timeouts: bpfnat::config::parse_timeouts(&args.timeouts)?,
                 sweep_interval: Duration::from_secs(args.sweep_interval),
                 status: args.status,
             };

@@ -3,15 +3,14 @@
 use std::{io::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, Context as _};
-use bpfnat_common::Counter;
+use bpfnat_common::{Counter, Timeouts};
 use log::{info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     addr::{Ipv4Net, PortRange},
     datapath::{Datapath, LoadOptions, TcMode},
-    expiry::{self, Timeouts},
-    iface, system,
+    expiry, iface, system,
 };
 
 #[derive(Clone, Debug)]
@@ -70,7 +69,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     if let Err(e) = dp.start_logging() {
         warn!("datapath log records unavailable: {e:#}");
     }
-    dp.configure(external, opts.port_range)?;
+    dp.configure(external, opts.port_range, &opts.timeouts)?;
     for net in &subnets {
         dp.add_internal_subnet(*net)?;
     }

@@ -39,8 +39,12 @@ fn root() -> bool {
 
 fn datapath(ports: Option<PortRange>) -> Datapath {
     let mut dp = Datapath::load(LoadOptions { table_size: 4096 }).expect("load datapath");
-    dp.configure(EXTERNAL.parse().unwrap(), ports)
-        .expect("configure");
+    dp.configure(
+        EXTERNAL.parse().unwrap(),
+        ports,
+        &bpfnat_common::Timeouts::KERNEL,
+    )
+    .expect("configure");
     dp.add_internal_subnet("172.18.0.0/24".parse().unwrap())
         .expect("subnet");
     dp
