@@ -299,6 +299,18 @@ pub enum Counter {
     DropMalformed,
     /// Dropped: a helper that rewrites the packet failed.
     DropRewriteFailed,
+    /// ICMP errors about a translated flow, translated (either direction).
+    IcmpErrorsTranslated,
+    /// Non-first fragments translated by the flow their first fragment set up.
+    FragmentsTranslated,
+    /// Dropped: a non-first fragment from an internal host whose first fragment was not seen.
+    DropFragmentUnknown,
+    /// Dropped: a mid-stream TCP segment to the uplink address that matches no mapping and
+    /// no local socket (instead of letting the host answer it with a RST, which would kill a
+    /// connection whose mapping is about to be picked up again).
+    DropStrayTcp,
+    /// TCP mappings in TIME_WAIT/CLOSE reopened by a new SYN.
+    TcpReopened,
     /// Number of counters; keep last.
     Count,
 }
@@ -319,6 +331,11 @@ impl Counter {
         Counter::DropTableFull,
         Counter::DropMalformed,
         Counter::DropRewriteFailed,
+        Counter::IcmpErrorsTranslated,
+        Counter::FragmentsTranslated,
+        Counter::DropFragmentUnknown,
+        Counter::DropStrayTcp,
+        Counter::TcpReopened,
     ];
 
     /// Stable snake_case name used by the CLI and JSON output.
@@ -338,9 +355,40 @@ impl Counter {
             Counter::DropTableFull => "drop_table_full",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
+            Counter::IcmpErrorsTranslated => "icmp_errors_translated",
+            Counter::FragmentsTranslated => "fragments_translated",
+            Counter::DropFragmentUnknown => "drop_fragment_unknown",
+            Counter::DropStrayTcp => "drop_stray_tcp",
+            Counter::TcpReopened => "tcp_reopened",
             Counter::Count => "count",
         }
     }
+}
+
+/// Key of the fragment table: the datagram a non-first fragment belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// IP identification, network byte order.
+    pub id: u16,
+    pub proto: u8,
+    /// 0: leaving through the uplink (source rewritten), 1: arriving (destination rewritten).
+    pub direction: u8,
+}
+
+/// Value of the fragment table: the address the datagram's fragments get.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragEntry {
+    /// When the first fragment was seen (CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+    /// Address to write, network byte order.
+    pub addr: u32,
+    pub pad: u32,
 }
 
 /// Names the loader and the datapath agree on.
@@ -353,6 +401,8 @@ pub mod names {
     /// LPM trie of internal (container) subnets: key prefix/address, value unused (0).
     pub const MAP_INTERNAL_NETS: &str = "INTERNAL_NETS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// LRU table of fragmented datagrams in flight.
+    pub const MAP_FRAGS: &str = "FRAGS";
 }
 
 #[cfg(feature = "user")]
@@ -366,7 +416,7 @@ mod user {
             unsafe impl aya::Pod for $t {}
         )*};
     }
-    pod!(FlowKey, NatEntry, NatConfig, Timeouts);
+    pod!(FlowKey, NatEntry, NatConfig, Timeouts, FragKey, FragEntry);
 
     impl FlowKey {
         pub fn src_ip(&self) -> core::net::Ipv4Addr {

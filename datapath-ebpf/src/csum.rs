@@ -1,18 +1,38 @@
 //! Header rewrites with checksum fix-ups.
 //!
-//! Always through the kernel helpers, never by hand: they do the right thing for every
-//! `skb->ip_summed` state. With `CHECKSUM_PARTIAL` (veth, most container traffic) the L4 field
-//! holds only the pseudo-header sum, so an address change (in the pseudo-header) must update it
-//! (`BPF_F_PSEUDO_HDR`) but a port change must not (the port is summed later with the payload);
-//! with a full checksum both are folded into the field; with `CHECKSUM_COMPLETE` the helpers
-//! also keep `skb->csum` right.
+//! Fields of the packet itself always go through the kernel helpers, never by hand: they do
+//! the right thing for every `skb->ip_summed` state. With `CHECKSUM_PARTIAL` (veth, most
+//! container traffic) the L4 field holds only the pseudo-header sum, so an address change (in
+//! the pseudo-header) must update it (`BPF_F_PSEUDO_HDR`) but a port change must not (the
+//! port is summed later with the payload); with a full checksum both are folded into the
+//! field; with `CHECKSUM_COMPLETE` the helpers also keep `skb->csum` right.
+//!
+//! Checksums *inside* the quote of an ICMP error are plain data to the kernel, so they are
+//! updated arithmetically (RFC 1624), and every quoted byte that changes is folded into the
+//! outer ICMP checksum with the helper.
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
 use bpfnat_common::Counter;
 
 use crate::parse::{IP_CSUM_OFF, L4};
 
-/// Replace the IPv4 address at `addr_off` (source or destination) with `new`.
+const FAILED: Counter = Counter::DropRewriteFailed;
+
+#[inline(always)]
+fn l4_flags(l4: &L4) -> u64 {
+    // UDP: a zero checksum means "none" and must stay zero; a computed zero becomes 0xffff.
+    if l4.udp {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+/// Replace the IPv4 address at `addr_off` (source or destination) with `new`, fixing the IP
+/// header checksum and, through the pseudo-header, the L4 checksum.
 #[inline(always)]
 pub fn rewrite_addr(
     ctx: &TcContext,
@@ -21,19 +41,30 @@ pub fn rewrite_addr(
     old: u32,
     new: u32,
 ) -> Result<(), Counter> {
-    if l4.pseudo_header {
+    if l4.pseudo_header && l4.csum_off != 0 {
         ctx.l4_csum_replace(
             l4.csum_off,
             old as u64,
             new as u64,
-            BPF_F_PSEUDO_HDR as u64 | 4 | l4.csum_flags,
+            BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags(l4),
         )
-        .map_err(|_| Counter::DropRewriteFailed)?;
+        .map_err(|_| FAILED)?;
     }
+    rewrite_ip_addr(ctx, addr_off, old, new)
+}
+
+/// Replace an IPv4 address of a packet with no L4 header to fix (a later fragment, or an
+/// ICMP message, which has no pseudo-header).
+#[inline(always)]
+pub fn rewrite_ip_addr(
+    ctx: &TcContext,
+    addr_off: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), Counter> {
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| Counter::DropRewriteFailed)?;
-    ctx.store(addr_off, &new, 0)
-        .map_err(|_| Counter::DropRewriteFailed)
+        .map_err(|_| FAILED)?;
+    ctx.store(addr_off, &new, 0).map_err(|_| FAILED)
 }
 
 /// Replace the port (or ICMP identifier) at `port_off` with `new`.
@@ -48,9 +79,75 @@ pub fn rewrite_port(
     if old == new {
         return Ok(());
     }
-    // Size 2 and no BPF_F_PSEUDO_HDR: ports are not part of the pseudo-header.
-    ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4.csum_flags)
-        .map_err(|_| Counter::DropRewriteFailed)?;
-    ctx.store(port_off, &new, 0)
-        .map_err(|_| Counter::DropRewriteFailed)
+    if l4.csum_off != 0 {
+        // Size 2 and no BPF_F_PSEUDO_HDR: ports are not part of the pseudo-header.
+        ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4_flags(l4))
+            .map_err(|_| FAILED)?;
+    }
+    ctx.store(port_off, &new, 0).map_err(|_| FAILED)
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// RFC 1624 incremental update of checksum `check` for a 32-bit word changing `old` -> `new`
+/// (all values as loaded from the packet; one's-complement sums do not care about byte order
+/// as long as every operand uses the same one).
+#[inline(always)]
+fn csum_update32(check: u16, old: u32, new: u32) -> u16 {
+    let mut sum = (!check) as u32;
+    sum += (!(old as u16)) as u32 + (!((old >> 16) as u16)) as u32;
+    sum += (new as u16) as u32 + ((new >> 16) as u16) as u32;
+    !fold(sum)
+}
+
+/// A change inside the quote of an ICMP error.
+pub struct Quote {
+    /// Offset of the outer ICMP checksum.
+    pub icmp_csum_off: usize,
+}
+
+impl Quote {
+    /// Write a quoted 16-bit word and fold the change into the outer ICMP checksum.
+    #[inline(always)]
+    pub fn set16(&self, ctx: &TcContext, off: usize, old: u16, new: u16) -> Result<(), Counter> {
+        ctx.store(off, &new, 0).map_err(|_| FAILED)?;
+        ctx.l4_csum_replace(self.icmp_csum_off, old as u64, new as u64, 2)
+            .map_err(|_| FAILED)
+    }
+
+    /// Write a quoted 32-bit word and fold the change into the outer ICMP checksum.
+    #[inline(always)]
+    pub fn set32(&self, ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), Counter> {
+        ctx.store(off, &new, 0).map_err(|_| FAILED)?;
+        ctx.l4_csum_replace(self.icmp_csum_off, old as u64, new as u64, 4)
+            .map_err(|_| FAILED)
+    }
+
+    /// Update the quoted checksum at `csum_off` for a quoted word changing `old` -> `new`
+    /// (a 16-bit change is passed zero-extended: the upper half cancels out). `udp`: keep a
+    /// zero checksum zero, and never produce one.
+    #[inline(always)]
+    pub fn fix_checksum(
+        &self,
+        ctx: &TcContext,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let check: u16 = ctx.load(csum_off).map_err(|_| FAILED)?;
+        if udp && check == 0 {
+            return Ok(());
+        }
+        let mut updated = csum_update32(check, old, new);
+        if udp && updated == 0 {
+            updated = 0xffff;
+        }
+        self.set16(ctx, csum_off, check, updated)
+    }
 }

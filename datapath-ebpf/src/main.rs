@@ -9,24 +9,31 @@
 #![allow(internal_features)]
 
 mod csum;
+mod frag;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::classifier,
     programs::TcContext,
+    EbpfContext as _,
 };
 use aya_log_ebpf::warn;
-use bpfnat_common::{Counter, FlowKey, IPPROTO_ICMP};
+use bpfnat_common::{Counter, FlowKey, IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::{
-    csum::{rewrite_addr, rewrite_port},
-    maps::{NAT_IN, NAT_OUT},
-    nat::{config, create_mapping, is_internal, touch},
-    parse::{parse, Parsed, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF},
+    csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
+    maps::{LOG_RATE, NAT_IN, NAT_OUT},
+    nat::{
+        create_mapping, is_internal, original_key, reopen_if_closed, reply_key, settings, touch,
+        track_tcp,
+    },
+    parse::{parse, Packet, Parsed, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
 };
 
@@ -39,13 +46,36 @@ fn pass(reason: Counter) -> i32 {
 #[inline(always)]
 fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
     count(reason);
-    // Only the rare, operator-relevant drops are logged; never per ordinary packet.
-    match reason {
-        Counter::DropNoPort => warn!(ctx, "no free external port: packet dropped"),
-        Counter::DropTableFull => warn!(ctx, "connection table full: packet dropped"),
-        _ => {}
+    if matches!(reason, Counter::DropNoPort | Counter::DropTableFull) && log_allowed() {
+        // Rare, operator-relevant, and rate-limited: never a log line per packet.
+        match reason {
+            Counter::DropNoPort => warn!(
+                ctx,
+                "no free external port: packets dropped (see drop_no_port)"
+            ),
+            _ => warn!(
+                ctx,
+                "connection table full: packets dropped (see drop_table_full)"
+            ),
+        }
     }
     TC_ACT_SHOT
+}
+
+/// At most one log line per second per CPU.
+#[inline(always)]
+fn log_allowed() -> bool {
+    let Some(last) = LOG_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe {
+        if now.wrapping_sub(*last) < 1_000_000_000 {
+            return false;
+        }
+        *last = now;
+    }
+    true
 }
 
 /// Uplink egress: masquerade the source of packets from internal subnets.
@@ -60,12 +90,36 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::EgressPackets);
-    let pkt = match parse(ctx)? {
+    let parsed = parse(ctx)?;
+    let Some(cfg) = settings() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    let pkt = match parsed {
         Parsed::Packet(pkt) => pkt,
         Parsed::Pass(reason) => return Ok(pass(reason)),
-    };
-    let Some(cfg) = config() else {
-        return Ok(pass(Counter::PassNoMatch));
+        Parsed::IcmpError(err) => {
+            if is_internal(err.src_addr) && icmp::translate_outbound(ctx, &err)? {
+                return Ok(TC_ACT_OK);
+            }
+            return Ok(pass(Counter::PassNoMatch));
+        }
+        Parsed::LaterFragment(f) => {
+            if !is_internal(f.src_addr) {
+                return Ok(pass(Counter::PassFragment));
+            }
+            // Unknown: forwarding it would leak the internal address.
+            let addr = frag::lookup(&frag::key(
+                f.src_addr,
+                f.dst_addr,
+                f.id,
+                f.proto,
+                frag::OUTBOUND,
+            ))
+            .ok_or(Counter::DropFragmentUnknown)?;
+            rewrite_ip_addr(ctx, IP_SRC_OFF, f.src_addr, addr)?;
+            count(Counter::FragmentsTranslated);
+            return Ok(TC_ACT_OK);
+        }
     };
     if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REQUEST {
         return Ok(pass(Counter::PassUnsupportedProto));
@@ -78,7 +132,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let entry = match NAT_OUT.get_ptr_mut(key) {
+    let entry = match NAT_OUT.get_ptr_mut(&key) {
         Some(entry) => entry,
         None => {
             // Only traffic from the internal subnets is ours; the host's own traffic
@@ -91,9 +145,26 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     };
     touch(entry, ctx.len());
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
+    if pkt.proto == IPPROTO_TCP {
+        let reply = unsafe { reply_key(&key, &*entry) };
+        reopen_if_closed(entry, pkt.tcp_flags, &reply);
+        track_tcp(entry, pkt.tcp_flags, &NAT_IN, &reply);
+    }
 
     rewrite_port(ctx, &pkt.l4, pkt.l4.src_port_off, pkt.src_port, port)?;
     rewrite_addr(ctx, &pkt.l4, IP_SRC_OFF, pkt.src_addr, addr)?;
+    if pkt.first_fragment {
+        frag::remember(
+            &frag::key(
+                pkt.src_addr,
+                pkt.dst_addr,
+                pkt.ip_id,
+                pkt.proto,
+                frag::OUTBOUND,
+            ),
+            addr,
+        );
+    }
     count(Counter::EgressTranslated);
     Ok(TC_ACT_OK)
 }
@@ -110,12 +181,37 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::IngressPackets);
-    let pkt = match parse(ctx)? {
+    let parsed = parse(ctx)?;
+    let Some(cfg) = settings() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    let pkt = match parsed {
         Parsed::Packet(pkt) => pkt,
         Parsed::Pass(reason) => return Ok(pass(reason)),
-    };
-    let Some(cfg) = config() else {
-        return Ok(pass(Counter::PassNoMatch));
+        Parsed::IcmpError(err) => {
+            if err.dst_addr == cfg.external_addr && icmp::translate_inbound(ctx, &err)? {
+                return Ok(TC_ACT_OK);
+            }
+            return Ok(pass(Counter::PassNoMatch));
+        }
+        Parsed::LaterFragment(f) => {
+            if f.dst_addr != cfg.external_addr {
+                return Ok(pass(Counter::PassFragment));
+            }
+            // Unknown fragments to the uplink address may be the host's own: let it have them.
+            let Some(addr) = frag::lookup(&frag::key(
+                f.src_addr,
+                f.dst_addr,
+                f.id,
+                f.proto,
+                frag::INBOUND,
+            )) else {
+                return Ok(pass(Counter::PassFragment));
+            };
+            rewrite_ip_addr(ctx, IP_DST_OFF, f.dst_addr, addr)?;
+            count(Counter::FragmentsTranslated);
+            return Ok(TC_ACT_OK);
+        }
     };
     if pkt.dst_addr != cfg.external_addr {
         return Ok(pass(Counter::PassNoMatch));
@@ -131,17 +227,69 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let Some(entry) = NAT_IN.get_ptr_mut(key) else {
+    let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
+        if is_stray_tcp(ctx, &pkt) {
+            return Err(Counter::DropStrayTcp);
+        }
         // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
         return Ok(pass(Counter::PassNoMatch));
     };
     touch(entry, ctx.len());
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
+    if pkt.proto == IPPROTO_TCP {
+        let original = unsafe { original_key(&key, &*entry) };
+        track_tcp(entry, pkt.tcp_flags, &NAT_OUT, &original);
+    }
 
     rewrite_port(ctx, &pkt.l4, pkt.l4.dst_port_off, pkt.dst_port, port)?;
     rewrite_addr(ctx, &pkt.l4, IP_DST_OFF, pkt.dst_addr, addr)?;
+    if pkt.first_fragment {
+        frag::remember(
+            &frag::key(
+                pkt.src_addr,
+                pkt.dst_addr,
+                pkt.ip_id,
+                pkt.proto,
+                frag::INBOUND,
+            ),
+            addr,
+        );
+    }
     count(Counter::IngressTranslated);
     Ok(TC_ACT_OK)
+}
+
+/// A mid-stream TCP segment (no SYN, no RST) for the uplink address that no mapping and no
+/// local socket claims. Passing it would make the host answer with a RST and kill a
+/// connection whose mapping was just flushed or expired and is about to be picked up again
+/// by its next outbound segment; dropping it lets the peer retransmit instead.
+#[inline(always)]
+fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
+    const SYN_OR_RST: u8 = 0x02 | 0x04;
+    if pkt.proto != IPPROTO_TCP || pkt.tcp_flags & SYN_OR_RST != 0 {
+        return false;
+    }
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = pkt.src_addr;
+    tuple.__bindgen_anon_1.ipv4.daddr = pkt.dst_addr;
+    tuple.__bindgen_anon_1.ipv4.sport = pkt.src_port;
+    tuple.__bindgen_anon_1.ipv4.dport = pkt.dst_port;
+    // The IPv4 part of the tuple: two addresses and two ports.
+    const IPV4_TUPLE_LEN: u32 = 12;
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            IPV4_TUPLE_LEN,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return true;
+    }
+    unsafe { bpf_sk_release(sk as *mut _) };
+    false
 }
 
 #[cfg(not(test))]

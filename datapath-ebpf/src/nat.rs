@@ -13,22 +13,36 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use bpfnat_common::{
-    Counter, FlowKey, NatConfig, NatEntry, IPPROTO_ICMP, NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED,
-    PORT_ALLOC_TRIES,
+    tcp_state, Counter, FlowKey, NatEntry, TcpState, IPPROTO_ICMP, NAT_FLAG_ORIGINAL,
+    NAT_FLAG_PORT_REMAPPED, PORT_ALLOC_TRIES, TCP_SEEN_ACK, TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN,
+    TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
 };
 
 use crate::{
-    maps::{CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT},
+    maps::{NatTable, CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT},
     stats::count,
 };
 
 const EEXIST: i32 = 17;
 
-/// The configuration, if the datapath has been told its external address.
+/// What the packet path needs of the configuration (copied: the full `NatConfig` also holds
+/// the timeouts, which only userspace reads).
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub external_addr: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// The settings, if the datapath has been told its external address.
 #[inline(always)]
-pub fn config() -> Option<NatConfig> {
+pub fn settings() -> Option<Settings> {
     match CONFIG.get(0) {
-        Some(cfg) if cfg.external_addr != 0 => Some(*cfg),
+        Some(cfg) if cfg.external_addr != 0 => Some(Settings {
+            external_addr: cfg.external_addr,
+            port_min: cfg.port_min,
+            port_max: cfg.port_max,
+        }),
         _ => None,
     }
 }
@@ -54,7 +68,7 @@ pub fn touch(entry: *mut NatEntry, len: u32) {
 
 /// Ports an outbound flow may be given, inclusive, host byte order.
 #[inline(always)]
-fn port_range(proto: u8, original: u16, cfg: &NatConfig) -> (u32, u32) {
+fn port_range(proto: u8, original: u16, cfg: &Settings) -> (u32, u32) {
     if proto == IPPROTO_ICMP {
         // Echo identifiers have no classes; any 16-bit value is fine.
         return (0, 65535);
@@ -83,7 +97,7 @@ fn claim(reply: &FlowKey, inbound: &NatEntry) -> Result<bool, Counter> {
 
 /// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
 #[inline(always)]
-pub fn create_mapping(key: &FlowKey, cfg: &NatConfig) -> Result<*mut NatEntry, Counter> {
+pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let original_port = u16::from_be(key.src_port);
     let (lo, hi) = port_range(key.proto, original_port, cfg);
@@ -152,4 +166,74 @@ pub fn create_mapping(key: &FlowKey, cfg: &NatConfig) -> Result<*mut NatEntry, C
         }
     }
     NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)
+}
+
+/// The reply-direction key of a mapping, from its original key and `NAT_OUT` entry.
+#[inline(always)]
+pub fn reply_key(original: &FlowKey, out: &NatEntry) -> FlowKey {
+    FlowKey::new(
+        original.dst_addr,
+        out.addr,
+        original.dst_port,
+        out.port,
+        original.proto,
+    )
+}
+
+/// The original-direction key of a mapping, from its reply key and `NAT_IN` entry.
+#[inline(always)]
+pub fn original_key(reply: &FlowKey, inbound: &NatEntry) -> FlowKey {
+    FlowKey::new(
+        inbound.addr,
+        reply.src_addr,
+        inbound.port,
+        reply.src_port,
+        reply.proto,
+    )
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Record a TCP segment's flags on the entry of its direction. The other half (`other` in
+/// `other_table`) is only looked up when a FIN must be announced to it, so the common case
+/// costs no extra lookup.
+#[inline(always)]
+pub fn track_tcp(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other: &FlowKey) {
+    let seen = unsafe { (*entry).tcp_flags };
+    let mut bits = flags & (TCP_SEEN_FIN | TCP_SEEN_SYN | TCP_SEEN_RST | TCP_SEEN_ACK);
+    if flags & TCP_ACK != 0 && seen & TCP_SEEN_PEER_FIN != 0 {
+        bits |= TCP_SEEN_ACKED_PEER_FIN;
+    }
+    // Plain stores: a direction is normally handled by one CPU at a time; a lost bit only
+    // shortens or lengthens one idle timeout.
+    if bits & !seen != 0 {
+        unsafe { (*entry).tcp_flags = seen | bits };
+    }
+    if flags & TCP_FIN != 0 && seen & TCP_SEEN_FIN == 0 {
+        if let Some(peer) = other_table.get_ptr_mut(other) {
+            unsafe { (*peer).tcp_flags |= TCP_SEEN_PEER_FIN };
+        }
+    }
+}
+
+/// A new SYN on a mapping whose connection is over (TIME_WAIT, CLOSE, or both sides closed)
+/// starts a new connection on the same mapping, as the kernel reuses TIME_WAIT entries.
+#[inline(always)]
+pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, reply: &FlowKey) {
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return;
+    }
+    let Some(inbound) = NAT_IN.get_ptr_mut(reply) else {
+        return;
+    };
+    let state = unsafe { tcp_state((*entry).tcp_flags, (*inbound).tcp_flags) };
+    if state.reusable() || state == TcpState::LastAck {
+        unsafe {
+            (*entry).tcp_flags = 0;
+            (*inbound).tcp_flags = 0;
+        }
+        count(Counter::TcpReopened);
+    }
 }

@@ -87,6 +87,7 @@ fn with_src(f: &Frame, src: &str, sport: Option<u16>) -> Frame {
             },
             L4::Udp { dport, .. } => L4::Udp { sport: p, dport },
             L4::IcmpEcho { kind, seq, .. } => L4::IcmpEcho { kind, id: p, seq },
+            other => other,
         };
     }
     g
@@ -105,6 +106,7 @@ fn with_dst(f: &Frame, dst: &str, dport: Option<u16>) -> Frame {
             },
             L4::Udp { sport, .. } => L4::Udp { sport, dport: p },
             L4::IcmpEcho { kind, seq, .. } => L4::IcmpEcho { kind, id: p, seq },
+            other => other,
         };
     }
     g
@@ -115,6 +117,7 @@ fn external_port(dp: &Datapath, f: &Frame) -> u16 {
     let (sport, dport) = match f.l4 {
         L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
         L4::IcmpEcho { id, .. } => (id, 0),
+        _ => panic!("not a flow"),
     };
     let key = FlowKey::new(
         bpfnat_common::addr_to_map(f.src.octets()),
@@ -271,7 +274,7 @@ fn outbound_and_reply_table() {
         );
 
         // The reply, as the remote sends it to the external address.
-        let mut reply = Frame::new(REMOTE, EXTERNAL, row.reply_l4);
+        let mut reply = Frame::new(REMOTE, EXTERNAL, row.reply_l4.clone());
         reply.payload = row.out.payload.clone();
         reply.udp_no_checksum = row.out.udp_no_checksum;
         let (verdict, got) = ingress(&mut dp, &reply);
@@ -345,17 +348,10 @@ fn untouched_table() {
         f[14 + 9] = 47; // protocol GRE (header checksum now wrong, but the NAT must not care)
         f
     };
-    let mut frag = Frame::new(
-        NS1,
-        REMOTE,
-        L4::Udp {
-            sport: 4000,
-            dport: 4001,
-        },
-    )
-    .build();
-    frag[14 + 6] = 0x00;
-    frag[14 + 7] = 0xb9; // fragment offset 185 * 8 bytes: a later fragment, no ports inside
+    // A later fragment (no ports inside) of the host's own datagram.
+    let mut frag = Frame::new(EXTERNAL, REMOTE, L4::Raw { proto: 17 });
+    frag.frag_offset = 185;
+    let frag = frag.build();
 
     let rows: [(&str, &str, Vec<u8>, Counter); 8] = [
         (
@@ -636,4 +632,515 @@ fn per_flow_counters() {
     );
     assert!(out[0].1.last_seen_ns >= out[0].1.created_ns && out[0].1.created_ns > 0);
     assert_eq!(inb[0].1.addr, bpfnat_common::addr_to_map([172, 18, 0, 2]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection tracking: TCP states, reopening, mid-stream pickup, stray segments.
+// ---------------------------------------------------------------------------------------
+
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// The TCP state of the only mapping in the tables.
+fn only_tcp_state(dp: &Datapath) -> bpfnat_common::TcpState {
+    let out: Vec<_> = dp.nat_out().unwrap().iter().map(Result::unwrap).collect();
+    let inb: Vec<_> = dp.nat_in().unwrap().iter().map(Result::unwrap).collect();
+    assert_eq!((out.len(), inb.len()), (1, 1), "exactly one mapping");
+    bpfnat_common::tcp_state(out[0].1.tcp_flags, inb[0].1.tcp_flags)
+}
+
+/// One segment of a conversation: `true` = container -> outside, with its flags.
+type Step = (bool, u8, bpfnat_common::TcpState);
+
+fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
+    let mut dp = datapath(None);
+    for (i, &(outbound, flags, want)) in steps.iter().enumerate() {
+        let (verdict, got) = if outbound {
+            let f = Frame::new(
+                NS1,
+                REMOTE,
+                L4::Tcp {
+                    sport: 40100,
+                    dport: 80,
+                    flags,
+                },
+            );
+            let r = egress(&mut dp, &f);
+            assert_frame(&r.1, &with_src(&f, EXTERNAL, None), name);
+            r
+        } else {
+            let f = Frame::new(
+                REMOTE,
+                EXTERNAL,
+                L4::Tcp {
+                    sport: 80,
+                    dport: 40100,
+                    flags,
+                },
+            );
+            let r = ingress(&mut dp, &f);
+            assert_frame(&r.1, &with_dst(&f, NS1, None), name);
+            r
+        };
+        let _ = got;
+        assert_eq!(verdict, TC_ACT_OK, "{name}: step {i}");
+        assert_eq!(
+            only_tcp_state(&dp),
+            want,
+            "{name}: after step {i} ({} {flags:#04x})",
+            if outbound { "out" } else { "in" }
+        );
+    }
+    dp
+}
+
+/// Every state transition, driven by real segments through both programs.
+#[test]
+fn tcp_state_transitions() {
+    if !root() {
+        return;
+    }
+    use bpfnat_common::TcpState::*;
+    let handshake: [Step; 3] = [
+        (true, SYN, SynSent),
+        (false, SYN | ACK, SynRecv),
+        (true, ACK, Established),
+    ];
+    let cases: Vec<(&str, Vec<Step>)> = vec![
+        ("handshake", handshake.to_vec()),
+        (
+            "container closes first",
+            [
+                &handshake[..],
+                &[
+                    (true, FIN | ACK, FinWait),
+                    (false, ACK, CloseWait),
+                    (false, FIN | ACK, LastAck),
+                    (true, ACK, TimeWait),
+                ],
+            ]
+            .concat(),
+        ),
+        (
+            "remote closes first",
+            [
+                &handshake[..],
+                &[
+                    (false, FIN | ACK, FinWait),
+                    (true, ACK, CloseWait),
+                    (true, FIN | ACK, LastAck),
+                    (false, ACK, TimeWait),
+                ],
+            ]
+            .concat(),
+        ),
+        (
+            "both close, second FIN acknowledging the first",
+            [
+                &handshake[..],
+                // The remote's FIN also acknowledges ours; our ACK of its FIN completes the close.
+                &[
+                    (true, FIN | ACK, FinWait),
+                    (false, FIN | ACK, LastAck),
+                    (true, ACK, TimeWait),
+                    (false, ACK, TimeWait),
+                ],
+            ]
+            .concat(),
+        ),
+        (
+            "reset by the remote",
+            [&handshake[..], &[(false, RST, Close)]].concat(),
+        ),
+        (
+            "reset by the container",
+            [&handshake[..], &[(true, RST | ACK, Close)]].concat(),
+        ),
+        (
+            "connection refused",
+            vec![(true, SYN, SynSent), (false, RST | ACK, Close)],
+        ),
+        (
+            "picked up mid-stream",
+            vec![(true, ACK, Established), (false, ACK, Established)],
+        ),
+    ];
+    for (name, steps) in cases {
+        run_conversation(name, &steps);
+    }
+}
+
+/// A new SYN on a mapping in TIME_WAIT (or CLOSE) reopens it on the same external port.
+#[test]
+fn tcp_time_wait_is_reused_by_a_new_syn() {
+    if !root() {
+        return;
+    }
+    use bpfnat_common::TcpState::*;
+    let mut dp = run_conversation(
+        "to time-wait",
+        &[
+            (true, SYN, SynSent),
+            (false, SYN | ACK, SynRecv),
+            (true, ACK, Established),
+            (true, FIN | ACK, FinWait),
+            (false, FIN | ACK, LastAck),
+            (true, ACK, TimeWait),
+        ],
+    );
+    let syn = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40100,
+            dport: 80,
+            flags: SYN,
+        },
+    );
+    let (v, got) = egress(&mut dp, &syn);
+    assert_eq!(v, TC_ACT_OK);
+    assert_frame(
+        &got,
+        &with_src(&syn, EXTERNAL, None),
+        "reopening syn keeps the mapping",
+    );
+    assert_eq!(only_tcp_state(&dp), SynSent);
+    assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 1);
+    assert_eq!(
+        dp.counter(Counter::NewMappings).unwrap(),
+        1,
+        "same mapping, not a new one"
+    );
+
+    // A retransmitted SYN of a live connection does not reopen anything.
+    let mut dp = run_conversation("syn sent", &[(true, SYN, SynSent)]);
+    egress(&mut dp, &syn);
+    assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 0);
+}
+
+/// A mid-stream segment for the uplink address that matches no mapping and no socket is
+/// dropped (the host would answer with a RST and kill a connection about to be picked up
+/// again); SYNs and RSTs still reach the host.
+#[test]
+fn stray_tcp_segments_are_dropped_not_reset() {
+    if !root() {
+        return;
+    }
+    let mut dp = datapath(None);
+    for (flags, verdict, counter) in [
+        (ACK, TC_ACT_SHOT, Counter::DropStrayTcp),
+        (FIN | ACK, TC_ACT_SHOT, Counter::DropStrayTcp),
+        (SYN | ACK, TC_ACT_OK, Counter::PassNoMatch),
+        (RST, TC_ACT_OK, Counter::PassNoMatch),
+    ] {
+        let before = dp.counter(counter).unwrap();
+        let f = Frame::new(
+            REMOTE,
+            EXTERNAL,
+            L4::Tcp {
+                sport: 80,
+                dport: 33333,
+                flags,
+            },
+        );
+        let (v, _) = ingress(&mut dp, &f);
+        assert_eq!(v, verdict, "flags {flags:#04x}");
+        assert_eq!(
+            dp.counter(counter).unwrap(),
+            before + 1,
+            "flags {flags:#04x}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ICMP errors.
+// ---------------------------------------------------------------------------------------
+
+const ROUTER: &str = "203.0.113.1";
+
+/// An ICMP error from `src` to `dst` quoting `quoted` (cut to `quote_len` bytes of IP packet).
+fn icmp_error(
+    src: &str,
+    dst: &str,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quoted: &Frame,
+    quote_len: usize,
+) -> Frame {
+    let mut quote = quoted.ip_bytes();
+    quote.truncate(quote_len);
+    Frame::new(
+        src,
+        dst,
+        L4::IcmpError {
+            kind,
+            code,
+            rest,
+            quote,
+        },
+    )
+}
+
+/// Check the quoted IP header's checksum of an ICMP error frame.
+fn assert_quote_ip_checksum(frame: &[u8], case: &str) {
+    let outer_ihl = usize::from(frame[14] & 0x0f) * 4;
+    let quote = &frame[14 + outer_ihl + 8..];
+    let ihl = usize::from(quote[0] & 0x0f) * 4;
+    assert_eq!(
+        support::packet::checksum(&quote[..ihl]),
+        0,
+        "{case}: quoted IP header checksum"
+    );
+}
+
+/// Errors about translated flows, of every kind, quoting TCP, UDP and echo, with short and
+/// long quotes, translated back to the container: outer destination, quoted source address
+/// and port, quoted IP and L4 checksums, outer IP and ICMP checksums.
+#[test]
+fn inbound_icmp_errors_table() {
+    if !root() {
+        return;
+    }
+    // (kind, code, rest of header): port unreachable, fragmentation needed (MTU 1400),
+    // time exceeded in transit, parameter problem (pointer 20).
+    let kinds: [(u8, u8, u32); 4] = [(3, 3, 0), (3, 4, 1400), (11, 0, 0), (12, 0, 20 << 24)];
+    // Flows from NS2 whose external port differs (NS1 holds the port first), so the quoted
+    // port is rewritten too, and an echo.
+    let flows = [
+        Frame::new(
+            NS2,
+            REMOTE,
+            L4::Udp {
+                sport: 40200,
+                dport: 53,
+            },
+        ),
+        Frame::new(
+            NS2,
+            REMOTE,
+            L4::Tcp {
+                sport: 40201,
+                dport: 443,
+                flags: SYN,
+            },
+        ),
+        Frame::new(
+            NS2,
+            REMOTE,
+            L4::IcmpEcho {
+                kind: 8,
+                id: 0x0bad,
+                seq: 7,
+            },
+        ),
+    ];
+    for flow in &flows {
+        for quote_len in [28usize, 48] {
+            for (kind, code, rest) in kinds {
+                let mut dp = datapath(None);
+                let holder = with_src(flow, NS1, None);
+                assert_eq!(egress(&mut dp, &holder).0, TC_ACT_OK);
+                let (v, sent) = egress(&mut dp, flow);
+                assert_eq!(v, TC_ACT_OK);
+                let ext_port = external_port(&dp, flow);
+                let original_port = match flow.l4 {
+                    L4::Udp { sport, .. } | L4::Tcp { sport, .. } => sport,
+                    L4::IcmpEcho { id, .. } => id,
+                    _ => unreachable!(),
+                };
+                assert_ne!(ext_port, original_port, "the test needs a remapped port");
+                let translated = with_src(flow, EXTERNAL, Some(ext_port));
+                assert_eq!(sent, translated.build());
+
+                let case = format!(
+                    "type {kind}/{code} quoting {:?} ({quote_len} bytes)",
+                    flow.l4
+                );
+                let error = icmp_error(ROUTER, EXTERNAL, kind, code, rest, &translated, quote_len);
+                let (v, got) = ingress(&mut dp, &error);
+                assert_eq!(v, TC_ACT_OK, "{case}");
+                let want = icmp_error(ROUTER, NS2, kind, code, rest, flow, quote_len);
+                verify_checksums(&got).unwrap_or_else(|e| panic!("{case}: {e}"));
+                assert_quote_ip_checksum(&got, &case);
+                assert_eq!(
+                    got,
+                    want.build(),
+                    "{case}: output differs from the expected frame"
+                );
+                assert_eq!(
+                    dp.counter(Counter::IcmpErrorsTranslated).unwrap(),
+                    1,
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+/// A container's own ICMP error about a reply it received (e.g. port unreachable after its
+/// socket closed) leaves with the external address and port in the quote.
+#[test]
+fn outbound_icmp_errors_table() {
+    if !root() {
+        return;
+    }
+    for (kind, code) in [(3u8, 3u8), (3, 1), (11, 0), (12, 0)] {
+        let mut dp = datapath(None);
+        let holder = Frame::new(
+            NS1,
+            REMOTE,
+            L4::Udp {
+                sport: 40300,
+                dport: 53,
+            },
+        );
+        let flow = Frame::new(
+            NS2,
+            REMOTE,
+            L4::Udp {
+                sport: 40300,
+                dport: 53,
+            },
+        );
+        egress(&mut dp, &holder);
+        egress(&mut dp, &flow);
+        let ext_port = external_port(&dp, &flow);
+        // The reply as the container received it (after translation back)...
+        let received = Frame::new(
+            REMOTE,
+            NS2,
+            L4::Udp {
+                sport: 53,
+                dport: 40300,
+            },
+        );
+        // ...and as it travelled outside.
+        let outside = Frame::new(
+            REMOTE,
+            EXTERNAL,
+            L4::Udp {
+                sport: 53,
+                dport: ext_port,
+            },
+        );
+        let error = icmp_error(NS2, REMOTE, kind, code, 0, &received, 48);
+        let (v, got) = egress(&mut dp, &error);
+        assert_eq!(v, TC_ACT_OK);
+        let want = icmp_error(EXTERNAL, REMOTE, kind, code, 0, &outside, 48);
+        verify_checksums(&got).unwrap();
+        assert_quote_ip_checksum(&got, "outbound");
+        assert_eq!(got, want.build(), "type {kind}/{code}");
+    }
+}
+
+/// Errors that quote no flow of ours pass untouched (the host's own traffic).
+#[test]
+fn unrelated_icmp_errors_pass() {
+    if !root() {
+        return;
+    }
+    let mut dp = datapath(None);
+    let host_packet = Frame::new(
+        EXTERNAL,
+        REMOTE,
+        L4::Udp {
+            sport: 5555,
+            dport: 53,
+        },
+    );
+    let error = icmp_error(ROUTER, EXTERNAL, 3, 3, 0, &host_packet, 28).build();
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &error);
+    assert_eq!((v, got), (TC_ACT_OK, error));
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fragments.
+// ---------------------------------------------------------------------------------------
+
+/// The first fragment is translated by its ports; later fragments of the same datagram
+/// (same source, destination, protocol and IP id) follow it, in both directions; a later
+/// fragment from a container whose first fragment was never seen is dropped and counted.
+#[test]
+fn fragments_follow_their_first_fragment() {
+    if !root() {
+        return;
+    }
+    let mut dp = datapath(None);
+    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let mut first = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40400,
+            dport: 9000,
+        },
+    );
+    first.payload = payload.clone();
+    first.more_fragments = true;
+    first.ip_id = 0x7777;
+    let mut later = Frame::new(NS1, REMOTE, L4::Raw { proto: 17 });
+    later.payload = payload.clone();
+    later.frag_offset = 126; // 1008 bytes in
+    later.ip_id = 0x7777;
+
+    let (v, got) = egress(&mut dp, &first);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(
+        got,
+        with_src(&first, EXTERNAL, None).build(),
+        "first fragment"
+    );
+    let (v, got) = egress(&mut dp, &later);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(
+        got,
+        with_src(&later, EXTERNAL, None).build(),
+        "later fragment"
+    );
+    assert_eq!(
+        support::packet::checksum(&got[14..34]),
+        0,
+        "later fragment IP checksum"
+    );
+
+    // The reply datagram, fragmented too.
+    let mut rfirst = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Udp {
+            sport: 9000,
+            dport: 40400,
+        },
+    );
+    rfirst.payload = payload.clone();
+    rfirst.more_fragments = true;
+    rfirst.ip_id = 0x8888;
+    let mut rlater = Frame::new(REMOTE, EXTERNAL, L4::Raw { proto: 17 });
+    rlater.payload = payload.clone();
+    rlater.frag_offset = 126;
+    rlater.ip_id = 0x8888;
+    let (v, got) = ingress(&mut dp, &rfirst);
+    assert_eq!(
+        (v, got),
+        (TC_ACT_OK, with_dst(&rfirst, NS1, None).build()),
+        "reply first fragment"
+    );
+    let (v, got) = ingress(&mut dp, &rlater);
+    assert_eq!(
+        (v, got),
+        (TC_ACT_OK, with_dst(&rlater, NS1, None).build()),
+        "reply later fragment"
+    );
+    assert_eq!(dp.counter(Counter::FragmentsTranslated).unwrap(), 2);
+
+    // A later fragment whose first fragment was never seen.
+    let mut orphan = later.clone();
+    orphan.ip_id = 0x9999;
+    let (v, _) = egress(&mut dp, &orphan);
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropFragmentUnknown).unwrap(), 1);
 }

@@ -43,7 +43,7 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> 
     ones_complement_sum(&ph, 0)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
     Tcp {
         sport: u16,
@@ -60,6 +60,18 @@ pub enum L4 {
         id: u16,
         seq: u16,
     },
+    /// An ICMP error (`kind` 3, 11, 12) with its 4 "rest of header" bytes and a quoted
+    /// packet (IP header onwards, possibly truncated).
+    IcmpError {
+        kind: u8,
+        code: u8,
+        rest: u32,
+        quote: Vec<u8>,
+    },
+    /// No L4 header (a non-first fragment): the payload follows the IP header directly.
+    Raw {
+        proto: u8,
+    },
 }
 
 /// A frame description; `build` turns it into bytes with correct checksums.
@@ -75,6 +87,9 @@ pub struct Frame {
     pub ttl: u8,
     /// UDP: send with checksum 0 ("no checksum").
     pub udp_no_checksum: bool,
+    /// Fragment offset in 8-byte units, and the more-fragments flag.
+    pub frag_offset: u16,
+    pub more_fragments: bool,
 }
 
 impl Frame {
@@ -88,19 +103,27 @@ impl Frame {
             ip_id: 0x1234,
             ttl: 63,
             udp_no_checksum: false,
+            frag_offset: 0,
+            more_fragments: false,
         }
+    }
+
+    /// The IP packet (no Ethernet header), e.g. to quote in an ICMP error.
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        self.build()[ETH_HLEN..].to_vec()
     }
 
     pub fn proto(&self) -> u8 {
         match self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::IcmpEcho { .. } => 1,
+            L4::IcmpEcho { .. } | L4::IcmpError { .. } => 1,
+            L4::Raw { proto } => proto,
         }
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let mut l4 = match self.l4 {
+        let mut l4 = match self.l4.clone() {
             L4::Tcp {
                 sport,
                 dport,
@@ -129,15 +152,31 @@ impl Frame {
                 h[6..8].copy_from_slice(&seq.to_be_bytes());
                 h
             }
+            L4::IcmpError {
+                kind,
+                code,
+                rest,
+                quote,
+            } => {
+                let mut h = vec![kind, code, 0, 0];
+                h.extend_from_slice(&rest.to_be_bytes());
+                h.extend_from_slice(&quote);
+                h
+            }
+            L4::Raw { .. } => Vec::new(),
         };
-        l4.extend_from_slice(&self.payload);
+        if !matches!(self.l4, L4::IcmpError { .. }) {
+            l4.extend_from_slice(&self.payload);
+        }
         let csum_off = match self.l4 {
             L4::Tcp { .. } => 16,
             L4::Udp { .. } => 6,
-            L4::IcmpEcho { .. } => 2,
+            L4::IcmpEcho { .. } | L4::IcmpError { .. } => 2,
+            L4::Raw { .. } => usize::MAX,
         };
         let csum = match self.l4 {
-            L4::IcmpEcho { .. } => checksum(&l4),
+            L4::Raw { .. } => 0,
+            L4::IcmpEcho { .. } | L4::IcmpError { .. } => checksum(&l4),
             L4::Udp { .. } if self.udp_no_checksum => 0,
             _ => {
                 let sum = pseudo_header_sum(self.src, self.dst, self.proto(), l4.len());
@@ -150,7 +189,9 @@ impl Frame {
                 }
             }
         };
-        l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
+        if csum_off != usize::MAX {
+            l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
+        }
 
         assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let ihl = 20 + self.ip_options.len();
@@ -158,7 +199,12 @@ impl Frame {
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
-        ip[6] = 0x40; // DF
+        let flags_offset: u16 = if self.frag_offset != 0 || self.more_fragments {
+            (if self.more_fragments { 0x2000 } else { 0 }) | self.frag_offset
+        } else {
+            0x4000 // DF
+        };
+        ip[6..8].copy_from_slice(&flags_offset.to_be_bytes());
         ip[8] = self.ttl;
         ip[9] = self.proto();
         ip[12..16].copy_from_slice(&self.src.octets());

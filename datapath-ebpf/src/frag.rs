@@ -1,0 +1,39 @@
+//! Fragments: the first fragment of a datagram carries the ports and is translated like any
+//! packet; it records where the datagram goes, so the later fragments (no ports) follow it.
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use bpfnat_common::{FragEntry, FragKey};
+
+use crate::maps::FRAGS;
+
+pub const OUTBOUND: u8 = 0;
+pub const INBOUND: u8 = 1;
+
+#[inline(always)]
+pub fn key(src_addr: u32, dst_addr: u32, id: u16, proto: u8, direction: u8) -> FragKey {
+    FragKey {
+        src_addr,
+        dst_addr,
+        id,
+        proto,
+        direction,
+    }
+}
+
+/// Remember that the datagram `key` gets address `addr`. A failure only costs the datagram's
+/// later fragments, which are then dropped and counted.
+#[inline(always)]
+pub fn remember(key: &FragKey, addr: u32) {
+    let entry = FragEntry {
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        addr,
+        pad: 0,
+    };
+    let _ = FRAGS.insert(key, &entry, BPF_ANY as u64);
+}
+
+/// The address the datagram's later fragments get, if its first fragment was seen.
+#[inline(always)]
+pub fn lookup(key: &FragKey) -> Option<u32> {
+    FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
+}
