@@ -19,11 +19,10 @@ pub const IPPROTO_UDP: u8 = 17;
 /// host with more than 4 GiB of memory.
 pub const DEFAULT_TABLE_SIZE: u32 = 262_144;
 
-/// How many random ports the datapath tries after the original port is taken. MASQUERADE
-/// tries up to 128 + 64 + 32 + 16; a BPF loop must stay small enough for the verifier and
-/// cheap on the packet path, and with random probing 64 tries find a free port in a range that
-/// is up to ~93 % full with probability 1 - 0.93^64 > 99 %.
-pub const PORT_ALLOC_TRIES: u32 = 64;
+/// How many ports the datapath tries, walking the range from a random offset, after the
+/// original port is taken: MASQUERADE's first round (it then tries 64, 32, 16 more from new
+/// offsets). A range of up to 128 ports is searched exhaustively.
+pub const PORT_ALLOC_TRIES: u32 = 128;
 
 /// One direction of a connection as the packet carries it.
 ///

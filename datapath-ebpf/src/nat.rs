@@ -7,10 +7,12 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
 };
 use bpfnat_common::{
     tcp_state, Counter, FlowKey, NatEntry, TcpState, IPPROTO_ICMP, NAT_FLAG_ORIGINAL,
@@ -95,6 +97,46 @@ fn claim(reply: &FlowKey, inbound: &NatEntry) -> Result<bool, Counter> {
     }
 }
 
+const SEARCH_EXHAUSTED: i32 = 0;
+const SEARCH_CLAIMED: i32 = 1;
+const SEARCH_TABLE_FULL: i32 = 2;
+
+/// State of one port search, shared with the `bpf_loop` callback through the stack.
+#[repr(C)]
+struct PortSearch {
+    reply: FlowKey,
+    inbound: NatEntry,
+    lo: u32,
+    span: u32,
+    start: u32,
+    outcome: i32,
+}
+
+/// One step of the port search: try port number `index` after the random start. Returns 1
+/// to stop the loop.
+#[inline(never)]
+extern "C" fn try_next_port(index: u32, ctx: *mut c_void) -> i64 {
+    let search = unsafe { &mut *(ctx as *mut PortSearch) };
+    let span = search.span;
+    if span == 0 {
+        return 1; // never: span is checked by the caller; keeps the modulo panic-free
+    }
+    let port = search.lo + (search.start.wrapping_add(index)) % span;
+    count(Counter::PortRetries);
+    search.reply.dst_port = (port as u16).to_be();
+    match claim(&search.reply, &search.inbound) {
+        Ok(true) => {
+            search.outcome = SEARCH_CLAIMED;
+            1
+        }
+        Ok(false) => 0,
+        Err(_) => {
+            search.outcome = SEARCH_TABLE_FULL;
+            1
+        }
+    }
+}
+
 /// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
 #[inline(always)]
 pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Counter> {
@@ -126,16 +168,38 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
             // the modulo below cannot divide by zero (a panic path the verifier would reject).
             return Err(Counter::DropNoPort);
         }
-        let mut tries = 0;
-        while tries < PORT_ALLOC_TRIES {
-            count(Counter::PortRetries);
-            let port = lo + unsafe { bpf_get_prandom_u32() } % span;
-            reply.dst_port = (port as u16).to_be();
-            if claim(&reply, &inbound)? {
+        // Like MASQUERADE: walk the range from a random offset. Sequential probing finds the
+        // last free port of a small range for sure; the random start spreads flows out.
+        // bpf_loop (Linux 5.17) lets the verifier check the body once instead of once per
+        // iteration, which keeps 128 tries affordable.
+        let tries = if span < PORT_ALLOC_TRIES {
+            span
+        } else {
+            PORT_ALLOC_TRIES
+        };
+        let mut search = PortSearch {
+            reply,
+            inbound,
+            lo,
+            span,
+            start: unsafe { bpf_get_prandom_u32() } % span,
+            outcome: SEARCH_EXHAUSTED,
+        };
+        unsafe {
+            bpf_loop(
+                tries,
+                try_next_port as *mut c_void,
+                &mut search as *mut PortSearch as *mut c_void,
+                0,
+            );
+        }
+        match search.outcome {
+            SEARCH_CLAIMED => {
                 claimed = true;
-                break;
+                reply = search.reply;
             }
-            tries += 1;
+            SEARCH_TABLE_FULL => return Err(Counter::DropTableFull),
+            _ => {}
         }
     }
     if !claimed {

@@ -1,7 +1,32 @@
-//! Configuration values given on the command line.
+//! Configuration of `bpfnat up`: command-line values and the `--config FILE.toml` file.
+//!
+//! The file holds the same settings as the flags (flags win):
+//!
+//! ```toml
+//! uplink = "ens5"
+//! bridge = "docker1"
+//! subnets = ["172.18.0.0/24"]
+//! port_range = "20000-29999"
+//! table_size = 65536
+//! tc_mode = "auto"
+//! sweep_interval = 5
+//!
+//! [timeouts]
+//! udp_one_way = 30
+//! tcp_established = 7440
+//! ```
 
-use anyhow::{anyhow, bail};
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{anyhow, bail, Context as _};
 use bpfnat_common::Timeouts;
+use clap::ValueEnum as _;
+use serde::Deserialize;
+
+use crate::{
+    addr::{Ipv4Net, PortRange},
+    datapath::TcMode,
+};
 
 /// Timeout names accepted by `--timeout NAME=SECONDS`, with their field.
 pub const TIMEOUT_NAMES: [&str; 12] = [
@@ -56,21 +81,291 @@ pub fn set_timeout(t: &mut Timeouts, name: &str, secs: u32) -> anyhow::Result<()
 pub fn parse_timeouts(items: &[String]) -> anyhow::Result<Timeouts> {
     let mut t = Timeouts::KERNEL;
     for item in items {
-        let (name, secs) = item.split_once('=').ok_or_else(|| {
-            anyhow!("bad timeout {item:?}: expected NAME=SECONDS, e.g. udp_one_way=30")
-        })?;
-        let secs: u32 = secs
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("bad timeout {item:?}: {secs:?} is not a number of seconds"))?;
-        set_timeout(&mut t, name.trim(), secs)?;
+        apply_timeout_item(&mut t, item)?;
     }
     Ok(t)
+}
+
+/// Apply one `NAME=SECONDS` item.
+fn apply_timeout_item(t: &mut Timeouts, item: &str) -> anyhow::Result<()> {
+    let (name, secs) = item.split_once('=').ok_or_else(|| {
+        anyhow!("bad timeout {item:?}: expected NAME=SECONDS, e.g. udp_one_way=30")
+    })?;
+    let secs: u32 = secs
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("bad timeout {item:?}: {secs:?} is not a number of seconds"))?;
+    set_timeout(t, name.trim(), secs)
+}
+
+/// Default of `sweep_interval`, seconds.
+pub const DEFAULT_SWEEP_INTERVAL: u64 = 5;
+
+/// The contents of a `--config` file. Every key is optional; unknown keys are an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub uplink: Option<String>,
+    pub bridge: Option<String>,
+    pub subnets: Option<Vec<String>>,
+    /// "LO-HI".
+    pub port_range: Option<String>,
+    pub table_size: Option<u32>,
+    /// "auto", "tcx" or "clsact".
+    pub tc_mode: Option<String>,
+    /// Seconds.
+    pub sweep_interval: Option<u64>,
+    /// NAME = SECONDS, names of [`TIMEOUT_NAMES`].
+    pub timeouts: Option<BTreeMap<String, u32>>,
+}
+
+impl FileConfig {
+    /// Parse TOML text; errors are one line naming `origin` and the line.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|r| {
+                    format!(
+                        ", line {}",
+                        text[..r.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            let message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            anyhow!("config file {origin}{line}: {message}")
+        })
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// `bpfnat up` settings given on the command line; None/empty = not given.
+#[derive(Clone, Debug, Default)]
+pub struct UpFlags {
+    pub uplink: Option<String>,
+    pub bridge: Option<String>,
+    pub subnets: Vec<String>,
+    pub port_range: Option<String>,
+    pub table_size: Option<u32>,
+    pub tc_mode: Option<TcMode>,
+    /// NAME=SECONDS items.
+    pub timeouts: Vec<String>,
+    pub sweep_interval: Option<u64>,
+}
+
+/// The settings `bpfnat up` runs with: flags over the file over the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpSettings {
+    pub uplink: String,
+    pub bridge: String,
+    /// Empty: the bridge's own subnets.
+    pub subnets: Vec<Ipv4Net>,
+    pub port_range: Option<PortRange>,
+    pub table_size: u32,
+    pub tc_mode: TcMode,
+    pub timeouts: Timeouts,
+    pub sweep_interval: Duration,
+}
+
+/// Merge command-line flags over the config file (if any). Timeouts merge name by name.
+pub fn merge(flags: UpFlags, file: Option<FileConfig>) -> anyhow::Result<UpSettings> {
+    let file = file.unwrap_or_default();
+    let uplink = flags.uplink.or(file.uplink).ok_or_else(|| {
+        anyhow!("no uplink: give --uplink IFACE or `uplink` in the --config file")
+    })?;
+    let bridge = flags.bridge.or(file.bridge).ok_or_else(|| {
+        anyhow!("no bridge: give --bridge BRIDGE or `bridge` in the --config file")
+    })?;
+    let subnets = if flags.subnets.is_empty() {
+        file.subnets.unwrap_or_default()
+    } else {
+        flags.subnets
+    };
+    let subnets = subnets
+        .iter()
+        .map(|s| s.parse::<Ipv4Net>())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let port_range = flags
+        .port_range
+        .or(file.port_range)
+        .as_deref()
+        .map(str::parse::<PortRange>)
+        .transpose()?;
+    let table_size = flags
+        .table_size
+        .or(file.table_size)
+        .unwrap_or(bpfnat_common::DEFAULT_TABLE_SIZE);
+    let tc_mode = match (flags.tc_mode, file.tc_mode) {
+        (Some(m), _) => m,
+        (None, Some(s)) => TcMode::from_str(&s, true).map_err(|_| {
+            anyhow!("bad tc_mode {s:?} in the config file: expected auto, tcx or clsact")
+        })?,
+        (None, None) => TcMode::Auto,
+    };
+    let sweep = flags
+        .sweep_interval
+        .or(file.sweep_interval)
+        .unwrap_or(DEFAULT_SWEEP_INTERVAL);
+    if sweep == 0 {
+        bail!("--sweep-interval must be at least 1 second");
+    }
+    let mut timeouts = Timeouts::KERNEL;
+    for (name, secs) in file.timeouts.unwrap_or_default() {
+        set_timeout(&mut timeouts, &name, secs).context("in [timeouts] of the config file")?;
+    }
+    for item in &flags.timeouts {
+        apply_timeout_item(&mut timeouts, item)?;
+    }
+    Ok(UpSettings {
+        uplink,
+        bridge,
+        subnets,
+        port_range,
+        table_size,
+        tc_mode,
+        timeouts,
+        sweep_interval: Duration::from_secs(sweep),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FULL: &str = r#"
+uplink = "ens5"
+bridge = "docker1"
+subnets = ["172.18.0.0/24", "172.19.0.0/16"]
+port_range = "20000-29999"
+table_size = 4096
+tc_mode = "clsact"
+sweep_interval = 2
+
+[timeouts]
+udp_one_way = 3
+tcp_established = 7440
+"#;
+
+    #[test]
+    fn file_gives_every_setting() {
+        let file = FileConfig::parse(FULL, "t.toml").unwrap();
+        let s = merge(UpFlags::default(), Some(file)).unwrap();
+        assert_eq!((s.uplink.as_str(), s.bridge.as_str()), ("ens5", "docker1"));
+        assert_eq!(s.subnets.len(), 2);
+        assert_eq!(
+            s.port_range,
+            Some(PortRange {
+                lo: 20000,
+                hi: 29999
+            })
+        );
+        assert_eq!((s.table_size, s.tc_mode), (4096, TcMode::Clsact));
+        assert_eq!(s.sweep_interval, Duration::from_secs(2));
+        assert_eq!(
+            (s.timeouts.udp_one_way, s.timeouts.tcp_established),
+            (3, 7440)
+        );
+        assert_eq!(s.timeouts.icmp, Timeouts::KERNEL.icmp);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(FULL, "t.toml").unwrap();
+        let flags = UpFlags {
+            uplink: Some("eth1".into()),
+            subnets: vec!["10.0.0.0/8".into()],
+            table_size: Some(128),
+            tc_mode: Some(TcMode::Tcx),
+            timeouts: vec!["udp_one_way=9".into()],
+            ..UpFlags::default()
+        };
+        let s = merge(flags, Some(file)).unwrap();
+        assert_eq!((s.uplink.as_str(), s.bridge.as_str()), ("eth1", "docker1"));
+        assert_eq!(s.subnets, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!((s.table_size, s.tc_mode), (128, TcMode::Tcx));
+        assert_eq!(
+            (s.timeouts.udp_one_way, s.timeouts.tcp_established),
+            (9, 7440)
+        );
+    }
+
+    #[test]
+    fn defaults_and_missing_interfaces() {
+        let flags = UpFlags {
+            uplink: Some("a".into()),
+            bridge: Some("b".into()),
+            ..UpFlags::default()
+        };
+        let s = merge(flags, None).unwrap();
+        assert_eq!(s.table_size, bpfnat_common::DEFAULT_TABLE_SIZE);
+        assert_eq!(s.tc_mode, TcMode::Auto);
+        assert_eq!(
+            s.sweep_interval,
+            Duration::from_secs(DEFAULT_SWEEP_INTERVAL)
+        );
+        assert_eq!(s.timeouts, Timeouts::KERNEL);
+        let err = merge(UpFlags::default(), None).unwrap_err().to_string();
+        assert!(err.contains("--uplink"), "{err}");
+    }
+
+    #[test]
+    fn bad_files_fail_with_one_line() {
+        for (text, want) in [
+            (
+                "uplink = \"a\"\nbogus = 1\n",
+                "line 2: unknown field `bogus`",
+            ),
+            ("uplink = 3\n", "line 1"),
+            ("[timeouts]\nudp = 3\n", ""),
+            ("uplink = \"a\"\nuplink = \"b\"\n", "line 2"),
+            ("uplink = \n", "line 1"),
+        ] {
+            let res =
+                FileConfig::parse(text, "t.toml").and_then(|f| merge(UpFlags::default(), Some(f)));
+            let err = format!("{:#}", res.unwrap_err());
+            assert!(!err.contains('\n'), "{text:?}: {err}");
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let f = FileConfig::parse("[timeouts]\nudp = 3\n", "t.toml").unwrap();
+        let err = format!(
+            "{:#}",
+            merge(
+                UpFlags {
+                    uplink: Some("a".into()),
+                    bridge: Some("b".into()),
+                    ..UpFlags::default()
+                },
+                Some(f)
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("unknown timeout \"udp\""), "{err}");
+        let f = FileConfig::parse("tc_mode = \"xdp\"\n", "t.toml").unwrap();
+        let err = format!(
+            "{:#}",
+            merge(
+                UpFlags {
+                    uplink: Some("a".into()),
+                    bridge: Some("b".into()),
+                    ..UpFlags::default()
+                },
+                Some(f)
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("bad tc_mode"), "{err}");
+    }
 
     #[test]
     fn timeouts_override_kernel_defaults() {

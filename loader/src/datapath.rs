@@ -1,7 +1,7 @@
 //! The loaded eBPF datapath: load and verify the programs, fill the configuration maps,
 //! attach to an uplink, read counters and the connection table.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
@@ -69,12 +69,31 @@ pub struct Datapath {
 impl Datapath {
     /// Load the object and run both programs through the verifier. Nothing is attached yet.
     pub fn load(opts: LoadOptions) -> anyhow::Result<Self> {
+        Self::load_with(opts, None)
+    }
+
+    /// Like [`Datapath::load`], with the maps of [`crate::instance::PINNED_MAPS`] pinned in
+    /// `pin_dir` (which must exist, on bpffs). A map already pinned at its path is opened and
+    /// used as it is instead of being created (aya's pinning-by-path): that is how a restart
+    /// will adopt the connection table; today `up` always starts from an empty directory.
+    pub fn load_pinned(opts: LoadOptions, pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(opts, Some(pin_dir))
+    }
+
+    fn load_with(opts: LoadOptions, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         if opts.table_size == 0 {
             bail!("table size must be at least 1");
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
-            .map_max_entries(names::MAP_NAT_IN, opts.table_size)
+            .map_max_entries(names::MAP_NAT_IN, opts.table_size);
+        if let Some(dir) = pin_dir {
+            for name in crate::instance::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(DATAPATH_OBJECT)
             .map_err(|e| explain_load_error(anyhow::Error::new(e)))
             .context("loading the datapath's maps")?;
@@ -135,8 +154,19 @@ impl Datapath {
 
     /// The configuration currently in the datapath.
     pub fn config(&self) -> anyhow::Result<NatConfig> {
-        let config: Array<&MapData, NatConfig> = Array::try_from(self.map(names::MAP_CONFIG)?)?;
-        Ok(config.get(&0, 0)?)
+        read_config(self.map(names::MAP_CONFIG)?)
+    }
+
+    /// Change the external address (None: the uplink has none; translate nothing), keeping
+    /// the rest of the configuration.
+    pub fn set_external(&mut self, external: Option<Ipv4Addr>) -> anyhow::Result<()> {
+        let mut cfg = self.config()?;
+        cfg.external_addr = external.map_or(0, |a| bpfnat_common::addr_to_map(a.octets()));
+        let mut config: Array<&mut MapData, NatConfig> =
+            Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+        config
+            .set(0, cfg, 0)
+            .context("writing the datapath configuration")
     }
 
     /// Mark `net` as internal: its traffic leaving through the uplink is masqueraded.
@@ -221,14 +251,20 @@ impl Datapath {
         Ok(HashMap::try_from(self.map_mut(names::MAP_NAT_IN)?)?)
     }
 
+    /// Both connection tables at once, writable (for [`crate::conntrack`]).
+    pub fn tables(&mut self) -> anyhow::Result<NatTables<'_>> {
+        match self
+            .ebpf
+            .maps_disjoint_mut([names::MAP_NAT_OUT, names::MAP_NAT_IN])
+        {
+            [Some(out), Some(inbound)] => NatTables::new(out, inbound),
+            _ => bail!("connection maps missing from the datapath object"),
+        }
+    }
+
     /// Counters summed over all CPUs, in `Counter::ALL` order.
     pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(names::MAP_COUNTERS)?)?;
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
-            .collect()
+        read_counters(self.map(names::MAP_COUNTERS)?)
     }
 
     /// One counter summed over all CPUs.
@@ -239,6 +275,41 @@ impl Datapath {
             .find(|(c, _)| *c == which)
             .map_or(0, |(_, v)| v))
     }
+}
+
+/// The two halves of the connection table, writable.
+pub struct NatTables<'a> {
+    /// Original direction (`NAT_OUT`).
+    pub out: HashMap<&'a mut MapData, FlowKey, NatEntry>,
+    /// Reply direction (`NAT_IN`).
+    pub inbound: HashMap<&'a mut MapData, FlowKey, NatEntry>,
+}
+
+impl<'a> NatTables<'a> {
+    pub fn new(
+        out: &'a mut aya::maps::Map,
+        inbound: &'a mut aya::maps::Map,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            out: HashMap::try_from(out).context("NAT_OUT")?,
+            inbound: HashMap::try_from(inbound).context("NAT_IN")?,
+        })
+    }
+}
+
+/// The configuration in a `CONFIG` map.
+pub fn read_config(map: &aya::maps::Map) -> anyhow::Result<NatConfig> {
+    let config: Array<&MapData, NatConfig> = Array::try_from(map)?;
+    Ok(config.get(&0, 0)?)
+}
+
+/// The counters of a `COUNTERS` map summed over all CPUs, in `Counter::ALL` order.
+pub fn read_counters(map: &aya::maps::Map) -> anyhow::Result<Vec<(Counter, u64)>> {
+    let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    Counter::ALL
+        .iter()
+        .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
+        .collect()
 }
 
 /// Turn the kernel's terse errors into an actionable one-liner.

@@ -8,10 +8,13 @@
 //! - [`addr`]: parsing of CIDRs and port ranges.
 pub mod addr;
 pub mod config;
+pub mod conntrack;
 pub mod datapath;
 pub mod expiry;
 pub mod iface;
+pub mod instance;
 pub mod lab;
 pub mod netns;
+pub mod stats;
 pub mod system;
 pub mod up;

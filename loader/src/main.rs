@@ -1,12 +1,15 @@
 //! `bpfnat`: command-line front end. One subcommand per object, like bpftool.
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use bpfnat::{
-    addr::{Ipv4Net, PortRange},
+    config::{self, FileConfig, UpFlags},
+    conntrack::{self, Filter},
     datapath::TcMode,
-    lab, netns, up,
+    expiry, instance, lab, netns,
+    stats::Stats,
+    up,
 };
 use clap::{Parser, Subcommand};
 
@@ -20,6 +23,10 @@ struct Cli {
     /// Run inside this named network namespace (as `ip netns exec NAME` would).
     #[arg(long, global = true, value_name = "NAME")]
     netns: Option<String>,
+    /// Instance whose pinned state to create or open (/sys/fs/bpf/bpfnat/NAME); default: the
+    /// --netns name, else "default".
+    #[arg(long, global = true, value_name = "NAME")]
+    instance: Option<String>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -36,37 +43,99 @@ enum Command {
         #[command(subcommand)]
         verb: LabVerb,
     },
+    /// The connection table of a running instance, like conntrack(8).
+    Conntrack {
+        #[command(subcommand)]
+        verb: ConntrackVerb,
+    },
+    /// Counters of a running instance and how full its connection table is.
+    Stats {
+        /// Print again every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConntrackVerb {
+    /// List the mappings (original and reply tuple, accounting, seconds left).
+    List(FilterArgs),
+    /// Delete every mapping.
+    Flush,
+    /// Delete the mappings matching the filters (at least one).
+    Delete(FilterArgs),
+}
+
+/// Criteria on the original tuple; all given ones must match.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long, short = 'p', value_name = "PROTO")]
+    proto: Option<String>,
+    /// Source address or CIDR.
+    #[arg(long, short = 's', value_name = "CIDR")]
+    src: Option<String>,
+    /// Destination address or CIDR.
+    #[arg(long, short = 'd', value_name = "CIDR")]
+    dst: Option<String>,
+    /// Source port (ICMP: echo identifier).
+    #[arg(long, value_name = "PORT")]
+    sport: Option<u16>,
+    /// Destination port.
+    #[arg(long, value_name = "PORT")]
+    dport: Option<u16>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            proto: self
+                .proto
+                .as_deref()
+                .map(conntrack::parse_proto)
+                .transpose()?,
+            src: self.src.as_deref().map(conntrack::parse_net).transpose()?,
+            dst: self.dst.as_deref().map(conntrack::parse_net).transpose()?,
+            sport: self.sport,
+            dport: self.dport,
+        })
+    }
 }
 
 #[derive(clap::Args)]
 struct UpArgs {
+    /// TOML file with any of: uplink, bridge, subnets, port_range, table_size, tc_mode,
+    /// sweep_interval and a [timeouts] table. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Interface towards the outside (its primary IPv4 address becomes the source).
+    /// Required unless the config file gives it.
     #[arg(long, value_name = "IFACE")]
-    uplink: String,
-    /// Bridge the containers are attached to.
+    uplink: Option<String>,
+    /// Bridge the containers are attached to. Required unless the config file gives it.
     #[arg(long, value_name = "BRIDGE")]
-    bridge: String,
+    bridge: Option<String>,
     /// Internal subnet to masquerade (repeatable); default: the bridge's IPv4 subnets.
     #[arg(long, value_name = "CIDR")]
     subnet: Vec<String>,
     /// External port range for TCP/UDP; default: MASQUERADE's classes (1-511, 600-1023, 1024-65535).
     #[arg(long, value_name = "LO-HI")]
     port_range: Option<String>,
-    /// Entries in each connection-tracking map.
-    #[arg(long, default_value_t = bpfnat_common::DEFAULT_TABLE_SIZE)]
-    table_size: u32,
-    /// How to attach to the uplink.
-    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-    tc_mode: TcMode,
+    /// Entries in each connection-tracking map [default: 262144].
+    #[arg(long, value_name = "N")]
+    table_size: Option<u32>,
+    /// How to attach to the uplink [default: auto].
+    #[arg(long, value_enum)]
+    tc_mode: Option<TcMode>,
     /// Idle timeout, NAME=SECONDS (repeatable), NAME as in nf_conntrack without its prefix:
     /// tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_close_wait,
     /// tcp_last_ack, tcp_time_wait, tcp_close, udp_one_way, udp_both_ways, icmp, generic.
     /// Defaults are the kernel's.
     #[arg(long = "timeout", value_name = "NAME=SECONDS")]
     timeouts: Vec<String>,
-    /// How often idle mappings are looked for, seconds.
-    #[arg(long, default_value_t = 5)]
-    sweep_interval: u64,
+    /// How often idle mappings are looked for, seconds [default: 5].
+    #[arg(long, value_name = "SECS")]
+    sweep_interval: Option<u64>,
     /// Print a status line every second.
     #[arg(long)]
     status: bool,
@@ -97,32 +166,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // Before any thread exists, so the whole process (tokio workers included) lives there.
         netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
     }
+    // Only `up`, `conntrack` and `stats` use it (and fail on a bad name).
+    let instance = instance_name(&cli);
     match cli.command {
         Command::Up(args) => {
-            if args.sweep_interval == 0 {
-                anyhow::bail!("--sweep-interval must be at least 1 second");
-            }
-            // Parsed here rather than by clap so a bad value gets our one-line error.
-            let subnets = args
-                .subnet
-                .iter()
-                .map(|s| s.parse::<Ipv4Net>())
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let port_range = args
-                .port_range
-                .as_deref()
-                .map(str::parse::<PortRange>)
-                .transpose()?;
+            let instance = instance?;
+            let file = args.config.as_deref().map(FileConfig::load).transpose()?;
+            let settings = config::merge(
+                UpFlags {
+                    uplink: args.uplink,
+                    bridge: args.bridge,
+                    subnets: args.subnet,
+                    port_range: args.port_range,
+                    table_size: args.table_size,
+                    tc_mode: args.tc_mode,
+                    timeouts: args.timeouts,
+                    sweep_interval: args.sweep_interval,
+                },
+                file,
+            )?;
             let opts = up::UpOptions {
-                uplink: args.uplink,
-                bridge: args.bridge,
-                subnets,
-                port_range,
-                table_size: args.table_size,
-                tc_mode: args.tc_mode,
-                timeouts: bpfnat::config::parse_timeouts(&args.timeouts)?,
-                sweep_interval: Duration::from_secs(args.sweep_interval),
+                uplink: settings.uplink,
+                bridge: settings.bridge,
+                subnets: settings.subnets,
+                port_range: settings.port_range,
+                table_size: settings.table_size,
+                tc_mode: settings.tc_mode,
+                timeouts: settings.timeouts,
+                sweep_interval: settings.sweep_interval,
                 status: args.status,
+                instance,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -130,6 +203,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(up::run(opts))
         }
+        Command::Conntrack { ref verb } => conntrack_cmd(&cli, &instance?, verb),
+        Command::Stats { watch } => stats_cmd(&cli, &instance?, watch),
         Command::Lab { verb } => {
             bpfnat::system::require_root()?;
             let spec = lab::LabSpec::default_lab();
@@ -153,5 +228,121 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn instance_name(cli: &Cli) -> anyhow::Result<String> {
+    instance::resolve_name(cli.instance.as_deref(), cli.netns.as_deref())
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+fn conntrack_cmd(cli: &Cli, name: &str, verb: &ConntrackVerb) -> anyhow::Result<()> {
+    // Parse filters before opening anything, so bad input fails the same way everywhere.
+    let filter = match verb {
+        ConntrackVerb::List(f) | ConntrackVerb::Delete(f) => f.filter()?,
+        ConntrackVerb::Flush => Filter::default(),
+    };
+    if matches!(verb, ConntrackVerb::Delete(_)) && filter.is_empty() {
+        anyhow::bail!(
+            "conntrack delete needs at least one filter (--proto, --src, --dst, --sport, --dport); \
+             `conntrack flush` deletes everything"
+        );
+    }
+    let mut maps = instance::PinnedMaps::open(name)?;
+    let timeouts = maps.config()?.timeouts;
+    let mut tables = maps.tables()?;
+    let now = expiry::monotonic_ns();
+    match verb {
+        ConntrackVerb::List(_) => {
+            let conns: Vec<_> = conntrack::list(&tables, &timeouts, now)
+                .into_iter()
+                .filter(|c| filter.matches(c))
+                .collect();
+            if cli.json {
+                print_json(&serde_json::Value::Array(
+                    conns.iter().map(conntrack::Connection::to_json).collect(),
+                ));
+            } else {
+                let mut text = String::new();
+                for c in &conns {
+                    text.push_str(&c.line());
+                    text.push('\n');
+                }
+                if !write_stdout(&text)? {
+                    return Ok(());
+                }
+                eprintln!(
+                    "bpfnat conntrack ({name}): {} flow entries have been shown.",
+                    conns.len()
+                );
+            }
+        }
+        ConntrackVerb::Flush => {
+            let report = conntrack::flush(&mut tables, &timeouts, now);
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "flushed": report.mappings,
+                    "orphan_halves": report.orphans,
+                }));
+            } else {
+                println!(
+                    "bpfnat conntrack ({name}): {} flow entries have been deleted.",
+                    report.mappings
+                );
+            }
+        }
+        ConntrackVerb::Delete(_) => {
+            let n = conntrack::delete(&mut tables, &timeouts, now, &filter)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "deleted": n }));
+            } else {
+                println!("bpfnat conntrack ({name}): {n} flow entries have been deleted.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stats_cmd(cli: &Cli, name: &str, watch: Option<u64>) -> anyhow::Result<()> {
+    if watch == Some(0) {
+        anyhow::bail!("--watch must be at least 1 second");
+    }
+    let maps = instance::PinnedMaps::open(name)?;
+    loop {
+        let stats = Stats::read(&maps)?;
+        let mut text = if cli.json {
+            format!("{}\n", stats.to_json())
+        } else {
+            stats.text()
+        };
+        if watch.is_some() && !cli.json {
+            text.push('\n');
+        }
+        // The reader went away (`| head`): done.
+        if !write_stdout(&text)? {
+            return Ok(());
+        }
+        let Some(secs) = watch else { return Ok(()) };
+        std::thread::sleep(Duration::from_secs(secs));
+        // The maps stay readable through our descriptors after the daemon exits; stop then.
+        if !matches!(
+            instance::status_of(&instance::dir(name))?,
+            instance::Status::Running(_)
+        ) {
+            anyhow::bail!("instance {name:?} stopped");
+        }
+    }
+}
+
+/// Write to stdout and flush; Ok(false) if the reader has gone (broken pipe).
+fn write_stdout(text: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
     }
 }

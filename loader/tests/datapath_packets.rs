@@ -543,11 +543,8 @@ fn port_range_and_exhaustion() {
     assert_eq!(v, TC_ACT_SHOT, "no port left for this destination");
     assert_eq!(dp.counter(Counter::DropNoPort).unwrap(), 1);
     // One try found 5000 for the first flow (its own port 40000 is outside the range); the
-    // second flow tried every allowed attempt.
-    assert_eq!(
-        dp.counter(Counter::PortRetries).unwrap(),
-        1 + u64::from(bpfnat_common::PORT_ALLOC_TRIES)
-    );
+    // second flow searched the whole one-port range once.
+    assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 2);
 
     let other_destination = Frame::new(
         NS2,
@@ -1143,4 +1140,41 @@ fn fragments_follow_their_first_fragment() {
     let (v, _) = egress(&mut dp, &orphan);
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::DropFragmentUnknown).unwrap(), 1);
+}
+
+/// A 100-port range serves exactly 100 flows to one destination: the search walks the whole
+/// range, so the last free port is always found, and the 101st flow is dropped and counted.
+#[test]
+fn small_range_is_searched_exhaustively() {
+    if !root() {
+        return;
+    }
+    let mut dp = datapath(Some("20000-20099".parse().unwrap()));
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..100u16 {
+        let f = Frame::new(
+            NS1,
+            REMOTE,
+            L4::Tcp {
+                sport: 30000 + i,
+                dport: 80,
+                flags: SYN,
+            },
+        );
+        assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK, "flow {i}");
+        ports.insert(external_port(&dp, &f));
+    }
+    assert_eq!(ports.len(), 100);
+    assert!(ports.iter().all(|p| (20000..=20099).contains(p)));
+    let f = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 31000,
+            dport: 80,
+            flags: SYN,
+        },
+    );
+    assert_eq!(egress(&mut dp, &f).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropNoPort).unwrap(), 1);
 }

@@ -431,3 +431,132 @@ pub fn tc_programs(ns: &str, iface: &str) -> String {
     }
     lines.join("\n")
 }
+
+impl Daemon {
+    /// The daemon's process id (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The stdout lines printed since the ready line (or the last call), waiting up to `wait`
+    /// for the first one.
+    pub fn lines_within(&self, wait: Duration) -> Vec<String> {
+        let mut out: Vec<String> = self.lines.recv_timeout(wait).into_iter().collect();
+        out.extend(self.lines.try_iter());
+        out
+    }
+}
+
+/// Send one UDP request from `ns`, from the fixed local address `local`, and return the
+/// answer (None after 3 tries of 1 s).
+pub fn udp_request_from(
+    ns: &str,
+    local: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: Vec<u8>,
+) -> Option<Vec<u8>> {
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind(local).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
+        let mut buf = vec![0u8; 65535];
+        for _ in 0..3 {
+            sock.send_to(&payload, dst).ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(buf[..n].to_vec());
+            }
+        }
+        None
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The peer address a `udp_echo` server reported in its answer ("<peer> <payload>").
+pub fn echo_peer(answer: &[u8]) -> Option<SocketAddrV4> {
+    String::from_utf8_lossy(answer)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One TCP connection from `client_ns` to a server in `server_ns`, held open until
+/// [`HeldTcp::close`] (or drop). Both ends give up after 60 s on their own.
+pub struct HeldTcp {
+    release: Option<mpsc::Sender<()>>,
+    client: Option<thread::JoinHandle<()>>,
+    server: Option<thread::JoinHandle<Option<SocketAddr>>>,
+    /// The client's own address (inside the container).
+    pub local: SocketAddr,
+}
+
+impl HeldTcp {
+    pub fn open(server_ns: &str, client_ns: &str, addr: SocketAddrV4) -> Self {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = spawn_in(server_ns, move || {
+            let listener = TcpListener::bind(addr).expect("bind held-tcp server");
+            listener.set_nonblocking(true).ok();
+            ready_tx.send(()).ok();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let (mut sock, peer) = loop {
+                match listener.accept() {
+                    Ok(conn) => break conn,
+                    Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                    Err(_) => return None,
+                }
+            };
+            sock.set_nonblocking(false).ok();
+            sock.set_read_timeout(Some(Duration::from_secs(60))).ok();
+            let mut buf = [0u8; 1024];
+            // Answer the greeting, then wait for the client to close.
+            if matches!(sock.read(&mut buf), Ok(n) if n > 0) {
+                let _ = sock.write_all(b"ok\n");
+            }
+            while matches!(sock.read(&mut buf), Ok(n) if n > 0) {}
+            Some(peer)
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("held-tcp server listening");
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (local_tx, local_rx) = mpsc::channel();
+        let client = spawn_in(client_ns, move || {
+            let mut sock =
+                TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(5))
+                    .expect("held-tcp connect");
+            sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            sock.write_all(b"hello\n").expect("held-tcp send");
+            let mut buf = [0u8; 16];
+            let _ = sock.read(&mut buf);
+            local_tx.send(sock.local_addr().expect("local addr")).ok();
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        });
+        let local = local_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("held-tcp connected");
+        Self {
+            release: Some(release_tx),
+            client: Some(client),
+            server: Some(server),
+            local,
+        }
+    }
+
+    /// Close the connection; returns the peer address the server saw.
+    pub fn close(mut self) -> Option<SocketAddr> {
+        self.release.take();
+        if let Some(c) = self.client.take() {
+            let _ = c.join();
+        }
+        self.server.take().and_then(|s| s.join().ok().flatten())
+    }
+}
+
+impl Drop for HeldTcp {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the client, which closes; the server then sees EOF.
+        self.release.take();
+    }
+}
