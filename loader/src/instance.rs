@@ -42,12 +42,13 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfnat";
 /// The owner record inside an instance directory.
 pub const OWNER_PIN: &str = "OWNER";
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
     names::MAP_INTERNAL_NETS,
     names::MAP_COUNTERS,
+    names::MAP_FRAGS,
 ];
 /// Instance used without `--instance` and without `--netns`.
 pub const DEFAULT_INSTANCE: &str = "default";

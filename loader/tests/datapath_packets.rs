@@ -1178,3 +1178,50 @@ fn small_range_is_searched_exhaustively() {
     assert_eq!(egress(&mut dp, &f).0, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::DropNoPort).unwrap(), 1);
 }
+
+/// A full table drops new flows (counted) and never disturbs existing ones.
+#[test]
+fn full_table_drops_new_flows_only() {
+    if !root() {
+        return;
+    }
+    let mut dp = Datapath::load(LoadOptions { table_size: 2 }).expect("load");
+    dp.configure(
+        EXTERNAL.parse().unwrap(),
+        None,
+        &bpfnat_common::Timeouts::KERNEL,
+    )
+    .unwrap();
+    dp.add_internal_subnet("172.18.0.0/24".parse().unwrap())
+        .unwrap();
+    let flows: Vec<Frame> = (0..3u16)
+        .map(|i| {
+            Frame::new(
+                NS1,
+                REMOTE,
+                L4::Udp {
+                    sport: 42000 + i,
+                    dport: 53,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(egress(&mut dp, &flows[0]).0, TC_ACT_OK);
+    assert_eq!(egress(&mut dp, &flows[1]).0, TC_ACT_OK);
+    assert_eq!(
+        egress(&mut dp, &flows[2]).0,
+        TC_ACT_SHOT,
+        "third flow with room for two"
+    );
+    assert_eq!(dp.counter(Counter::DropTableFull).unwrap(), 1);
+    for f in &flows[..2] {
+        let (v, got) = egress(&mut dp, f);
+        assert_eq!(v, TC_ACT_OK);
+        assert_frame(&got, &with_src(f, EXTERNAL, None), "existing flow");
+    }
+    assert_eq!(
+        dp.nat_in().unwrap().keys().count(),
+        2,
+        "no half-mapping left by the failed flow"
+    );
+}

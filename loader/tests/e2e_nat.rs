@@ -12,7 +12,7 @@ use bpfnat::{
     lab::{ContainerSpec, LabSpec},
     netns,
 };
-use support::e2e::*;
+use support::{e2e::*, topo::ServerBehindRouter};
 
 const MB: u64 = 1 << 20;
 
@@ -374,49 +374,4 @@ fn clsact_mode_works_and_removes_its_qdisc() {
         &["tc", "filter", "show", "dev", "upk", "egress"],
     );
     assert!(filters.trim().is_empty(), "filters left behind: {filters}");
-}
-
-/// A server namespace one routed hop behind `router_ns`, on a veth whose router side has TX
-/// checksum offload off (so partial checksums get completed before the server sees them).
-struct ServerBehindRouter {
-    ns: String,
-    router_ns: String,
-}
-
-impl ServerBehindRouter {
-    const ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
-    const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
-
-    fn up(ns: &str, router_ns: &str) -> Self {
-        netns::create(ns).unwrap();
-        let guard = Self {
-            ns: ns.into(),
-            router_ns: router_ns.into(),
-        };
-        netns::create_veth_pair(router_ns, "to-srv", ns, "eth0").unwrap();
-        let (gw, addr) = (Self::GATEWAY, Self::ADDR);
-        netns::with_netlink(router_ns, move |h| async move {
-            netns::add_address(&h, "to-srv", gw.into(), 30).await?;
-            netns::set_link_up(&h, "to-srv").await
-        })
-        .unwrap();
-        netns::with_netlink(ns, move |h| async move {
-            netns::set_link_up(&h, "lo").await?;
-            netns::add_address(&h, "eth0", addr.into(), 30).await?;
-            netns::set_link_up(&h, "eth0").await?;
-            netns::replace_default_route_v4(&h, gw).await
-        })
-        .unwrap();
-        netns::sysctl(router_ns, "net/ipv4/ip_forward", "1").unwrap();
-        netns::set_tx_checksum(router_ns, "to-srv", false).unwrap();
-        netns::set_tx_checksum(ns, "eth0", false).unwrap();
-        guard
-    }
-}
-
-impl Drop for ServerBehindRouter {
-    fn drop(&mut self) {
-        let _ = netns::delete_link_in(&self.router_ns, "to-srv");
-        let _ = netns::delete(&self.ns);
-    }
 }

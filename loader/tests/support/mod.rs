@@ -1,2 +1,3 @@
 pub mod e2e;
 pub mod packet;
+pub mod topo;

@@ -1,0 +1,78 @@
+//! Topology pieces shared by end-to-end tests.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+use bpfnat::netns;
+
+/// A server namespace one routed hop behind `router_ns`, on a veth whose router side has TX
+/// checksum offload off (so partial checksums get completed before the server sees them).
+pub struct ServerBehindRouter {
+    ns: String,
+    router_ns: String,
+}
+
+impl ServerBehindRouter {
+    pub const ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
+    pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
+
+    pub fn up(ns: &str, router_ns: &str) -> Self {
+        netns::create(ns).unwrap();
+        let guard = Self {
+            ns: ns.into(),
+            router_ns: router_ns.into(),
+        };
+        netns::create_veth_pair(router_ns, "to-srv", ns, "eth0").unwrap();
+        let (gw, addr) = (Self::GATEWAY, Self::ADDR);
+        netns::with_netlink(router_ns, move |h| async move {
+            netns::add_address(&h, "to-srv", gw.into(), 30).await?;
+            netns::set_link_up(&h, "to-srv").await
+        })
+        .unwrap();
+        netns::with_netlink(ns, move |h| async move {
+            netns::set_link_up(&h, "lo").await?;
+            netns::add_address(&h, "eth0", addr.into(), 30).await?;
+            netns::set_link_up(&h, "eth0").await?;
+            netns::replace_default_route_v4(&h, gw).await
+        })
+        .unwrap();
+        netns::sysctl(router_ns, "net/ipv4/ip_forward", "1").unwrap();
+        netns::set_tx_checksum(router_ns, "to-srv", false).unwrap();
+        netns::set_tx_checksum(ns, "eth0", false).unwrap();
+        guard
+    }
+}
+
+impl Drop for ServerBehindRouter {
+    fn drop(&mut self) {
+        let _ = netns::delete_link_in(&self.router_ns, "to-srv");
+        let _ = netns::delete(&self.ns);
+    }
+}
+
+impl ServerBehindRouter {
+    /// Set the MTU of the router's side of the router-server link. The server keeps 1500 and
+    /// so advertises a full-size MSS: the client's segments then only fit once path-MTU
+    /// discovery has lowered its estimate (uploads only: the link drops big replies).
+    pub fn set_router_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        let args = [
+            "netns",
+            "exec",
+            &self.router_ns,
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "to-srv",
+            "mtu",
+            &mtu,
+        ];
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip link set mtu")
+            .success();
+        assert!(ok, "setting mtu {mtu} on to-srv in {}", self.router_ns);
+    }
+}
