@@ -77,6 +77,9 @@ impl FlowKey {
 pub const NAT_FLAG_ORIGINAL: u8 = 1 << 0;
 /// Entry flag: the external port differs from the original one (a port was allocated).
 pub const NAT_FLAG_PORT_REMAPPED: u8 = 1 << 1;
+/// Entry flag: the connection came in through a published port (the outside initiated it;
+/// `NAT_IN` holds the initiator's direction).
+pub const NAT_FLAG_PUBLISHED: u8 = 1 << 2;
 
 /// Value of a connection-tracking entry: where to rewrite this direction's packets to, plus
 /// liveness and accounting for that direction.
@@ -260,7 +263,8 @@ pub struct NatConfig {
     pub port_max: u16,
     /// Reserved for feature flags; 0 today.
     pub flags: u32,
-    pub pad: u32,
+    /// The uplink's interface index: where the bridge-port program sends routed traffic.
+    pub uplink_ifindex: u32,
     /// Idle timeouts; read by userspace (expiry, `conntrack list`), not by the datapath.
     pub timeouts: Timeouts,
 }
@@ -310,6 +314,20 @@ pub enum Counter {
     DropStrayTcp,
     /// TCP mappings in TIME_WAIT/CLOSE reopened by a new SYN.
     TcpReopened,
+    /// Packets seen by the bridge-port program (frames from containers).
+    PortPackets,
+    /// Packets the datapath forwarded itself (redirect), bypassing the host's FORWARD path.
+    Forwarded,
+    /// Published-port mappings created (inbound connections to a container).
+    PublishedMappings,
+    /// Dropped: unsolicited packet from outside to a container address (direct access).
+    DropDirectAccess,
+    /// Dropped: container-to-container traffic on a bridge with inter-container traffic off.
+    DropIcc,
+    /// Dropped: traffic between two bridges.
+    DropIsolation,
+    /// Dropped: traffic leaving an internal bridge.
+    DropInternal,
     /// Number of counters; keep last.
     Count,
 }
@@ -335,6 +353,13 @@ impl Counter {
         Counter::DropFragmentUnknown,
         Counter::DropStrayTcp,
         Counter::TcpReopened,
+        Counter::PortPackets,
+        Counter::Forwarded,
+        Counter::PublishedMappings,
+        Counter::DropDirectAccess,
+        Counter::DropIcc,
+        Counter::DropIsolation,
+        Counter::DropInternal,
     ];
 
     /// Stable snake_case name used by the CLI and JSON output.
@@ -359,6 +384,13 @@ impl Counter {
             Counter::DropFragmentUnknown => "drop_fragment_unknown",
             Counter::DropStrayTcp => "drop_stray_tcp",
             Counter::TcpReopened => "tcp_reopened",
+            Counter::PortPackets => "port_packets",
+            Counter::Forwarded => "forwarded",
+            Counter::PublishedMappings => "published_mappings",
+            Counter::DropDirectAccess => "drop_direct_access",
+            Counter::DropIcc => "drop_icc",
+            Counter::DropIsolation => "drop_isolation",
+            Counter::DropInternal => "drop_internal",
             Counter::Count => "count",
         }
     }
@@ -390,6 +422,60 @@ pub struct FragEntry {
     pub pad: u32,
 }
 
+/// A container seen on a bridge port (learned by the datapath from the frames it sends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Endpoint {
+    /// The host-side interface (bridge port) the container is behind.
+    pub port_ifindex: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// Bridge flag: inter-container traffic off (`--icc=false`).
+pub const BRIDGE_ICC_OFF: u32 = 1 << 0;
+/// Bridge flag: internal network: no traffic leaves the subnet, no masquerade.
+pub const BRIDGE_INTERNAL: u32 = 1 << 1;
+
+/// A bridge the datapath serves, keyed by its interface index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BridgeInfo {
+    /// The bridge's own (gateway) address, network byte order.
+    pub gateway: u32,
+    /// `BRIDGE_*` flags.
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// Key of the published-port table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishKey {
+    /// Host address the port is published on (network order); 0 = the external address.
+    pub host_addr: u32,
+    /// Host port, network order.
+    pub host_port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishTarget {
+    /// Container address, network order.
+    pub addr: u32,
+    /// Container port, network order.
+    pub port: u16,
+    pub pad: u16,
+}
+
 /// Names the loader and the datapath agree on.
 pub mod names {
     pub const PROG_EGRESS: &str = "nat_egress";
@@ -402,6 +488,16 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// LRU table of fragmented datagrams in flight.
     pub const MAP_FRAGS: &str = "FRAGS";
+    /// Program on each bridge port's ingress (frames from containers).
+    pub const PROG_PORT: &str = "port_ingress";
+    /// Bridges served: bridge ifindex -> `BridgeInfo`.
+    pub const MAP_BRIDGES: &str = "BRIDGES";
+    /// Bridge ports: port ifindex -> bridge ifindex.
+    pub const MAP_PORTS: &str = "PORTS";
+    /// Containers seen: address -> `Endpoint` (learned by the datapath).
+    pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+    /// Published ports: `PublishKey` -> `PublishTarget`.
+    pub const MAP_PUBLISH: &str = "PUBLISH";
 }
 
 #[cfg(feature = "user")]
@@ -415,7 +511,18 @@ mod user {
             unsafe impl aya::Pod for $t {}
         )*};
     }
-    pod!(FlowKey, NatEntry, NatConfig, Timeouts, FragKey, FragEntry);
+    pod!(
+        FlowKey,
+        NatEntry,
+        NatConfig,
+        Timeouts,
+        FragKey,
+        FragEntry,
+        Endpoint,
+        BridgeInfo,
+        PublishKey,
+        PublishTarget
+    );
 
     impl FlowKey {
         pub fn src_ip(&self) -> core::net::Ipv4Addr {

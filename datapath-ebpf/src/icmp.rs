@@ -21,12 +21,12 @@ fn quoted_key(err: &IcmpError) -> FlowKey {
 
 /// An error arriving on the uplink about a packet we sent for a container: the quote holds
 /// our external source; give the error to the container with its own address and port.
-/// Returns false if the error is about no mapping of ours.
+/// Returns the container's address, or `None` if the error is about no mapping of ours.
 #[inline(always)]
-pub fn translate_inbound(ctx: &TcContext, err: &IcmpError) -> Result<bool, Counter> {
+pub fn translate_inbound(ctx: &TcContext, err: &IcmpError) -> Result<Option<u32>, Counter> {
     // Quoted packet = original direction after translation; its reverse is our reply key.
     let Some(entry) = NAT_IN.get_ptr(quoted_key(err).reversed()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     let q = &err.inner;
@@ -42,7 +42,7 @@ pub fn translate_inbound(ctx: &TcContext, err: &IcmpError) -> Result<bool, Count
         port,
     )?;
     count(Counter::IcmpErrorsTranslated);
-    Ok(true)
+    Ok(Some(addr))
 }
 
 /// An error a container sends about a reply it received: the quote holds the container's

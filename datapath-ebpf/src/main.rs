@@ -10,10 +10,12 @@
 
 mod csum;
 mod frag;
+mod fwd;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod port;
 mod stats;
 
 use aya_ebpf::{
@@ -30,8 +32,8 @@ use crate::{
     csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
     maps::{LOG_RATE, NAT_IN, NAT_OUT},
     nat::{
-        create_mapping, is_internal, original_key, reopen_if_closed, reply_key, settings, touch,
-        track_tcp,
+        create_mapping, create_published_mapping, is_internal, original_key, published,
+        reopen_if_closed, reply_key, settings, touch, track_tcp,
     },
     parse::{parse, Packet, Parsed, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
@@ -189,13 +191,21 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         Parsed::Packet(pkt) => pkt,
         Parsed::Pass(reason) => return Ok(pass(reason)),
         Parsed::IcmpError(err) => {
-            if err.dst_addr == cfg.external_addr && icmp::translate_inbound(ctx, &err)? {
-                return Ok(TC_ACT_OK);
+            if err.dst_addr == cfg.external_addr {
+                if let Some(addr) = icmp::translate_inbound(ctx, &err)? {
+                    return fwd::to_container(ctx, addr);
+                }
+            }
+            if is_internal(err.dst_addr) {
+                return Err(Counter::DropDirectAccess);
             }
             return Ok(pass(Counter::PassNoMatch));
         }
         Parsed::LaterFragment(f) => {
             if f.dst_addr != cfg.external_addr {
+                if is_internal(f.dst_addr) {
+                    return Err(Counter::DropDirectAccess);
+                }
                 return Ok(pass(Counter::PassFragment));
             }
             // Unknown fragments to the uplink address may be the host's own: let it have them.
@@ -210,10 +220,15 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             };
             rewrite_ip_addr(ctx, IP_DST_OFF, f.dst_addr, addr)?;
             count(Counter::FragmentsTranslated);
-            return Ok(TC_ACT_OK);
+            return fwd::to_container(ctx, addr);
         }
     };
     if pkt.dst_addr != cfg.external_addr {
+        // Docker 28's direct-access protection: nothing reaches a container from outside
+        // except replies and published ports, even when the outside has a route to it.
+        if is_internal(pkt.dst_addr) {
+            return Err(Counter::DropDirectAccess);
+        }
         return Ok(pass(Counter::PassNoMatch));
     }
     if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REPLY {
@@ -227,12 +242,19 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
-        if is_stray_tcp(ctx, &pkt) {
-            return Err(Counter::DropStrayTcp);
-        }
-        // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
-        return Ok(pass(Counter::PassNoMatch));
+    let entry = match NAT_IN.get_ptr_mut(&key) {
+        Some(entry) => entry,
+        None => match published(pkt.proto, pkt.dst_addr, pkt.dst_port) {
+            // A new connection to a published port (TCP/UDP only: ICMP has no ports).
+            Some(target) if pkt.proto != IPPROTO_ICMP => create_published_mapping(&key, &target)?,
+            _ => {
+                if is_stray_tcp(ctx, &pkt) {
+                    return Err(Counter::DropStrayTcp);
+                }
+                // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
+                return Ok(pass(Counter::PassNoMatch));
+            }
+        },
     };
     touch(entry, ctx.len());
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
@@ -256,7 +278,16 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         );
     }
     count(Counter::IngressTranslated);
-    Ok(TC_ACT_OK)
+    fwd::to_container(ctx, addr)
+}
+
+/// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.
+#[classifier]
+pub fn port_ingress(ctx: TcContext) -> i32 {
+    match port::try_port_ingress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
 }
 
 /// A mid-stream TCP segment (no SYN, no RST) for the uplink address that no mapping and no

@@ -8,7 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use bpfnat_common::{
-    Counter, FlowKey, FragEntry, FragKey, NatConfig, NatEntry, DEFAULT_TABLE_SIZE,
+    BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, NatConfig, NatEntry, PublishKey,
+    PublishTarget, DEFAULT_TABLE_SIZE,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -30,7 +31,8 @@ pub static NAT_IN: NatTable = HashMap::new();
 #[btf_map]
 pub static CONFIG: Array<NatConfig, 1> = Array::new();
 
-/// Internal subnets whose traffic leaving through the uplink is masqueraded.
+/// Internal subnets whose traffic leaving through the uplink is masqueraded; the value is the
+/// ifindex of the bridge the subnet lives on (0 if none is known).
 #[btf_map]
 pub static INTERNAL_NETS: LpmTrie<u32, u32, 64> = LpmTrie::new();
 
@@ -47,3 +49,21 @@ pub static FRAGS: LruHashMap<FragKey, FragEntry, 8192> = LruHashMap::new();
 /// Per-CPU time of the last log line, to keep rare-event logging at most once a second.
 #[btf_map]
 pub static LOG_RATE: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Bridges the datapath serves: bridge ifindex -> gateway, MAC, flags. Written by the loader.
+#[btf_map]
+pub static BRIDGES: HashMap<u32, BridgeInfo, 64> = HashMap::new();
+
+/// Bridge ports with the port program attached: port ifindex -> bridge ifindex.
+#[btf_map]
+pub static PORTS: HashMap<u32, u32, 4096> = HashMap::new();
+
+/// Containers seen on the ports: address -> port and MAC. Learned from the frames they send,
+/// like a bridge's forwarding database; LRU because a container that went away is simply
+/// forgotten.
+#[btf_map]
+pub static ENDPOINTS: LruHashMap<u32, Endpoint, 65536> = LruHashMap::new();
+
+/// Published ports. Written by the loader at run time.
+#[btf_map]
+pub static PUBLISH: HashMap<PublishKey, PublishTarget, 16384> = HashMap::new();

@@ -15,13 +15,13 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
 };
 use bpfnat_common::{
-    tcp_state, Counter, FlowKey, NatEntry, TcpState, IPPROTO_ICMP, NAT_FLAG_ORIGINAL,
-    NAT_FLAG_PORT_REMAPPED, PORT_ALLOC_TRIES, TCP_SEEN_ACK, TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN,
-    TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
+    tcp_state, Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_ICMP,
+    NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
+    TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
 };
 
 use crate::{
-    maps::{NatTable, CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT},
+    maps::{NatTable, CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
 
@@ -34,6 +34,7 @@ pub struct Settings {
     pub external_addr: u32,
     pub port_min: u16,
     pub port_max: u16,
+    pub uplink_ifindex: u32,
 }
 
 /// The settings, if the datapath has been told its external address.
@@ -44,6 +45,7 @@ pub fn settings() -> Option<Settings> {
             external_addr: cfg.external_addr,
             port_min: cfg.port_min,
             port_max: cfg.port_max,
+            uplink_ifindex: cfg.uplink_ifindex,
         }),
         _ => None,
     }
@@ -300,4 +302,72 @@ pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, reply: &FlowKey) {
         }
         count(Counter::TcpReopened);
     }
+}
+
+/// A connection arriving for a published port: create its mapping, initiator first
+/// (`NAT_IN`, keyed by the packet as it arrives; reserved with `BPF_NOEXIST`), then the
+/// container's reply direction (`NAT_OUT`). Returns the `NAT_IN` entry.
+#[inline(always)]
+pub fn create_published_mapping(
+    key: &FlowKey,
+    target: &PublishTarget,
+) -> Result<*mut NatEntry, Counter> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let inbound = NatEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        addr: target.addr,
+        port: target.port,
+        flags: NAT_FLAG_PUBLISHED,
+        ..NatEntry::default()
+    };
+    match NAT_IN.insert(key, &inbound, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU created it an instant earlier: use theirs.
+        Err(e) if e == -EEXIST => return NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull),
+        Err(_) => return Err(Counter::DropTableFull),
+    }
+    // The container answers from its own address and port to the client.
+    let reply = FlowKey::new(
+        target.addr,
+        key.src_addr,
+        target.port,
+        key.src_port,
+        key.proto,
+    );
+    let outbound = NatEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        addr: key.dst_addr,
+        port: key.dst_port,
+        flags: NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL,
+        ..NatEntry::default()
+    };
+    if NAT_OUT.insert(reply, outbound, BPF_NOEXIST as u64).is_err() {
+        let _ = NAT_IN.remove(key);
+        return Err(Counter::DropTableFull);
+    }
+    count(Counter::PublishedMappings);
+    NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)
+}
+
+/// Where a published host port leads, if it is published (on this address or on all).
+#[inline(always)]
+pub fn published(proto: u8, host_addr: u32, host_port: u16) -> Option<PublishTarget> {
+    let exact = PublishKey {
+        host_addr,
+        host_port,
+        proto,
+        pad: 0,
+    };
+    if let Some(t) = PUBLISH.get_ptr(exact) {
+        return Some(unsafe { *t });
+    }
+    let any = PublishKey {
+        host_addr: 0,
+        host_port,
+        proto,
+        pad: 0,
+    };
+    PUBLISH.get_ptr(any).map(|t| unsafe { *t })
 }

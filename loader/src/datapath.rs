@@ -14,7 +14,10 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use bpfnat_common::{names, Counter, FlowKey, NatConfig, NatEntry, Timeouts, DEFAULT_TABLE_SIZE};
+use bpfnat_common::{
+    names, BridgeInfo, Counter, FlowKey, NatConfig, NatEntry, PublishKey, PublishTarget, Timeouts,
+    DEFAULT_TABLE_SIZE,
+};
 
 use crate::addr::{Ipv4Net, PortRange};
 
@@ -97,7 +100,7 @@ impl Datapath {
             .load(DATAPATH_OBJECT)
             .map_err(|e| explain_load_error(anyhow::Error::new(e)))
             .context("loading the datapath's maps")?;
-        for name in [names::PROG_EGRESS, names::PROG_INGRESS] {
+        for name in [names::PROG_EGRESS, names::PROG_INGRESS, names::PROG_PORT] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
@@ -142,7 +145,8 @@ impl Datapath {
             port_min: ports.map_or(0, |p| p.lo),
             port_max: ports.map_or(0, |p| p.hi),
             flags: 0,
-            pad: 0,
+            // Kept: `attach` sets it, and configuration may be rewritten afterwards.
+            uplink_ifindex: self.config().map_or(0, |c| c.uplink_ifindex),
             timeouts: *timeouts,
         };
         let mut config: Array<&mut MapData, NatConfig> =
@@ -170,6 +174,74 @@ impl Datapath {
     }
 
     /// Mark `net` as internal: its traffic leaving through the uplink is masqueraded.
+    /// Serve a bridge: its gateway, MAC and policy flags, and its subnets (internal, and
+    /// known to live on this bridge so the datapath can forward to them and isolate them).
+    pub fn add_bridge(
+        &mut self,
+        bridge_ifindex: u32,
+        info: BridgeInfo,
+        subnets: &[Ipv4Net],
+    ) -> anyhow::Result<()> {
+        {
+            let mut bridges: HashMap<&mut MapData, u32, BridgeInfo> =
+                HashMap::try_from(self.map_mut(names::MAP_BRIDGES)?)?;
+            bridges
+                .insert(bridge_ifindex, info, 0)
+                .context("adding a bridge")?;
+        }
+        let mut nets: LpmTrie<&mut MapData, u32, u32> =
+            LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
+        for net in subnets {
+            let key = Key::new(
+                u32::from(net.prefix_len),
+                bpfnat_common::addr_to_map(net.addr.octets()),
+            );
+            nets.insert(&key, bridge_ifindex, 0)
+                .with_context(|| format!("adding subnet {net}"))?;
+        }
+        Ok(())
+    }
+
+    /// Record that `port_ifindex` is a port of bridge `bridge_ifindex` (the port program only
+    /// acts on known ports).
+    pub fn add_port(&mut self, port_ifindex: u32, bridge_ifindex: u32) -> anyhow::Result<()> {
+        let mut ports: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(names::MAP_PORTS)?)?;
+        ports
+            .insert(port_ifindex, bridge_ifindex, 0)
+            .context("adding a bridge port")
+    }
+
+    /// Forget a port (its interface went away or left the bridge).
+    pub fn remove_port(&mut self, port_ifindex: u32) -> anyhow::Result<()> {
+        let mut ports: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(names::MAP_PORTS)?)?;
+        match ports.remove(&port_ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a bridge port"),
+        }
+    }
+
+    /// Publish a host port (Docker's `-p`): new connections to it go to `target`.
+    pub fn publish(&mut self, key: PublishKey, target: PublishTarget) -> anyhow::Result<()> {
+        let mut publish: HashMap<&mut MapData, PublishKey, PublishTarget> =
+            HashMap::try_from(self.map_mut(names::MAP_PUBLISH)?)?;
+        publish.insert(key, target, 0).context("publishing a port")
+    }
+
+    /// Attach the port program to a bridge port's ingress (frames from its container).
+    pub fn attach_port(&mut self, port: &str) -> anyhow::Result<()> {
+        self.classifier(names::PROG_PORT)?
+            .attach_with_options(
+                port,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| explain_attach_error(anyhow::Error::new(e), TcMode::Tcx))
+            .with_context(|| format!("attaching {} to {port} ingress", names::PROG_PORT))?;
+        Ok(())
+    }
+
     pub fn add_internal_subnet(&mut self, net: Ipv4Net) -> anyhow::Result<()> {
         let mut nets: LpmTrie<&mut MapData, u32, u32> =
             LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
@@ -184,7 +256,17 @@ impl Datapath {
     /// Attach both programs to `uplink`: egress translates, ingress translates back.
     /// TCX links and netlink filters both go away when this `Datapath` is dropped.
     pub fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
-        crate::iface::ifindex(uplink)?;
+        let uplink_ifindex = crate::iface::ifindex(uplink)?;
+        {
+            // The bridge-port program forwards routed traffic straight to the uplink.
+            let mut config: Array<&mut MapData, NatConfig> =
+                Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+            let mut cfg = config.get(&0, 0)?;
+            cfg.uplink_ifindex = uplink_ifindex;
+            config
+                .set(0, cfg, 0)
+                .context("writing the uplink interface")?;
+        }
         let mode = mode.resolve();
         if mode == TcMode::Clsact {
             match aya::programs::tc::qdisc_add_clsact(uplink) {

@@ -1225,3 +1225,243 @@ fn full_table_drops_new_flows_only() {
         "no half-mapping left by the failed flow"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Bridges: published ports, direct-access protection, bridge policy.
+// ---------------------------------------------------------------------------------------
+
+/// A fake bridge for the tables: `BPF_PROG_TEST_RUN` runs with the loopback device, so the
+/// "port" the test frames arrive on is ifindex 1; redirects are reported, not performed.
+const BRIDGE: u32 = 1000;
+const OTHER_BRIDGE: u32 = 1001;
+const TC_ACT_REDIRECT: u32 = 7;
+
+fn bridged_datapath(flags: u32) -> Datapath {
+    let mut dp = datapath(None);
+    let info = |gw: [u8; 4], flags| bpfnat_common::BridgeInfo {
+        gateway: bpfnat_common::addr_to_map(gw),
+        flags,
+        mac: [2, 0, 0, 0, 0, 0xb1],
+        pad: [0; 2],
+    };
+    dp.add_bridge(
+        BRIDGE,
+        info([172, 18, 0, 1], flags),
+        &["172.18.0.0/24".parse().unwrap()],
+    )
+    .unwrap();
+    dp.add_bridge(
+        OTHER_BRIDGE,
+        info([172, 19, 0, 1], 0),
+        &["172.19.0.0/24".parse().unwrap()],
+    )
+    .unwrap();
+    dp.add_port(1, BRIDGE).unwrap();
+    dp
+}
+
+fn publish(dp: &mut Datapath, proto: u8, host_port: u16, ctr: [u8; 4], ctr_port: u16) {
+    let key = bpfnat_common::PublishKey {
+        host_addr: 0,
+        host_port: host_port.to_be(),
+        proto,
+        pad: 0,
+    };
+    let target = bpfnat_common::PublishTarget {
+        addr: bpfnat_common::addr_to_map(ctr),
+        port: ctr_port.to_be(),
+        pad: 0,
+    };
+    dp.publish(key, target).unwrap();
+}
+
+/// A connection to a published port reaches the container with the client's real address;
+/// the container's answers leave from the published port; unpublished ports and direct
+/// access to container addresses are dropped.
+#[test]
+fn published_ports_and_direct_access() {
+    if !root() {
+        return;
+    }
+    let mut dp = bridged_datapath(0);
+    publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
+    publish(&mut dp, 17, 5353, [172, 18, 0, 3], 53);
+    const CLIENT: &str = "203.0.113.1";
+
+    for (proto_l4, reply_l4, ctr, ctr_port) in [
+        (
+            L4::Tcp {
+                sport: 50000,
+                dport: 8080,
+                flags: SYN,
+            },
+            L4::Tcp {
+                sport: 80,
+                dport: 50000,
+                flags: SYN | ACK,
+            },
+            NS1,
+            80u16,
+        ),
+        (
+            L4::Udp {
+                sport: 50001,
+                dport: 5353,
+            },
+            L4::Udp {
+                sport: 53,
+                dport: 50001,
+            },
+            NS2,
+            53,
+        ),
+    ] {
+        let inbound = Frame::new(CLIENT, EXTERNAL, proto_l4);
+        let (v, got) = ingress(&mut dp, &inbound);
+        // Forwarded by the datapath itself (to the bridge, which resolves the container's
+        // MAC): routed, so the TTL drops by one.
+        assert_eq!(v, TC_ACT_REDIRECT, "published, inbound: forwarded");
+        let mut want = with_dst(&inbound, ctr, Some(ctr_port));
+        want.ttl -= 1;
+        assert_frame(&got, &want, "published, inbound");
+        let answer = Frame::new(ctr, CLIENT, reply_l4);
+        let (v, got) = egress(&mut dp, &answer);
+        assert_eq!(v, TC_ACT_OK);
+        let host_port = match inbound.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => dport,
+            _ => unreachable!(),
+        };
+        assert_frame(
+            &got,
+            &with_src(&answer, EXTERNAL, Some(host_port)),
+            "published, answer",
+        );
+    }
+    assert_eq!(dp.counter(Counter::PublishedMappings).unwrap(), 2);
+
+    // Unpublished port: not ours (the host's own, or nothing).
+    let other = Frame::new(
+        CLIENT,
+        EXTERNAL,
+        L4::Udp {
+            sport: 50002,
+            dport: 9999,
+        },
+    );
+    assert_eq!(ingress(&mut dp, &other).0, TC_ACT_OK);
+    assert_eq!(dp.counter(Counter::PublishedMappings).unwrap(), 2);
+
+    // Direct access to a container address, of every kind, is dropped.
+    let direct = [
+        Frame::new(
+            CLIENT,
+            NS1,
+            L4::Tcp {
+                sport: 50003,
+                dport: 80,
+                flags: SYN,
+            },
+        ),
+        Frame::new(
+            CLIENT,
+            NS1,
+            L4::IcmpEcho {
+                kind: 8,
+                id: 1,
+                seq: 1,
+            },
+        ),
+        Frame::new(CLIENT, "172.19.0.9", L4::Udp { sport: 1, dport: 2 }),
+    ];
+    for (i, f) in direct.iter().enumerate() {
+        assert_eq!(ingress(&mut dp, f).0, TC_ACT_SHOT, "direct access {i}");
+    }
+    assert_eq!(dp.counter(Counter::DropDirectAccess).unwrap(), 3);
+}
+
+/// The port program: inter-container traffic off drops same-bridge traffic (but not the
+/// gateway), two bridges are isolated, an internal bridge keeps traffic in.
+#[test]
+fn bridge_policy_table() {
+    if !root() {
+        return;
+    }
+    use bpfnat_common::{BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+    let rows: [(&str, u32, &str, u32, Counter); 6] = [
+        (
+            "icc on: bridged frame to a container not yet seen",
+            0,
+            NS2,
+            TC_ACT_OK,
+            Counter::PortPackets,
+        ),
+        (
+            "icc off: container to container",
+            BRIDGE_ICC_OFF,
+            NS2,
+            TC_ACT_SHOT,
+            Counter::DropIcc,
+        ),
+        (
+            "icc off: container to its gateway",
+            BRIDGE_ICC_OFF,
+            "172.18.0.1",
+            TC_ACT_OK,
+            Counter::PortPackets,
+        ),
+        (
+            "another bridge",
+            0,
+            "172.19.0.5",
+            TC_ACT_SHOT,
+            Counter::DropIsolation,
+        ),
+        (
+            "internal bridge: outside",
+            BRIDGE_INTERNAL,
+            REMOTE,
+            TC_ACT_SHOT,
+            Counter::DropInternal,
+        ),
+        (
+            "internal bridge: gateway",
+            BRIDGE_INTERNAL,
+            "172.18.0.1",
+            TC_ACT_OK,
+            Counter::PortPackets,
+        ),
+    ];
+    for (name, flags, dst, verdict, counter) in rows {
+        let mut dp = bridged_datapath(flags);
+        let before = dp.counter(counter).unwrap();
+        let f = Frame::new(
+            NS1,
+            dst,
+            L4::Udp {
+                sport: 1234,
+                dport: 53,
+            },
+        )
+        .build();
+        let (v, got) = run(&mut dp, names::PROG_PORT, &f);
+        assert_eq!(v, verdict, "{name}");
+        if v == TC_ACT_OK {
+            assert_eq!(got, f, "{name}: passes untouched");
+        }
+        assert!(
+            dp.counter(counter).unwrap() > before,
+            "{name}: counted as {}",
+            counter.name()
+        );
+    }
+
+    // Learning: after NS2 has sent a frame, frames to it are redirected to its port.
+    let mut dp = bridged_datapath(0);
+    let from_ns2 = Frame::new(NS2, NS1, L4::Udp { sport: 1, dport: 2 }).build();
+    run(&mut dp, names::PROG_PORT, &from_ns2);
+    let to_ns2 = Frame::new(NS1, NS2, L4::Udp { sport: 2, dport: 1 }).build();
+    let (v, got) = run(&mut dp, names::PROG_PORT, &to_ns2);
+    assert_eq!(v, TC_ACT_REDIRECT, "known container: straight to its port");
+    assert_eq!(got, to_ns2, "bridged frames are not modified");
+    assert_eq!(dp.counter(Counter::Forwarded).unwrap(), 1);
+}

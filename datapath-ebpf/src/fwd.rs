@@ -1,0 +1,129 @@
+//! Forwarding in the datapath: packets are sent straight to their next device with
+//! `bpf_redirect`/`bpf_redirect_neigh` instead of climbing the host's IP stack, so the host's
+//! FORWARD chain (policy DROP on a Docker host, and br_netfilter for bridged frames) never
+//! sees them. Routed packets get what the stack would have done: TTL decremented, MACs set.
+
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+    EbpfContext as _,
+};
+use bpfnat_common::{Counter, Endpoint};
+
+use crate::{
+    maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
+    parse::{ETH_HLEN, IP_CSUM_OFF},
+    stats::count,
+};
+
+const AF_INET: u8 = 2;
+const IP_TTL_OFF: usize = ETH_HLEN + 8;
+
+/// The bridge an address lives on, if it is in an internal subnet.
+#[inline(always)]
+pub fn bridge_of(addr: u32) -> Option<u32> {
+    INTERNAL_NETS.get(&Key::new(32, addr)).copied()
+}
+
+/// Decrement the TTL as a router does. `false`: the TTL is spent; the caller leaves the packet
+/// to the stack, which sends the ICMP time-exceeded.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<bool, Counter> {
+    let word: [u8; 2] = ctx.load(IP_TTL_OFF).map_err(|_| Counter::DropMalformed)?;
+    if word[0] <= 1 {
+        return Ok(false);
+    }
+    let old = u16::from_ne_bytes(word);
+    let new = u16::from_ne_bytes([word[0] - 1, word[1]]);
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
+        .map_err(|_| Counter::DropRewriteFailed)?;
+    ctx.store(IP_TTL_OFF, &(word[0] - 1), 0)
+        .map_err(|_| Counter::DropRewriteFailed)?;
+    Ok(true)
+}
+
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Counter> {
+    ctx.store(0, dst, 0)
+        .map_err(|_| Counter::DropRewriteFailed)?;
+    ctx.store(6, src, 0).map_err(|_| Counter::DropRewriteFailed)
+}
+
+/// Send a routed packet (already translated) to container `dst` on its bridge: straight out
+/// of its bridge port when the container is known, else through the bridge device with the
+/// kernel resolving its MAC. Returns the TC action.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
+    let Some(bridge) = bridge_of(dst) else {
+        return Ok(TC_ACT_OK);
+    };
+    if bridge == 0 {
+        return Ok(TC_ACT_OK); // no bridge configured for this subnet: let the stack route it
+    }
+    let Some(info) = BRIDGES.get_ptr(bridge) else {
+        return Ok(TC_ACT_OK);
+    };
+    if !decrement_ttl(ctx)? {
+        return Ok(TC_ACT_OK);
+    }
+    count(Counter::Forwarded);
+    if let Some(ep) = ENDPOINTS.get_ptr(dst) {
+        let ep: Endpoint = unsafe { *ep };
+        let bridge_mac = unsafe { (*info).mac };
+        set_macs(ctx, &ep.mac, &bridge_mac)?;
+        return Ok(unsafe { bpf_redirect(ep.port_ifindex, 0) } as i32);
+    }
+    Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// Send a packet from a container on `bridge` towards `uplink` if the routing table says
+/// that is its way out. Returns `None` when the stack should decide (another interface, a
+/// local address, no route).
+#[inline(always)]
+pub fn to_uplink(
+    ctx: &TcContext,
+    bridge: u32,
+    uplink: u32,
+    src: u32,
+    dst: u32,
+    proto: u8,
+) -> Result<Option<i32>, Counter> {
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = proto;
+    params.__bindgen_anon_1.tot_len = (ctx.len() as usize - ETH_HLEN) as u16;
+    params.ifindex = bridge;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if params.ifindex != uplink {
+        return Ok(None);
+    }
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if !decrement_ttl(ctx)? {
+            return Ok(None);
+        }
+        set_macs(ctx, &params.dmac, &params.smac)?;
+        count(Counter::Forwarded);
+        return Ok(Some(unsafe { bpf_redirect(uplink, 0) } as i32));
+    }
+    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if !decrement_ttl(ctx)? {
+            return Ok(None);
+        }
+        count(Counter::Forwarded);
+        return Ok(Some(
+            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) } as i32,
+        ));
+    }
+    Ok(None)
+}

@@ -1,0 +1,110 @@
+//! The program on each bridge port (the host side of a container's veth): frames from one
+//! container. It learns where containers are, enforces the bridge's policy (inter-container
+//! traffic, isolation between bridges, internal networks) and forwards what it can itself.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_OK},
+    helpers::bpf_redirect,
+    programs::TcContext,
+};
+use bpfnat_common::{Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+
+use crate::{
+    fwd::{bridge_of, to_uplink},
+    maps::{BRIDGES, ENDPOINTS, PORTS},
+    nat::settings,
+    parse::{ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    stats::count,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+/// ARP for IPv4 over Ethernet: sender MAC at 8, sender IP at 14 of the ARP header.
+const ARP_SENDER_MAC_OFF: usize = ETH_HLEN + 8;
+const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;
+
+#[inline(always)]
+fn learn(ctx: &TcContext, bridge: u32, addr: u32, mac: [u8; 6]) {
+    // Only addresses of this bridge's own subnets, so a container cannot claim another's.
+    if bridge_of(addr) != Some(bridge) {
+        return;
+    }
+    let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(known) = ENDPOINTS.get_ptr(addr) {
+        let known = unsafe { *known };
+        if known.port_ifindex == port_ifindex && known.mac == mac {
+            return; // the common case: nothing to write
+        }
+    }
+    let ep = Endpoint {
+        port_ifindex,
+        mac,
+        pad: [0; 2],
+    };
+    let _ = ENDPOINTS.insert(addr, ep, BPF_ANY as u64);
+}
+
+#[inline(always)]
+pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
+    count(Counter::PortPackets);
+    let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(bridge) = PORTS.get_ptr(port_ifindex).map(|b| unsafe { *b }) else {
+        return Ok(TC_ACT_OK);
+    };
+    let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| Counter::DropMalformed)?);
+    let src_mac: [u8; 6] = ctx.load(6).map_err(|_| Counter::DropMalformed)?;
+    if ether_type == ETH_P_ARP {
+        if let (Ok(mac), Ok(ip)) = (
+            ctx.load::<[u8; 6]>(ARP_SENDER_MAC_OFF),
+            ctx.load::<u32>(ARP_SENDER_IP_OFF),
+        ) {
+            learn(ctx, bridge, ip, mac);
+        }
+        return Ok(TC_ACT_OK);
+    }
+    if ether_type != ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let src: u32 = ctx.load(IP_SRC_OFF).map_err(|_| Counter::DropMalformed)?;
+    let dst: u32 = ctx.load(IP_DST_OFF).map_err(|_| Counter::DropMalformed)?;
+    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Counter::DropMalformed)?;
+    learn(ctx, bridge, src, src_mac);
+    let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
+        return Ok(TC_ACT_OK);
+    };
+
+    match bridge_of(dst) {
+        // Same bridge: a bridged frame; deliver it to the container's port directly so the
+        // bridge (and br_netfilter's FORWARD) never see it.
+        Some(b) if b == bridge => {
+            if info.flags & BRIDGE_ICC_OFF != 0 && dst != info.gateway {
+                return Err(Counter::DropIcc);
+            }
+            if let Some(ep) = ENDPOINTS.get_ptr(dst) {
+                count(Counter::Forwarded);
+                return Ok(unsafe { bpf_redirect((*ep).port_ifindex, 0) } as i32);
+            }
+            Ok(TC_ACT_OK)
+        }
+        // Another bridge of ours: isolated (published ports go through the host address).
+        Some(_) => Err(Counter::DropIsolation),
+        None => {
+            if dst == info.gateway {
+                return Ok(TC_ACT_OK); // the host itself
+            }
+            if info.flags & BRIDGE_INTERNAL != 0 {
+                return Err(Counter::DropInternal);
+            }
+            let Some(cfg) = settings() else {
+                return Ok(TC_ACT_OK);
+            };
+            if dst == cfg.external_addr {
+                return Ok(TC_ACT_OK); // the host itself (published ports are handled there)
+            }
+            match to_uplink(ctx, bridge, cfg.uplink_ifindex, src, dst, proto)? {
+                Some(action) => Ok(action),
+                None => Ok(TC_ACT_OK),
+            }
+        }
+    }
+}
