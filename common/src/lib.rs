@@ -328,6 +328,8 @@ pub enum Counter {
     DropIsolation,
     /// Dropped: traffic leaving an internal bridge.
     DropInternal,
+    /// Packets of hairpin connections translated (container -> host address -> container).
+    HairpinTranslated,
     /// Number of counters; keep last.
     Count,
 }
@@ -360,6 +362,7 @@ impl Counter {
         Counter::DropIcc,
         Counter::DropIsolation,
         Counter::DropInternal,
+        Counter::HairpinTranslated,
     ];
 
     /// Stable snake_case name used by the CLI and JSON output.
@@ -391,6 +394,7 @@ impl Counter {
             Counter::DropIcc => "drop_icc",
             Counter::DropIsolation => "drop_isolation",
             Counter::DropInternal => "drop_internal",
+            Counter::HairpinTranslated => "hairpin_translated",
             Counter::Count => "count",
         }
     }
@@ -476,6 +480,21 @@ pub struct PublishTarget {
     pub pad: u16,
 }
 
+/// One direction of a hairpin connection (a container reaching a published port through the
+/// host's own address): the full tuple the packet is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct HairpinEntry {
+    /// CLOCK_MONOTONIC ns of the last packet.
+    pub last_seen_ns: u64,
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub pad: u32,
+}
+
 /// Names the loader and the datapath agree on.
 pub mod names {
     pub const PROG_EGRESS: &str = "nat_egress";
@@ -498,6 +517,8 @@ pub mod names {
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     /// Published ports: `PublishKey` -> `PublishTarget`.
     pub const MAP_PUBLISH: &str = "PUBLISH";
+    /// Hairpin connections, both directions: tuple as sent -> `HairpinEntry`.
+    pub const MAP_HAIRPIN: &str = "HAIRPIN";
 }
 
 #[cfg(feature = "user")]
@@ -521,7 +542,8 @@ mod user {
         Endpoint,
         BridgeInfo,
         PublishKey,
-        PublishTarget
+        PublishTarget,
+        HairpinEntry
     );
 
     impl FlowKey {

@@ -11,6 +11,7 @@
 mod csum;
 mod frag;
 mod fwd;
+mod hairpin;
 mod icmp;
 mod maps;
 mod nat;

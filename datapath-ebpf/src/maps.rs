@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, NatConfig, NatEntry, PublishKey,
-    PublishTarget, DEFAULT_TABLE_SIZE,
+    BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry, NatConfig, NatEntry,
+    PublishKey, PublishTarget, DEFAULT_TABLE_SIZE,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -67,3 +67,9 @@ pub static ENDPOINTS: LruHashMap<u32, Endpoint, 65536> = LruHashMap::new();
 /// Published ports. Written by the loader at run time.
 #[btf_map]
 pub static PUBLISH: HashMap<PublishKey, PublishTarget, 16384> = HashMap::new();
+
+/// Hairpin connections (a container reaching a published port through the host's address),
+/// one entry per direction. LRU: rare, short-lived in practice, and a forgotten one only
+/// makes the next packet start a new hairpin mapping.
+#[btf_map]
+pub static HAIRPIN: LruHashMap<FlowKey, HairpinEntry, 16384> = LruHashMap::new();

@@ -7,13 +7,14 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use bpfnat_common::{Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+use bpfnat_common::{BridgeInfo, Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, IPPROTO_ICMP};
 
 use crate::{
-    fwd::{bridge_of, to_uplink},
+    fwd::{bridge_of, to_container, to_uplink},
+    hairpin,
     maps::{BRIDGES, ENDPOINTS, PORTS},
-    nat::settings,
-    parse::{ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    nat::{published, settings},
+    parse::{parse, Parsed, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
 };
 
@@ -73,11 +74,19 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(TC_ACT_OK);
     };
 
+    let cfg = settings();
+    let external = cfg.map_or(0, |c| c.external_addr);
+    if dst == info.gateway || (external != 0 && dst == external) {
+        // To the host itself: a hairpin connection to a published port, or the host's own
+        // services.
+        return hairpin_path(ctx, &info, external);
+    }
+
     match bridge_of(dst) {
         // Same bridge: a bridged frame; deliver it to the container's port directly so the
         // bridge (and br_netfilter's FORWARD) never see it.
         Some(b) if b == bridge => {
-            if info.flags & BRIDGE_ICC_OFF != 0 && dst != info.gateway {
+            if info.flags & BRIDGE_ICC_OFF != 0 {
                 return Err(Counter::DropIcc);
             }
             if let Some(ep) = ENDPOINTS.get_ptr(dst) {
@@ -107,4 +116,31 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             }
         }
     }
+}
+
+/// A frame for the host's own address (the gateway or the uplink address): translate it if it
+/// belongs to a hairpin connection, or starts one to a published port; else it is for the
+/// host's own services.
+#[inline(always)]
+fn hairpin_path(ctx: &TcContext, info: &BridgeInfo, external: u32) -> Result<i32, Counter> {
+    let Parsed::Packet(pkt) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if pkt.proto == IPPROTO_ICMP {
+        return Ok(TC_ACT_OK);
+    }
+    let to = match hairpin::lookup(&pkt) {
+        Some(to) => to,
+        None => {
+            if external == 0 || pkt.dst_addr != external {
+                return Ok(TC_ACT_OK);
+            }
+            let Some(target) = published(pkt.proto, pkt.dst_addr, pkt.dst_port) else {
+                return Ok(TC_ACT_OK);
+            };
+            hairpin::create(&pkt, &target, info.gateway)?
+        }
+    };
+    hairpin::rewrite(ctx, &pkt, &to)?;
+    to_container(ctx, to.dst_addr)
 }

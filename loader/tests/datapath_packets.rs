@@ -1465,3 +1465,80 @@ fn bridge_policy_table() {
     assert_eq!(got, to_ns2, "bridged frames are not modified");
     assert_eq!(dp.counter(Counter::Forwarded).unwrap(), 1);
 }
+
+/// Like `assert_frame`, from the Ethernet type on: for frames the datapath forwarded itself,
+/// whose MACs it may have set.
+fn assert_l3(got: &[u8], want: &Frame, case: &str) {
+    verify_checksums(got).unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(
+        &got[12..],
+        &want.build()[12..],
+        "{case}: output differs from the expected one"
+    );
+}
+
+/// Hairpin: a container reaching a published port through the host's uplink address gets
+/// the published container, with the gateway as source so the answer comes back through
+/// the host and is turned back into the address it asked for; the published container can
+/// reach itself the same way.
+#[test]
+fn hairpin_table() {
+    if !root() {
+        return;
+    }
+    const GATEWAY: &str = "172.18.0.1";
+    for (client, sport) in [(NS2, 45000u16), (NS1, 45001)] {
+        let mut dp = bridged_datapath(0);
+        publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
+        let ask = Frame::new(
+            client,
+            EXTERNAL,
+            L4::Tcp {
+                sport,
+                dport: 8080,
+                flags: SYN,
+            },
+        );
+        let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+        assert_eq!(
+            v, TC_ACT_REDIRECT,
+            "{client}: hairpin forwarded to the published container"
+        );
+        let mut want = with_dst(&with_src(&ask, GATEWAY, None), NS1, Some(80));
+        want.ttl -= 1;
+        assert_l3(&got, &want, "hairpin, request");
+
+        let answer = Frame::new(
+            NS1,
+            GATEWAY,
+            L4::Tcp {
+                sport: 80,
+                dport: sport,
+                flags: SYN | ACK,
+            },
+        );
+        let (v, got) = run(&mut dp, names::PROG_PORT, &answer.build());
+        assert_eq!(v, TC_ACT_REDIRECT, "{client}: answer forwarded back");
+        let mut want = with_dst(&with_src(&answer, EXTERNAL, Some(8080)), client, None);
+        want.ttl -= 1;
+        assert_l3(&got, &want, "hairpin, answer");
+        // The asking container was learned from its request: the answer goes straight to
+        // it, addressed to its MAC from the bridge's.
+        assert_eq!(&got[0..12], &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0xb1]);
+        assert_eq!(dp.counter(Counter::HairpinTranslated).unwrap(), 2);
+    }
+
+    // Not published: the host's own service, untouched.
+    let mut dp = bridged_datapath(0);
+    let f = Frame::new(
+        NS2,
+        EXTERNAL,
+        L4::Tcp {
+            sport: 45002,
+            dport: 22,
+            flags: SYN,
+        },
+    )
+    .build();
+    assert_eq!(run(&mut dp, names::PROG_PORT, &f), (TC_ACT_OK, f));
+}
