@@ -71,6 +71,26 @@ impl FlowKey {
             self.proto,
         )
     }
+
+    /// For an original-direction key (`NAT_OUT`), the key its replies arrive with (`NAT_IN`):
+    /// from the remote to the external address and port in `out`.
+    #[inline(always)]
+    pub const fn reply_key(&self, out: &NatEntry) -> Self {
+        Self::new(self.dst_addr, out.addr, self.dst_port, out.port, self.proto)
+    }
+
+    /// For a reply-direction key (`NAT_IN`), the original key (`NAT_OUT`): from the internal
+    /// address and port in `inbound` to the remote.
+    #[inline(always)]
+    pub const fn original_key(&self, inbound: &NatEntry) -> Self {
+        Self::new(
+            inbound.addr,
+            self.src_addr,
+            inbound.port,
+            self.src_port,
+            self.proto,
+        )
+    }
 }
 
 /// Entry flag: this is the original (container -> outside) direction of a mapping.
@@ -592,6 +612,24 @@ mod tests {
         let k = FlowKey::new(1, 2, 3, 4, IPPROTO_TCP);
         assert_eq!(k.reversed(), FlowKey::new(2, 1, 4, 3, IPPROTO_TCP));
         assert_eq!(k.reversed().reversed(), k);
+    }
+
+    #[test]
+    fn reply_and_original_keys_are_inverse() {
+        let original = FlowKey::new(10, 20, 1000, 80, IPPROTO_TCP);
+        let out = NatEntry {
+            addr: 30,
+            port: 2000,
+            ..NatEntry::default()
+        };
+        let reply = original.reply_key(&out);
+        assert_eq!(reply, FlowKey::new(20, 30, 80, 2000, IPPROTO_TCP));
+        let inbound = NatEntry {
+            addr: 10,
+            port: 1000,
+            ..NatEntry::default()
+        };
+        assert_eq!(reply.original_key(&inbound), original);
     }
 
     /// Every transition of the state machine from the flag bits each side sends.

@@ -33,8 +33,8 @@ use crate::{
     csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
     maps::{LOG_RATE, NAT_IN, NAT_OUT},
     nat::{
-        create_mapping, create_published_mapping, is_internal, original_key, published,
-        reopen_if_closed, reply_key, settings, touch, track_tcp,
+        create_mapping, create_published_mapping, is_internal, published, reopen_if_closed,
+        settings, touch, track_tcp,
     },
     parse::{parse, Packet, Parsed, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
@@ -149,7 +149,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     touch(entry, ctx.len());
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
-        let reply = unsafe { reply_key(&key, &*entry) };
+        let reply = unsafe { key.reply_key(&*entry) };
         reopen_if_closed(entry, pkt.tcp_flags, &reply);
         track_tcp(entry, pkt.tcp_flags, &NAT_IN, &reply);
     }
@@ -260,7 +260,7 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     touch(entry, ctx.len());
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
-        let original = unsafe { original_key(&key, &*entry) };
+        let original = unsafe { key.original_key(&*entry) };
         track_tcp(entry, pkt.tcp_flags, &NAT_OUT, &original);
     }
 

@@ -234,30 +234,6 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
     NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)
 }
 
-/// The reply-direction key of a mapping, from its original key and `NAT_OUT` entry.
-#[inline(always)]
-pub fn reply_key(original: &FlowKey, out: &NatEntry) -> FlowKey {
-    FlowKey::new(
-        original.dst_addr,
-        out.addr,
-        original.dst_port,
-        out.port,
-        original.proto,
-    )
-}
-
-/// The original-direction key of a mapping, from its reply key and `NAT_IN` entry.
-#[inline(always)]
-pub fn original_key(reply: &FlowKey, inbound: &NatEntry) -> FlowKey {
-    FlowKey::new(
-        inbound.addr,
-        reply.src_addr,
-        inbound.port,
-        reply.src_port,
-        reply.proto,
-    )
-}
-
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
