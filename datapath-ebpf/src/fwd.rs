@@ -6,7 +6,7 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
     EbpfContext as _,
 };
@@ -51,6 +51,15 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Counter
     ctx.store(6, src, 0).map_err(|_| Counter::DropRewriteFailed)
 }
 
+/// Hand a frame to the container behind bridge port `port_ifindex`. Every caller runs on a
+/// TC ingress hook, where `bpf_redirect_peer` (Linux 5.10) delivers the frame straight to the
+/// ingress of the veth's other end, inside the container's namespace, skipping the host
+/// side's transmit path and backlog queue. Bridge ports are veths on a container host.
+#[inline(always)]
+pub fn to_port(port_ifindex: u32) -> i32 {
+    unsafe { bpf_redirect_peer(port_ifindex, 0) as i32 }
+}
+
 /// Send a routed packet (already translated) to container `dst` on its bridge: straight out
 /// of its bridge port when the container is known, else through the bridge device with the
 /// kernel resolving its MAC. Returns the TC action.
@@ -73,7 +82,7 @@ pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
         let ep: Endpoint = unsafe { *ep };
         let bridge_mac = unsafe { (*info).mac };
         set_macs(ctx, &ep.mac, &bridge_mac)?;
-        return Ok(unsafe { bpf_redirect(ep.port_ifindex, 0) } as i32);
+        return Ok(to_port(ep.port_ifindex));
     }
     Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
 }
@@ -93,7 +102,10 @@ pub fn to_uplink(
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = (ctx.len() as usize - ETH_HLEN) as u16;
+    // tot_len 0: let the helper check the packet itself against the MTU, which knows GSO
+    // packets (a TSO burst from a container is larger than the MTU and legitimate); a
+    // non-zero tot_len would be compared as is and refuse every GSO packet.
+    params.__bindgen_anon_1.tot_len = 0;
     params.ifindex = bridge;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;

@@ -4,13 +4,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK},
-    helpers::bpf_redirect,
     programs::TcContext,
 };
 use bpfnat_common::{BridgeInfo, Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, IPPROTO_ICMP};
 
 use crate::{
-    fwd::{bridge_of, to_container, to_uplink},
+    fwd::{bridge_of, to_container, to_port, to_uplink},
     hairpin,
     maps::{BRIDGES, ENDPOINTS, PORTS},
     nat::{published, settings},
@@ -91,7 +90,7 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             }
             if let Some(ep) = ENDPOINTS.get_ptr(dst) {
                 count(Counter::Forwarded);
-                return Ok(unsafe { bpf_redirect((*ep).port_ifindex, 0) } as i32);
+                return Ok(to_port(unsafe { (*ep).port_ifindex }));
             }
             Ok(TC_ACT_OK)
         }
