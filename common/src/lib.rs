@@ -515,6 +515,74 @@ pub struct HairpinEntry {
     pub pad: u32,
 }
 
+/// Bytes of each traced packet copied into its event (enough for every header).
+pub const TRACE_CAPTURE: usize = 128;
+/// `TraceEvent::hook` values.
+pub const HOOK_UPLINK_EGRESS: u8 = 0;
+pub const HOOK_UPLINK_INGRESS: u8 = 1;
+pub const HOOK_PORT_INGRESS: u8 = 2;
+/// `TraceEvent::reason` when the packet was not dropped.
+pub const TRACE_NOT_DROPPED: u32 = u32::MAX;
+
+/// Addresses and ports of a traced packet (network byte order; ICMP echo: the identifier in
+/// both ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TraceTuple {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// One traced packet, as the programs saw it before and after their work.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TraceEvent {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Length of the packet on the wire (GSO packets: the whole burst).
+    pub pkt_len: u32,
+    /// Bytes of `data` that hold the packet's start.
+    pub cap_len: u32,
+    /// `HOOK_*`.
+    pub hook: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub pad: u8,
+    /// The TC action taken (0 pass, 2 drop, 7 redirect).
+    pub action: i32,
+    /// The `Counter` of a drop, or `TRACE_NOT_DROPPED`.
+    pub reason: u32,
+    pub before: TraceTuple,
+    pub after: TraceTuple,
+    /// The packet's first bytes (Ethernet header on), after the program's rewrite.
+    pub data: [u8; TRACE_CAPTURE],
+}
+
+/// What to trace (index 0 of `TRACE_FILTER`); a packet is traced if its tuple before or after
+/// translation matches every set field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TraceFilter {
+    /// 0: tracing off (the programs only read this word).
+    pub enabled: u32,
+    /// 0: any protocol.
+    pub proto: u8,
+    pub pad: u8,
+    /// Either port, network order; 0: any.
+    pub port: u16,
+    /// Source network (network order) and mask; mask 0: any.
+    pub src_addr: u32,
+    pub src_mask: u32,
+    pub dst_addr: u32,
+    pub dst_mask: u32,
+}
+
 /// Names the loader and the datapath agree on.
 pub mod names {
     pub const PROG_EGRESS: &str = "nat_egress";
@@ -539,6 +607,10 @@ pub mod names {
     pub const MAP_PUBLISH: &str = "PUBLISH";
     /// Hairpin connections, both directions: tuple as sent -> `HairpinEntry`.
     pub const MAP_HAIRPIN: &str = "HAIRPIN";
+    /// Packet trace: filter (array of one `TraceFilter`) and events (ring buffer of
+    /// `TraceEvent`).
+    pub const MAP_TRACE_FILTER: &str = "TRACE_FILTER";
+    pub const MAP_TRACE: &str = "TRACE";
 }
 
 #[cfg(feature = "user")]
@@ -563,7 +635,10 @@ mod user {
         BridgeInfo,
         PublishKey,
         PublishTarget,
-        HairpinEntry
+        HairpinEntry,
+        TraceTuple,
+        TraceEvent,
+        TraceFilter
     );
 
     impl FlowKey {
@@ -605,6 +680,8 @@ mod tests {
         assert_eq!(size_of::<NatEntry>(), 40);
         assert_eq!(size_of::<NatConfig>(), 16 + 48);
         assert_eq!(size_of::<Timeouts>(), 48);
+        assert_eq!(size_of::<TraceEvent>(), 56 + TRACE_CAPTURE);
+        assert_eq!(size_of::<TraceFilter>(), 24);
     }
 
     #[test]

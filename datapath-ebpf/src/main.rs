@@ -18,6 +18,7 @@ mod nat;
 mod parse;
 mod port;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT},
@@ -27,7 +28,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
-use bpfnat_common::{Counter, FlowKey, IPPROTO_ICMP, IPPROTO_TCP};
+use bpfnat_common::{
+    Counter, FlowKey, HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP,
+    IPPROTO_TCP, TRACE_NOT_DROPPED,
+};
 
 use crate::{
     csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
@@ -84,10 +88,19 @@ fn log_allowed() -> bool {
 /// Uplink egress: masquerade the source of packets from internal subnets.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    match try_nat_egress(&ctx) {
-        Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
-    }
+    let Some(filter) = trace::filter() else {
+        return match try_nat_egress(&ctx) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(&ctx, reason),
+        };
+    };
+    let (before, _, _) = trace::tuple(&ctx);
+    let (action, reason) = match try_nat_egress(&ctx) {
+        Ok(action) => (action, TRACE_NOT_DROPPED),
+        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
+    };
+    trace::emit(&ctx, &filter, HOOK_UPLINK_EGRESS, &before, action, reason);
+    action
 }
 
 #[inline(always)]
@@ -175,10 +188,19 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
 /// Uplink ingress: send replies of masqueraded flows back to their internal address.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    match try_nat_ingress(&ctx) {
-        Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
-    }
+    let Some(filter) = trace::filter() else {
+        return match try_nat_ingress(&ctx) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(&ctx, reason),
+        };
+    };
+    let (before, _, _) = trace::tuple(&ctx);
+    let (action, reason) = match try_nat_ingress(&ctx) {
+        Ok(action) => (action, TRACE_NOT_DROPPED),
+        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
+    };
+    trace::emit(&ctx, &filter, HOOK_UPLINK_INGRESS, &before, action, reason);
+    action
 }
 
 #[inline(always)]
@@ -285,10 +307,19 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
 /// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.
 #[classifier]
 pub fn port_ingress(ctx: TcContext) -> i32 {
-    match port::try_port_ingress(&ctx) {
-        Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
-    }
+    let Some(filter) = trace::filter() else {
+        return match port::try_port_ingress(&ctx) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(&ctx, reason),
+        };
+    };
+    let (before, _, _) = trace::tuple(&ctx);
+    let (action, reason) = match port::try_port_ingress(&ctx) {
+        Ok(action) => (action, TRACE_NOT_DROPPED),
+        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
+    };
+    trace::emit(&ctx, &filter, HOOK_PORT_INGRESS, &before, action, reason);
+    action
 }
 
 /// A mid-stream TCP segment (no SYN, no RST) for the uplink address that no mapping and no

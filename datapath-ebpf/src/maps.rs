@@ -4,12 +4,12 @@
 //! time (`--table-size`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use bpfnat_common::{
     BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry, NatConfig, NatEntry,
-    PublishKey, PublishTarget, DEFAULT_TABLE_SIZE,
+    PublishKey, PublishTarget, TraceEvent, TraceFilter, DEFAULT_TABLE_SIZE,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -73,3 +73,11 @@ pub static PUBLISH: HashMap<PublishKey, PublishTarget, 16384> = HashMap::new();
 /// makes the next packet start a new hairpin mapping.
 #[btf_map]
 pub static HAIRPIN: LruHashMap<FlowKey, HairpinEntry, 16384> = LruHashMap::new();
+
+/// What to trace; tracing is off while `enabled` is 0, and then costs one array read.
+#[btf_map]
+pub static TRACE_FILTER: Array<TraceFilter, 1> = Array::new();
+
+/// Traced packets, read by `bpfnat trace`. 1 MiB: a few thousand events of backlog.
+#[btf_map]
+pub static TRACE: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
