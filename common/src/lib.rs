@@ -515,6 +515,33 @@ pub struct HairpinEntry {
     pub pad: u32,
 }
 
+/// Packets and bytes of one (hook, protocol) pair, in the per-CPU `TRAFFIC` array at index
+/// `hook * TRAFFIC_PROTOS + protocol class` (`traffic_index`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Protocol classes of `TRAFFIC`: tcp, udp, icmp, other.
+pub const TRAFFIC_PROTOS: u32 = 4;
+/// Hooks of `TRAFFIC` (`HOOK_*`).
+pub const TRAFFIC_HOOKS: u32 = 3;
+
+/// Index into `TRAFFIC` for a hook and an IP protocol number.
+#[inline(always)]
+pub const fn traffic_index(hook: u8, proto: u8) -> u32 {
+    let class = match proto {
+        IPPROTO_TCP => 0,
+        IPPROTO_UDP => 1,
+        IPPROTO_ICMP => 2,
+        _ => 3,
+    };
+    hook as u32 * TRAFFIC_PROTOS + class
+}
+
 /// Bytes of each traced packet copied into its event (enough for every header).
 pub const TRACE_CAPTURE: usize = 128;
 /// `TraceEvent::hook` values.
@@ -595,6 +622,8 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// LRU table of fragmented datagrams in flight.
     pub const MAP_FRAGS: &str = "FRAGS";
+    /// Per-CPU packets and bytes by hook and protocol (`Traffic`, `traffic_index`).
+    pub const MAP_TRAFFIC: &str = "TRAFFIC";
     /// Program on each bridge port's ingress (frames from containers).
     pub const PROG_PORT: &str = "port_ingress";
     /// Bridges served: bridge ifindex -> `BridgeInfo`.
@@ -638,7 +667,8 @@ mod user {
         HairpinEntry,
         TraceTuple,
         TraceEvent,
-        TraceFilter
+        TraceFilter,
+        Traffic
     );
 
     impl FlowKey {

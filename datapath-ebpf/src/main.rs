@@ -41,7 +41,7 @@ use crate::{
         settings, touch, track_tcp,
     },
     parse::{parse, Packet, Parsed, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF},
-    stats::count,
+    stats::{account, count},
 };
 
 #[inline(always)]
@@ -107,6 +107,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::EgressPackets);
     let parsed = parse(ctx)?;
+    account(HOOK_UPLINK_EGRESS, parsed.proto(), ctx.len());
     let Some(cfg) = settings() else {
         return Ok(pass(Counter::PassNoMatch));
     };
@@ -207,6 +208,7 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::IngressPackets);
     let parsed = parse(ctx)?;
+    account(HOOK_UPLINK_INGRESS, parsed.proto(), ctx.len());
     let Some(cfg) = settings() else {
         return Ok(pass(Counter::PassNoMatch));
     };

@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use bpfnat_common::{
     BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry, NatConfig, NatEntry,
-    PublishKey, PublishTarget, TraceEvent, TraceFilter, DEFAULT_TABLE_SIZE,
+    PublishKey, PublishTarget, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS,
+    TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -81,3 +82,8 @@ pub static TRACE_FILTER: Array<TraceFilter, 1> = Array::new();
 /// Traced packets, read by `bpfnat trace`. 1 MiB: a few thousand events of backlog.
 #[btf_map]
 pub static TRACE: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
+
+/// Per-CPU packets and bytes by hook and protocol (`traffic_index`).
+#[btf_map]
+pub static TRAFFIC: PerCpuArray<Traffic, { (TRAFFIC_HOOKS * TRAFFIC_PROTOS) as usize }> =
+    PerCpuArray::new();

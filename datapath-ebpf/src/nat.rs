@@ -139,6 +139,18 @@ extern "C" fn try_next_port(index: u32, ctx: *mut c_void) -> i64 {
     }
 }
 
+/// Whether the reply half at `reply` already points back to `key`: the flow's own reply half,
+/// left alone while its original half was removed (a flush or delete between the two
+/// removals, an orphan awaiting the sweeper). Taking it back keeps the flow on its port;
+/// picking another port would make the peer see a different connection and reset it.
+#[inline(always)]
+fn is_ours(reply: &FlowKey, key: &FlowKey) -> bool {
+    match NAT_IN.get_ptr(reply) {
+        Some(e) => unsafe { (*e).addr == key.src_addr && (*e).port == key.src_port },
+        None => false,
+    }
+}
+
 /// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
 #[inline(always)]
 pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Counter> {
@@ -162,7 +174,7 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
     };
 
     let in_range = (original_port as u32) >= lo && (original_port as u32) <= hi;
-    let mut claimed = in_range && claim(&reply, &inbound)?;
+    let mut claimed = in_range && (claim(&reply, &inbound)? || is_ours(&reply, key));
     if !claimed {
         let span = hi.wrapping_sub(lo).wrapping_add(1);
         if span == 0 || hi < lo {

@@ -153,6 +153,19 @@ pub enum Parsed {
     Pass(Counter),
 }
 
+impl Parsed {
+    /// The IP protocol, for accounting (0 when not IPv4 or not known).
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        match self {
+            Parsed::Packet(p) => p.proto,
+            Parsed::LaterFragment(f) => f.proto,
+            Parsed::IcmpError(_) => IPPROTO_ICMP,
+            Parsed::Pass(_) => 0,
+        }
+    }
+}
+
 /// The fields of an IPv4 header at `ip_off` that the NAT uses.
 struct Ipv4 {
     hlen: usize,

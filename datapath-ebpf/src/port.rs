@@ -6,7 +6,9 @@ use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK},
     programs::TcContext,
 };
-use bpfnat_common::{BridgeInfo, Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, IPPROTO_ICMP};
+use bpfnat_common::{
+    BridgeInfo, Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
+};
 
 use crate::{
     fwd::{bridge_of, to_container, to_port, to_uplink},
@@ -14,7 +16,7 @@ use crate::{
     maps::{BRIDGES, ENDPOINTS, PORTS},
     nat::{published, settings},
     parse::{parse, Parsed, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
-    stats::count,
+    stats::{account, count},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -68,6 +70,7 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let src: u32 = ctx.load(IP_SRC_OFF).map_err(|_| Counter::DropMalformed)?;
     let dst: u32 = ctx.load(IP_DST_OFF).map_err(|_| Counter::DropMalformed)?;
     let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Counter::DropMalformed)?;
+    account(HOOK_PORT_INGRESS, proto, ctx.len());
     learn(ctx, bridge, src, src_mac);
     let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
         return Ok(TC_ACT_OK);

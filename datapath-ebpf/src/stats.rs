@@ -11,3 +11,16 @@ pub fn count(counter: Counter) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Account one packet of `len` bytes to its hook and protocol.
+#[inline(always)]
+pub fn account(hook: u8, proto: u8, len: u32) {
+    if let Some(slot) = crate::maps::TRAFFIC.get_ptr_mut(bpfnat_common::traffic_index(hook, proto))
+    {
+        // Per-CPU slot: plain adds are race-free.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += len as u64;
+        }
+    }
+}

@@ -1542,3 +1542,35 @@ fn hairpin_table() {
     .build();
     assert_eq!(run(&mut dp, names::PROG_PORT, &f), (TC_ACT_OK, f));
 }
+
+/// A flow whose original half was removed while its reply half stayed (a flush or delete
+/// caught between its two removals) takes its own reply half back and keeps its port: with
+/// another port the peer would see a different connection and reset it.
+#[test]
+fn orphaned_reply_half_is_taken_back() {
+    if !root() {
+        return;
+    }
+    let mut dp = datapath(None);
+    let f = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Tcp {
+            sport: 40500,
+            dport: 80,
+            flags: ACK,
+        },
+    );
+    assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
+    let keys: Vec<FlowKey> = dp.nat_out().unwrap().keys().map(Result::unwrap).collect();
+    dp.nat_out_mut().unwrap().remove(&keys[0]).unwrap();
+    let (v, got) = egress(&mut dp, &f);
+    assert_eq!(v, TC_ACT_OK);
+    assert_frame(
+        &got,
+        &with_src(&f, EXTERNAL, None),
+        "same external port as before",
+    );
+    assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 0);
+    assert_eq!(dp.nat_in().unwrap().keys().count(), 1);
+}
