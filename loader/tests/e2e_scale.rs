@@ -943,13 +943,13 @@ fn flush_during_running_tcp_and_udp_traffic() {
     );
 }
 
-/// Regression test for a race in `conntrack flush` (ignored: it fails today). A fast upload
-/// (several Gbit/s through veth) with a flush every 20 ms for 14 s: a flush deletes the
-/// original half, then the reply half; a segment in between re-creates the mapping, finds the
-/// original port's reply tuple still taken and gets another port (`port_retries`), the server
-/// answers that unknown 4-tuple with a RST, which the new mapping delivers to the container.
+/// Regression test for a race in `conntrack flush`. A fast upload (several Gbit/s through
+/// veth) with a flush every 20 ms: a flush deletes the original half, then the reply half; a
+/// segment in between re-creates the mapping and finds the original port's reply tuple still
+/// there. It used to take another port (`port_retries`), and the server answered that unknown
+/// 4-tuple with a RST; the datapath now recognises the reply half as the flow's own and takes
+/// it back.
 #[test]
-#[ignore = "fails: conntrack flush races with a running TCP flow (see the doc comment)"]
 fn flush_storm_during_fast_upload() {
     if !is_root() {
         return;
