@@ -4,12 +4,20 @@
 //!
 //! ```toml
 //! uplink = "ens5"
-//! bridge = "docker1"
-//! subnets = ["172.18.0.0/24"]
+//! bridge = "docker1"              # one bridge, or [[bridges]] tables (or both)
+//! subnets = ["172.18.0.0/24"]     # the single bridge's subnets (default: its networks)
+//! icc = true                      # default of every bridge
+//! publish = ["8080:172.18.0.2:80/tcp"]
 //! port_range = "20000-29999"
 //! table_size = 65536
 //! tc_mode = "auto"
 //! sweep_interval = 5
+//!
+//! [[bridges]]
+//! name = "br-backend"
+//! icc = false
+//! internal = true
+//! subnets = ["10.91.0.0/24"]
 //!
 //! [timeouts]
 //! udp_one_way = 30
@@ -25,7 +33,9 @@ use serde::Deserialize;
 
 use crate::{
     addr::{Ipv4Net, PortRange},
+    bridge::BridgeSpec,
     datapath::TcMode,
+    publish::PublishSpec,
 };
 
 /// Timeout names accepted by `--timeout NAME=SECONDS`, with their field.
@@ -106,8 +116,16 @@ pub const DEFAULT_SWEEP_INTERVAL: u64 = 5;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub uplink: Option<String>,
+    /// One bridge, by name.
     pub bridge: Option<String>,
+    /// Bridges with options (`[[bridges]]`).
+    pub bridges: Option<Vec<FileBridge>>,
+    /// Subnets of the single bridge.
     pub subnets: Option<Vec<String>>,
+    /// Inter-container traffic on every bridge that does not say otherwise.
+    pub icc: Option<bool>,
+    /// Published ports, `[HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp|udp]`.
+    pub publish: Option<Vec<String>>,
     /// "LO-HI".
     pub port_range: Option<String>,
     pub table_size: Option<u32>,
@@ -117,6 +135,32 @@ pub struct FileConfig {
     pub sweep_interval: Option<u64>,
     /// NAME = SECONDS, names of [`TIMEOUT_NAMES`].
     pub timeouts: Option<BTreeMap<String, u32>>,
+}
+
+/// A `[[bridges]]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBridge {
+    pub name: String,
+    pub icc: Option<bool>,
+    pub internal: Option<bool>,
+    pub subnets: Option<Vec<String>>,
+}
+
+impl FileBridge {
+    fn spec(&self) -> anyhow::Result<BridgeSpec> {
+        Ok(BridgeSpec {
+            name: self.name.clone(),
+            icc: self.icc,
+            internal: self.internal.unwrap_or(false),
+            subnets: parse_subnets(self.subnets.as_deref().unwrap_or_default())
+                .with_context(|| format!("bridge {:?} of the config file", self.name))?,
+        })
+    }
+}
+
+fn parse_subnets(items: &[String]) -> anyhow::Result<Vec<Ipv4Net>> {
+    items.iter().map(|s| s.parse::<Ipv4Net>()).collect()
 }
 
 impl FileConfig {
@@ -154,8 +198,12 @@ impl FileConfig {
 #[derive(Clone, Debug, Default)]
 pub struct UpFlags {
     pub uplink: Option<String>,
-    pub bridge: Option<String>,
+    /// `NAME[:OPTIONS]` items.
+    pub bridges: Vec<String>,
     pub subnets: Vec<String>,
+    pub icc: Option<bool>,
+    /// Publish specs.
+    pub publish: Vec<String>,
     pub port_range: Option<String>,
     pub table_size: Option<u32>,
     pub tc_mode: Option<TcMode>,
@@ -168,9 +216,9 @@ pub struct UpFlags {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpSettings {
     pub uplink: String,
-    pub bridge: String,
-    /// Empty: the bridge's own subnets.
-    pub subnets: Vec<Ipv4Net>,
+    /// At least one; `icc` filled in from the global setting.
+    pub bridges: Vec<BridgeSpec>,
+    pub publish: Vec<PublishSpec>,
     pub port_range: Option<PortRange>,
     pub table_size: u32,
     pub tc_mode: TcMode,
@@ -184,18 +232,62 @@ pub fn merge(flags: UpFlags, file: Option<FileConfig>) -> anyhow::Result<UpSetti
     let uplink = flags.uplink.or(file.uplink).ok_or_else(|| {
         anyhow!("no uplink: give --uplink IFACE or `uplink` in the --config file")
     })?;
-    let bridge = flags.bridge.or(file.bridge).ok_or_else(|| {
-        anyhow!("no bridge: give --bridge BRIDGE or `bridge` in the --config file")
-    })?;
+    let mut bridges = if flags.bridges.is_empty() {
+        let mut b: Vec<BridgeSpec> = file.bridge.iter().map(|n| BridgeSpec::new(n)).collect();
+        for fb in file.bridges.as_deref().unwrap_or_default() {
+            b.push(fb.spec()?);
+        }
+        b
+    } else {
+        flags
+            .bridges
+            .iter()
+            .map(|s| s.parse::<BridgeSpec>())
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if bridges.is_empty() {
+        bail!("no bridge: give --bridge BRIDGE or `bridge`/`[[bridges]]` in the --config file");
+    }
+    for (i, b) in bridges.iter().enumerate() {
+        if bridges[..i].iter().any(|o| o.name == b.name) {
+            bail!("bridge {:?} is given twice", b.name);
+        }
+    }
     let subnets = if flags.subnets.is_empty() {
         file.subnets.unwrap_or_default()
     } else {
         flags.subnets
     };
-    let subnets = subnets
+    let subnets = parse_subnets(&subnets)?;
+    if !subnets.is_empty() {
+        match bridges.as_mut_slice() {
+            [only] if only.subnets.is_empty() => only.subnets = subnets,
+            [only] => bail!(
+                "subnets of bridge {:?} are given twice (--subnet and in the bridge's options)",
+                only.name
+            ),
+            _ => bail!(
+                "--subnet (or `subnets`) is for a single bridge; with several, give each its \
+                 own: --bridge NAME:subnet=CIDR (or `subnets` in its [[bridges]] table)"
+            ),
+        }
+    }
+    let icc = flags.icc.or(file.icc).unwrap_or(true);
+    for b in &mut bridges {
+        b.icc = Some(b.icc.unwrap_or(icc));
+    }
+    let publish = if flags.publish.is_empty() {
+        file.publish.unwrap_or_default()
+    } else {
+        flags.publish
+    };
+    let publish = publish
         .iter()
-        .map(|s| s.parse::<Ipv4Net>())
+        .map(|s| PublishSpec::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(dup) = crate::publish::duplicates(&publish) {
+        bail!("{dup}");
+    }
     let port_range = flags
         .port_range
         .or(file.port_range)
@@ -229,8 +321,8 @@ pub fn merge(flags: UpFlags, file: Option<FileConfig>) -> anyhow::Result<UpSetti
     }
     Ok(UpSettings {
         uplink,
-        bridge,
-        subnets,
+        bridges,
+        publish,
         port_range,
         table_size,
         tc_mode,
@@ -261,8 +353,11 @@ tcp_established = 7440
     fn file_gives_every_setting() {
         let file = FileConfig::parse(FULL, "t.toml").unwrap();
         let s = merge(UpFlags::default(), Some(file)).unwrap();
-        assert_eq!((s.uplink.as_str(), s.bridge.as_str()), ("ens5", "docker1"));
-        assert_eq!(s.subnets.len(), 2);
+        assert_eq!(s.uplink, "ens5");
+        assert_eq!(s.bridges.len(), 1);
+        assert_eq!(s.bridges[0].name, "docker1");
+        assert_eq!(s.bridges[0].subnets.len(), 2);
+        assert_eq!(s.bridges[0].icc, Some(true));
         assert_eq!(
             s.port_range,
             Some(PortRange {
@@ -291,8 +386,14 @@ tcp_established = 7440
             ..UpFlags::default()
         };
         let s = merge(flags, Some(file)).unwrap();
-        assert_eq!((s.uplink.as_str(), s.bridge.as_str()), ("eth1", "docker1"));
-        assert_eq!(s.subnets, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            (s.uplink.as_str(), s.bridges[0].name.as_str()),
+            ("eth1", "docker1")
+        );
+        assert_eq!(
+            s.bridges[0].subnets,
+            vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]
+        );
         assert_eq!((s.table_size, s.tc_mode), (128, TcMode::Tcx));
         assert_eq!(
             (s.timeouts.udp_one_way, s.timeouts.tcp_established),
@@ -304,7 +405,7 @@ tcp_established = 7440
     fn defaults_and_missing_interfaces() {
         let flags = UpFlags {
             uplink: Some("a".into()),
-            bridge: Some("b".into()),
+            bridges: vec!["b".into()],
             ..UpFlags::default()
         };
         let s = merge(flags, None).unwrap();
@@ -317,6 +418,100 @@ tcp_established = 7440
         assert_eq!(s.timeouts, Timeouts::KERNEL);
         let err = merge(UpFlags::default(), None).unwrap_err().to_string();
         assert!(err.contains("--uplink"), "{err}");
+    }
+
+    #[test]
+    fn bridges_icc_and_publish() {
+        const MULTI: &str = r#"
+uplink = "ens5"
+bridge = "docker0"
+icc = false
+publish = ["8080:172.17.0.2:80", "5353:10.91.0.3:53/udp"]
+
+[[bridges]]
+name = "br-back"
+internal = true
+subnets = ["10.91.0.0/24"]
+
+[[bridges]]
+name = "br-front"
+icc = true
+"#;
+        let file = FileConfig::parse(MULTI, "t.toml").unwrap();
+        let s = merge(UpFlags::default(), Some(file.clone())).unwrap();
+        let names: Vec<_> = s.bridges.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["docker0", "br-back", "br-front"]);
+        // The global icc=false applies where a bridge does not say otherwise.
+        let icc: Vec<_> = s.bridges.iter().map(|b| b.icc).collect();
+        assert_eq!(icc, [Some(false), Some(false), Some(true)]);
+        assert!(s.bridges[1].internal && !s.bridges[0].internal);
+        assert_eq!(s.publish.len(), 2);
+        assert_eq!(s.publish[1].to_string(), "5353:10.91.0.3:53/udp");
+
+        // Flags replace the file's bridges and publishes; --icc=true overrides its icc.
+        let flags = UpFlags {
+            bridges: vec!["a:internal".into(), "b:icc=false,subnet=10.9.0.0/24".into()],
+            icc: Some(true),
+            publish: vec!["1-3:10.9.0.2:80".into()],
+            ..UpFlags::default()
+        };
+        let s = merge(flags, Some(file)).unwrap();
+        let got: Vec<_> = s
+            .bridges
+            .iter()
+            .map(|b| (b.name.as_str(), b.icc, b.internal, b.subnets.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", Some(true), true, 0), ("b", Some(false), false, 1)]
+        );
+        assert_eq!(s.publish[0].entries().len(), 3);
+
+        let base = || UpFlags {
+            uplink: Some("u".into()),
+            ..UpFlags::default()
+        };
+        for (flags, why) in [
+            (
+                UpFlags {
+                    bridges: vec!["a".into(), "b".into()],
+                    subnets: vec!["10.0.0.0/24".into()],
+                    ..base()
+                },
+                "--subnet (or `subnets`) is for a single bridge",
+            ),
+            (
+                UpFlags {
+                    bridges: vec!["a".into(), "a:icc=false".into()],
+                    ..base()
+                },
+                "bridge \"a\" is given twice",
+            ),
+            (
+                UpFlags {
+                    bridges: vec!["a".into()],
+                    publish: vec!["80:10.0.0.2:80".into(), "80:10.0.0.3:80".into()],
+                    ..base()
+                },
+                "80/tcp is published twice",
+            ),
+            (
+                UpFlags {
+                    bridges: vec!["a".into()],
+                    publish: vec!["80".into()],
+                    ..base()
+                },
+                "bad publish spec \"80\"",
+            ),
+            (base(), "no bridge"),
+        ] {
+            let err = format!("{:#}", merge(flags, None).unwrap_err());
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        let err = FileConfig::parse("[[bridges]]\nname = \"a\"\nbogus = 1\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
     }
 
     #[test]
@@ -343,7 +538,7 @@ tcp_established = 7440
             merge(
                 UpFlags {
                     uplink: Some("a".into()),
-                    bridge: Some("b".into()),
+                    bridges: vec!["b".into()],
                     ..UpFlags::default()
                 },
                 Some(f)
@@ -357,7 +552,7 @@ tcp_established = 7440
             merge(
                 UpFlags {
                     uplink: Some("a".into()),
-                    bridge: Some("b".into()),
+                    bridges: vec!["b".into()],
                     ..UpFlags::default()
                 },
                 Some(f)

@@ -19,20 +19,28 @@
 //!
 //! The reply half is removed only if it still points back at the deleted original (it may
 //! have been expired and claimed by another flow meanwhile).
+//!
+//! # Published ports
+//!
+//! A connection to a published port (`NAT_FLAG_PUBLISHED`) is started from outside: its
+//! `NAT_IN` half holds the initiator's direction (client -> host:port) and its `NAT_OUT` half the
+//! container's answers. Listing shows it as conntrack shows a DNAT: original tuple client ->
+//! host:port, reply tuple container -> client, and the TCP state is derived with the halves'
+//! roles swapped.
 
 use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{anyhow, bail};
 use bpfnat_common::{
-    tcp_state, FlowKey, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_FLAG_PORT_REMAPPED,
+    FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
     addr::Ipv4Net,
     datapath::NatTables,
-    expiry::{idle_timeout, original_key, reply_key},
+    expiry::{idle_timeout, original_key, reply_key, tcp_state_of},
 };
 
 /// ICMP echo request/reply types: an echo mapping's two directions.
@@ -42,13 +50,14 @@ const ICMP_ECHO_REPLY: u8 = 0;
 /// One mapping: both halves and what is derived from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
-    /// Original tuple (`NAT_OUT` key), as the container sent it.
+    /// `NAT_OUT` key: the tuple as the container sends it (for a masqueraded flow, the
+    /// original tuple; for a published port, the container's answers).
     pub original: FlowKey,
-    /// `NAT_OUT` value: external address/port, original-direction accounting.
+    /// `NAT_OUT` value: external address/port, accounting of the container's direction.
     pub out: NatEntry,
-    /// Reply tuple (`NAT_IN` key), as replies arrive on the uplink.
+    /// `NAT_IN` key: the tuple as packets arrive on the uplink.
     pub reply: FlowKey,
-    /// `NAT_IN` value, if the reply half exists.
+    /// `NAT_IN` value, if that half exists.
     pub reply_entry: Option<NatEntry>,
     /// Idle timeout that applies now (protocol, TCP state, replies seen).
     pub timeout: Duration,
@@ -105,14 +114,51 @@ impl Connection {
         self.original.proto
     }
 
+    /// Made through a published port (the outside initiated it).
+    pub fn published(&self) -> bool {
+        self.out.flags & NAT_FLAG_PUBLISHED != 0
+    }
+
+    /// The original tuple as conntrack shows it: the initiator's direction (client ->
+    /// host:port for a published port).
+    pub fn orig_tuple(&self) -> FlowKey {
+        if self.published() {
+            self.reply
+        } else {
+            self.original
+        }
+    }
+
+    /// The reply tuple as conntrack shows it (container -> client for a published port).
+    pub fn reply_tuple(&self) -> FlowKey {
+        if self.published() {
+            self.original
+        } else {
+            self.reply
+        }
+    }
+
+    /// Packets and bytes of the initiator's direction.
+    pub fn orig_counts(&self) -> (u64, u64) {
+        if self.published() {
+            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
+        } else {
+            (self.out.packets, self.out.bytes)
+        }
+    }
+
+    /// Packets and bytes of the answering direction.
+    pub fn reply_counts(&self) -> (u64, u64) {
+        if self.published() {
+            (self.out.packets, self.out.bytes)
+        } else {
+            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
+        }
+    }
+
     /// TCP state from both halves' flag bits; None for other protocols.
     pub fn state(&self) -> Option<TcpState> {
-        (self.proto() == IPPROTO_TCP).then(|| {
-            tcp_state(
-                self.out.tcp_flags,
-                self.reply_entry.map_or(0, |r| r.tcp_flags),
-            )
-        })
+        (self.proto() == IPPROTO_TCP).then(|| tcp_state_of(&self.out, self.reply_entry.as_ref()))
     }
 
     /// Whole seconds until the mapping may expire (0 once it is due; the sweeper removes it
@@ -122,14 +168,14 @@ impl Connection {
     }
 
     pub fn reply_packets(&self) -> u64 {
-        self.reply_entry.map_or(0, |r| r.packets)
+        self.reply_counts().0
     }
 
     pub fn reply_bytes(&self) -> u64 {
-        self.reply_entry.map_or(0, |r| r.bytes)
+        self.reply_counts().1
     }
 
-    /// No reply seen yet (`[UNREPLIED]`).
+    /// No answer seen yet (`[UNREPLIED]`).
     pub fn unreplied(&self) -> bool {
         self.reply_packets() == 0
     }
@@ -139,7 +185,7 @@ impl Connection {
         !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
     }
 
-    /// The external address the mapping uses.
+    /// The external address the mapping uses (for a published port: the host address).
     pub fn external_addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.out.addr.to_ne_bytes())
     }
@@ -149,7 +195,7 @@ impl Connection {
         u16::from_be(self.out.port)
     }
 
-    fn tuple_json(&self, key: &FlowKey, packets: u64, bytes: u64, is_reply: bool) -> Value {
+    fn tuple_json(&self, key: &FlowKey, (packets, bytes): (u64, u64), is_reply: bool) -> Value {
         let mut v = json!({
             "src": key.src_ip().to_string(),
             "dst": key.dst_ip().to_string(),
@@ -185,11 +231,12 @@ impl Connection {
             "assured": self.assured(),
             "unreplied": self.unreplied(),
             "port_remapped": self.out.flags & NAT_FLAG_PORT_REMAPPED != 0,
+            "published": self.published(),
             "external_addr": self.external_addr().to_string(),
             "external_port": self.external_port(),
             "reply_half": self.reply_entry.is_some(),
-            "original": self.tuple_json(&self.original, self.out.packets, self.out.bytes, false),
-            "reply": self.tuple_json(&self.reply, self.reply_packets(), self.reply_bytes(), true),
+            "original": self.tuple_json(&self.orig_tuple(), self.orig_counts(), false),
+            "reply": self.tuple_json(&self.reply_tuple(), self.reply_counts(), true),
         })
     }
 
@@ -197,8 +244,7 @@ impl Connection {
         &self,
         out: &mut String,
         key: &FlowKey,
-        packets: u64,
-        bytes: u64,
+        (packets, bytes): (u64, u64),
         is_reply: bool,
     ) {
         let _ = write!(out, "src={} dst={} ", key.src_ip(), key.dst_ip());
@@ -232,24 +278,12 @@ impl Connection {
             s.push_str(state.name());
             s.push(' ');
         }
-        self.tuple_text(
-            &mut s,
-            &self.original,
-            self.out.packets,
-            self.out.bytes,
-            false,
-        );
+        self.tuple_text(&mut s, &self.orig_tuple(), self.orig_counts(), false);
         if self.unreplied() {
             s.push_str(" [UNREPLIED]");
         }
         s.push(' ');
-        self.tuple_text(
-            &mut s,
-            &self.reply,
-            self.reply_packets(),
-            self.reply_bytes(),
-            true,
-        );
+        self.tuple_text(&mut s, &self.reply_tuple(), self.reply_counts(), true);
         if self.assured() {
             s.push_str(" [ASSURED]");
         }
@@ -257,7 +291,7 @@ impl Connection {
     }
 
     fn sort_key(&self) -> (u8, u32, u16, u32, u16) {
-        let k = &self.original;
+        let k = &self.orig_tuple();
         (
             k.proto,
             u32::from(k.src_ip()),
@@ -268,7 +302,8 @@ impl Connection {
     }
 }
 
-/// Which connections a command acts on; every given criterion must match the original tuple.
+/// Which connections a command acts on; every given criterion must match the original tuple
+/// (as listed: for a published port, client -> host:port).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub proto: Option<u8>,
@@ -285,7 +320,7 @@ impl Filter {
     }
 
     pub fn matches(&self, c: &Connection) -> bool {
-        let k = &c.original;
+        let k = &c.orig_tuple();
         self.proto.is_none_or(|p| p == k.proto)
             && self.src.is_none_or(|n| n.contains(k.src_ip()))
             && self.dst.is_none_or(|n| n.contains(k.dst_ip()))
@@ -367,6 +402,54 @@ pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) 
         .iter()
         .filter(|k| tables.inbound.remove(k).is_ok())
         .count() as u64
+}
+
+/// Remove the connections made through the published ports `publishes` (host port key and
+/// the target it led to), and return how many. Used when a publish is removed or re-targeted:
+/// the datapath consults `PUBLISH` only for a connection's first packet.
+///
+/// The `NAT_IN` half (the client's direction) goes first: the publish itself is already gone,
+/// so a client packet arriving in between matches nothing and is not forwarded any more;
+/// the container's answers are still translated until the `NAT_OUT` half goes. (The other
+/// order would let an answer in between miss `NAT_OUT` and be masqueraded as a new outbound
+/// flow from the container's port.)
+pub fn remove_published(
+    tables: &mut NatTables<'_>,
+    publishes: &[(PublishKey, PublishTarget)],
+) -> u64 {
+    if publishes.is_empty() {
+        return 0;
+    }
+    let matches = |key: &FlowKey, entry: &NatEntry| {
+        entry.flags & NAT_FLAG_PUBLISHED != 0
+            && publishes.iter().any(|(k, t)| {
+                k.proto == key.proto
+                    && k.host_port == key.dst_port
+                    && (k.host_addr == 0 || k.host_addr == key.dst_addr)
+                    && t.addr == entry.addr
+                    && t.port == entry.port
+            })
+    };
+    let doomed: Vec<(FlowKey, NatEntry)> = tables
+        .inbound
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, entry)| matches(key, entry))
+        .collect();
+    let mut removed = 0;
+    for (key, entry) in &doomed {
+        if tables.inbound.remove(key).is_err() {
+            continue; // expired meanwhile
+        }
+        removed += 1;
+        let out_key = original_key(key, entry);
+        if let Ok(out) = tables.out.get(&out_key, 0) {
+            if reply_key(&out_key, &out) == *key {
+                let _ = tables.out.remove(&out_key);
+            }
+        }
+    }
+    removed
 }
 
 /// What a flush removed.
@@ -503,6 +586,80 @@ mod tests {
             "{}",
             t.line()
         );
+    }
+
+    /// A connection to a published port: listed as conntrack lists a DNAT, client -> host:port
+    /// then container -> client, with the TCP state from the client's side.
+    #[test]
+    fn published_connection_is_shown_from_the_client() {
+        let client = addr_to_map([192, 0, 2, 201]);
+        let host = addr_to_map([192, 0, 2, 101]);
+        let ctr = addr_to_map([10, 92, 1, 2]);
+        // NAT_OUT: the container's answers; NAT_IN: the client's packets.
+        let out_key = FlowKey::new(
+            ctr,
+            client,
+            port_to_map(80),
+            port_to_map(50000),
+            IPPROTO_TCP,
+        );
+        let in_entry = |tcp_flags, packets| NatEntry {
+            last_seen_ns: 9_000_000_000,
+            created_ns: 1_000_000_000,
+            packets,
+            bytes: packets * 60,
+            addr: ctr,
+            port: port_to_map(80),
+            flags: NAT_FLAG_PUBLISHED,
+            tcp_flags,
+        };
+        let out_entry = |tcp_flags, packets| NatEntry {
+            addr: host,
+            port: port_to_map(8080),
+            flags: NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL,
+            ..in_entry(tcp_flags, packets)
+        };
+        let t = Timeouts::KERNEL;
+        let now = 10_000_000_000;
+        use bpfnat_common::{TCP_SEEN_ACK as A, TCP_SEEN_SYN as S};
+        // The client's SYN, no answer yet.
+        let c = Connection::new(out_key, out_entry(0, 0), Some(in_entry(S, 1)), &t, now);
+        assert!(c.published());
+        assert_eq!(c.state(), Some(TcpState::SynSent));
+        assert_eq!(c.timeout, Duration::from_secs(u64::from(t.tcp_syn_sent)));
+        assert_eq!(
+            c.line(),
+            "tcp      6 119 SYN_SENT src=192.0.2.201 dst=192.0.2.101 sport=50000 dport=8080 \
+             packets=1 bytes=60 [UNREPLIED] src=10.92.1.2 dst=192.0.2.201 sport=80 dport=50000 \
+             packets=0 bytes=0"
+        );
+        // The container's SYN-ACK: SYN_RECV (the client has not acknowledged it yet).
+        let c = Connection::new(out_key, out_entry(S | A, 1), Some(in_entry(S, 1)), &t, now);
+        assert_eq!(c.state(), Some(TcpState::SynRecv));
+        let c = Connection::new(
+            out_key,
+            out_entry(S | A, 3),
+            Some(in_entry(S | A, 4)),
+            &t,
+            now,
+        );
+        assert_eq!(c.state(), Some(TcpState::Established));
+        assert!(c.assured());
+        let j = c.to_json();
+        assert_eq!(j["published"], true);
+        assert_eq!(j["original"]["src"], "192.0.2.201");
+        assert_eq!(j["original"]["dport"], 8080);
+        assert_eq!(j["original"]["packets"], 4);
+        assert_eq!(j["reply"]["src"], "10.92.1.2");
+        assert_eq!(j["reply"]["sport"], 80);
+        assert_eq!(j["reply"]["packets"], 3);
+        // Filters match what is listed: the client's tuple.
+        let f = Filter {
+            src: Some(parse_net("192.0.2.201").unwrap()),
+            dport: Some(8080),
+            ..Filter::default()
+        };
+        assert!(f.matches(&c));
     }
 
     #[test]

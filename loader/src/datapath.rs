@@ -1,22 +1,22 @@
 //! The loaded eBPF datapath: load and verify the programs, fill the configuration maps,
 //! attach to an uplink, read counters and the connection table.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
         links::LinkOrder,
-        tc::{NlOptions, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use bpfnat_common::{
-    names, BridgeInfo, Counter, FlowKey, NatConfig, NatEntry, PublishKey, PublishTarget, Timeouts,
-    DEFAULT_TABLE_SIZE,
+    names, BridgeInfo, Counter, Endpoint, FlowKey, NatConfig, NatEntry, PublishKey, PublishTarget,
+    Timeouts, DEFAULT_TABLE_SIZE,
 };
 
 use crate::addr::{Ipv4Net, PortRange};
@@ -37,7 +37,7 @@ pub enum TcMode {
 }
 
 impl TcMode {
-    fn resolve(self) -> Self {
+    pub fn resolve(self) -> Self {
         match self {
             TcMode::Auto
                 if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) =>
@@ -173,7 +173,6 @@ impl Datapath {
             .context("writing the datapath configuration")
     }
 
-    /// Mark `net` as internal: its traffic leaving through the uplink is masqueraded.
     /// Serve a bridge: its gateway, MAC and policy flags, and its subnets (internal, and
     /// known to live on this bridge so the datapath can forward to them and isolate them).
     pub fn add_bridge(
@@ -229,19 +228,60 @@ impl Datapath {
         publish.insert(key, target, 0).context("publishing a port")
     }
 
-    /// Attach the port program to a bridge port's ingress (frames from its container).
-    pub fn attach_port(&mut self, port: &str) -> anyhow::Result<()> {
-        self.classifier(names::PROG_PORT)?
-            .attach_with_options(
-                port,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| explain_attach_error(anyhow::Error::new(e), TcMode::Tcx))
+    /// Attach the port program to a bridge port's ingress (frames from its container), with
+    /// TCX or (`TcMode::Clsact`, which needs a clsact qdisc on the port) cls_bpf. The link is
+    /// the caller's: dropping it detaches the program (and is harmless once the port is gone).
+    pub fn attach_port(&mut self, port: &str, mode: TcMode) -> anyhow::Result<SchedClassifierLink> {
+        let options = match mode.resolve() {
+            TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        };
+        let prog = self.classifier(names::PROG_PORT)?;
+        let id = prog
+            .attach_with_options(port, TcAttachType::Ingress, options)
+            .map_err(|e| explain_attach_error(anyhow::Error::new(e), mode.resolve()))
             .with_context(|| format!("attaching {} to {port} ingress", names::PROG_PORT))?;
-        Ok(())
+        // Out of aya's per-program table, so that a port that goes away takes its link with it
+        // instead of leaving an entry (and an open descriptor) there until shutdown.
+        Ok(prog.take_link(id)?)
     }
 
+    /// Forget the containers learned behind a port that went away (so a new port given their
+    /// addresses is not passed over for a dead one). Returns how many.
+    pub fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+        let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
+            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
+        let doomed: Vec<u32> = endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, ep)| ep.port_ifindex == port_ifindex)
+            .map(|(addr, _)| addr)
+            .collect();
+        Ok(doomed
+            .iter()
+            .filter(|a| endpoints.remove(a).is_ok())
+            .count() as u64)
+    }
+
+    /// The published ports, writable.
+    pub fn publish_map(
+        &mut self,
+    ) -> anyhow::Result<HashMap<&mut MapData, PublishKey, PublishTarget>> {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_PUBLISH)?)?)
+    }
+
+    /// Bridges, ports and learned containers.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        read_topology(
+            self.map(names::MAP_INTERNAL_NETS)?,
+            self.map(names::MAP_BRIDGES)?,
+            self.map(names::MAP_PORTS)?,
+            self.map(names::MAP_ENDPOINTS)?,
+        )
+    }
+
+    /// Mark `net` as internal (masqueraded when it leaves through the uplink) without a
+    /// bridge: the datapath neither forwards to it nor applies bridge policy.
     pub fn add_internal_subnet(&mut self, net: Ipv4Net) -> anyhow::Result<()> {
         let mut nets: LpmTrie<&mut MapData, u32, u32> =
             LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
@@ -377,6 +417,75 @@ impl<'a> NatTables<'a> {
             inbound: HashMap::try_from(inbound).context("NAT_IN")?,
         })
     }
+}
+
+/// The subnets of an `INTERNAL_NETS` trie with their bridge's ifindex.
+pub fn read_nets(map: &aya::maps::Map) -> anyhow::Result<Vec<(Ipv4Net, u32)>> {
+    let nets: LpmTrie<&MapData, u32, u32> = LpmTrie::try_from(map)?;
+    let mut out: Vec<(Ipv4Net, u32)> = nets
+        .iter()
+        .filter_map(Result::ok)
+        .filter_map(|(key, bridge)| {
+            let addr = Ipv4Addr::from(key.data().to_ne_bytes());
+            Some((Ipv4Net::new(addr, key.prefix_len() as u8).ok()?, bridge))
+        })
+        .collect();
+    out.sort_by_key(|(n, _)| (u32::from(n.addr), n.prefix_len));
+    Ok(out)
+}
+
+/// The bridges of a `BRIDGES` map.
+pub fn read_bridges(map: &aya::maps::Map) -> anyhow::Result<BTreeMap<u32, BridgeInfo>> {
+    let bridges: HashMap<&MapData, u32, BridgeInfo> = HashMap::try_from(map)?;
+    Ok(bridges.iter().filter_map(Result::ok).collect())
+}
+
+/// What publishes are checked against, from the pinned (or loaded) maps.
+pub fn read_served(
+    nets: &aya::maps::Map,
+    bridges: &aya::maps::Map,
+    config: &aya::maps::Map,
+) -> anyhow::Result<crate::publish::Served> {
+    let external = read_config(config)?.external_addr;
+    Ok(crate::publish::Served {
+        nets: read_nets(nets)?,
+        bridges: read_bridges(bridges)?,
+        external: (external != 0).then(|| Ipv4Addr::from(external.to_ne_bytes())),
+    })
+}
+
+/// The bridges the datapath serves, their ports and the containers it has seen.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// Subnet -> bridge ifindex.
+    pub nets: Vec<(Ipv4Net, u32)>,
+    pub bridges: BTreeMap<u32, BridgeInfo>,
+    /// Port ifindex -> bridge ifindex.
+    pub ports: BTreeMap<u32, u32>,
+    /// Container address -> where it was seen, sorted by address.
+    pub endpoints: Vec<(Ipv4Addr, Endpoint)>,
+}
+
+pub fn read_topology(
+    nets: &aya::maps::Map,
+    bridges: &aya::maps::Map,
+    ports: &aya::maps::Map,
+    endpoints: &aya::maps::Map,
+) -> anyhow::Result<Topology> {
+    let ports: HashMap<&MapData, u32, u32> = HashMap::try_from(ports)?;
+    let endpoints: HashMap<&MapData, u32, Endpoint> = HashMap::try_from(endpoints)?;
+    let mut endpoints: Vec<(Ipv4Addr, Endpoint)> = endpoints
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(a, ep)| (Ipv4Addr::from(a.to_ne_bytes()), ep))
+        .collect();
+    endpoints.sort_by_key(|(a, _)| u32::from(*a));
+    Ok(Topology {
+        nets: read_nets(nets)?,
+        bridges: read_bridges(bridges)?,
+        ports: ports.iter().filter_map(Result::ok).collect(),
+        endpoints,
+    })
 }
 
 /// The configuration in a `CONFIG` map.

@@ -5,10 +5,23 @@
 use std::time::Duration;
 
 use bpfnat_common::{
-    tcp_state, FlowKey, NatEntry, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    tcp_state, FlowKey, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_FLAG_PUBLISHED,
 };
 
 use crate::datapath::Datapath;
+
+/// The TCP state of a mapping from its `NAT_OUT` half and its `NAT_IN` half (if any). The
+/// state is derived from the initiator's and the responder's flags: the `NAT_OUT` half
+/// initiates a masqueraded flow, the `NAT_IN` half a connection to a published port.
+pub fn tcp_state_of(out: &NatEntry, inbound: Option<&NatEntry>) -> TcpState {
+    let in_flags = inbound.map_or(0, |r| r.tcp_flags);
+    if out.flags & NAT_FLAG_PUBLISHED != 0 {
+        tcp_state(in_flags, out.tcp_flags)
+    } else {
+        tcp_state(out.tcp_flags, in_flags)
+    }
+}
 
 /// How long a mapping may stay idle, from its protocol and (TCP) the state both halves show.
 pub fn idle_timeout(
@@ -17,9 +30,12 @@ pub fn idle_timeout(
     out: &NatEntry,
     reply: Option<&NatEntry>,
 ) -> Duration {
+    // Traffic both ways: each half has carried a packet (the half a mapping is created for
+    // is counted at once; the other only when the answer comes).
+    let both_ways = out.packets > 0 && reply.is_some_and(|r| r.packets > 0);
     let secs = match proto {
-        IPPROTO_TCP => timeouts.tcp(tcp_state(out.tcp_flags, reply.map_or(0, |r| r.tcp_flags))),
-        IPPROTO_UDP if reply.is_some_and(|r| r.packets > 0) => timeouts.udp_both_ways,
+        IPPROTO_TCP => timeouts.tcp(tcp_state_of(out, reply)),
+        IPPROTO_UDP if both_ways => timeouts.udp_both_ways,
         IPPROTO_UDP => timeouts.udp_one_way,
         IPPROTO_ICMP => timeouts.icmp,
         _ => timeouts.generic,

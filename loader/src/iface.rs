@@ -120,3 +120,50 @@ pub async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Res
     }
     Ok(false)
 }
+
+/// What the datapath needs to know of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The bridge (or other master device) it is enslaved to.
+    pub master: Option<u32>,
+    /// Its hardware address, if it has a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Every interface of the current network namespace, by rtnetlink (sysfs would show the
+/// namespace it was mounted in, not the one `--netns` entered).
+pub async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
+    use netlink_packet_route::link::LinkAttribute;
+    let mut stream = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.context("listing interfaces")? {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            master: None,
+            mac: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+                LinkAttribute::Address(bytes) => {
+                    link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok()
+                }
+                _ => {}
+            }
+        }
+        out.push(link);
+    }
+    Ok(out)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,8 +1,9 @@
 //! Pinned state of one `bpfnat up` instance: `/sys/fs/bpf/bpfnat/<instance>/`.
 //!
 //! The daemon pins its maps there (`NAT_OUT`, `NAT_IN`, `CONFIG`, `INTERNAL_NETS`,
-//! `COUNTERS`) so that `bpfnat conntrack` and `bpfnat stats` can open them from another
-//! process, and removes the directory when it exits normally.
+//! `COUNTERS`, `FRAGS`, `PUBLISH`, `BRIDGES`, `PORTS`, `ENDPOINTS`, `HAIRPIN`) so that `bpfnat conntrack`,
+//! `stats`, `status` and `publish` can open them from another process, and removes the
+//! directory when it exits normally.
 //!
 //! # Who holds an instance
 //!
@@ -34,7 +35,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::maps::{Array, Map, MapData};
-use bpfnat_common::names;
+use bpfnat_common::{names, PublishKey, PublishTarget};
 use log::{info, warn};
 
 /// Where every instance directory lives.
@@ -42,13 +43,18 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfnat";
 /// The owner record inside an instance directory.
 pub const OWNER_PIN: &str = "OWNER";
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 11] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
     names::MAP_INTERNAL_NETS,
     names::MAP_COUNTERS,
     names::MAP_FRAGS,
+    names::MAP_PUBLISH,
+    names::MAP_BRIDGES,
+    names::MAP_PORTS,
+    names::MAP_ENDPOINTS,
+    names::MAP_HAIRPIN,
 ];
 /// Instance used without `--instance` and without `--netns`.
 pub const DEFAULT_INSTANCE: &str = "default";
@@ -383,10 +389,18 @@ impl Drop for InstanceLock {
 /// The pinned maps of a running instance, opened from another process.
 pub struct PinnedMaps {
     pub instance: String,
+    /// Where they are pinned.
+    pub dir: PathBuf,
     nat_out: Map,
     nat_in: Map,
     config: Map,
     counters: Map,
+    nets: Map,
+    publish: Map,
+    bridges: Map,
+    ports: Map,
+    endpoints: Map,
+    hairpin: Map,
 }
 
 impl PinnedMaps {
@@ -406,12 +420,52 @@ impl PinnedMaps {
             nat_in: open(names::MAP_NAT_IN)?,
             config: open(names::MAP_CONFIG)?,
             counters: open(names::MAP_COUNTERS)?,
+            nets: open(names::MAP_INTERNAL_NETS)?,
+            publish: open(names::MAP_PUBLISH)?,
+            bridges: open(names::MAP_BRIDGES)?,
+            ports: open(names::MAP_PORTS)?,
+            endpoints: open(names::MAP_ENDPOINTS)?,
+            hairpin: open(names::MAP_HAIRPIN)?,
+            dir,
         })
     }
 
     /// Both connection tables, writable.
     pub fn tables(&mut self) -> anyhow::Result<crate::datapath::NatTables<'_>> {
         crate::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)
+    }
+
+    /// The published ports, writable, with the tables of the connections made through them
+    /// (a removed publish takes its connections with it).
+    pub fn publish_mut(
+        &mut self,
+    ) -> anyhow::Result<(
+        aya::maps::HashMap<&mut MapData, PublishKey, PublishTarget>,
+        crate::publish::Flows<'_>,
+    )> {
+        Ok((
+            aya::maps::HashMap::try_from(&mut self.publish)?,
+            crate::publish::Flows {
+                tables: crate::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)?,
+                hairpin: aya::maps::HashMap::try_from(&mut self.hairpin)?,
+            },
+        ))
+    }
+
+    /// Every published host port.
+    pub fn publishes(&self) -> anyhow::Result<Vec<(PublishKey, PublishTarget)>> {
+        let map = aya::maps::HashMap::try_from(&self.publish)?;
+        Ok(crate::publish::read(&map))
+    }
+
+    /// What publishes are checked against.
+    pub fn served(&self) -> anyhow::Result<crate::publish::Served> {
+        crate::datapath::read_served(&self.nets, &self.bridges, &self.config)
+    }
+
+    /// Bridges, ports and learned containers.
+    pub fn topology(&self) -> anyhow::Result<crate::datapath::Topology> {
+        crate::datapath::read_topology(&self.nets, &self.bridges, &self.ports, &self.endpoints)
     }
 
     pub fn config(&self) -> anyhow::Result<bpfnat_common::NatConfig> {

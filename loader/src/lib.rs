@@ -6,7 +6,10 @@
 //! - [`iface`], [`system`]: questions about the host (interfaces, addresses, root, bpffs).
 //! - [`netns`], [`lab`]: named network namespaces and the self-contained lab topology.
 //! - [`addr`]: parsing of CIDRs and port ranges.
+//! - [`bridge`]: the bridges served and their ports; [`publish`]: published ports;
+//!   [`status`]: what a running instance serves.
 pub mod addr;
+pub mod bridge;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;
@@ -16,7 +19,9 @@ pub mod instance;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod publish;
 pub mod stats;
+pub mod status;
 pub mod system;
 pub mod trace;
 pub mod up;

@@ -8,8 +8,9 @@ use bpfnat::{
     conntrack::{self, Filter},
     datapath::TcMode,
     expiry, instance, lab, netns,
+    publish::{self, PublishSpec},
     stats::Stats,
-    up,
+    status, up,
 };
 use clap::{Parser, Subcommand};
 
@@ -36,8 +37,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the datapath to an uplink and masquerade the bridge's subnets until SIGINT/SIGTERM.
+    /// Attach the datapath to an uplink, serve the bridges (masquerade, forwarding, policy,
+    /// published ports) until SIGINT/SIGTERM.
     Up(UpArgs),
+    /// Ports published to containers (Docker's -p) on a running instance.
+    Publish {
+        #[command(subcommand)]
+        verb: PublishVerb,
+    },
+    /// What a running instance serves: uplink, bridges and ports, published ports, attached
+    /// programs, table occupancy.
+    Status,
     /// The self-contained lab: namespaces standing in for containers, host and internet.
     Lab {
         #[command(subcommand)]
@@ -53,6 +63,25 @@ enum Command {
         /// Print again every SECS seconds until interrupted.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PublishVerb {
+    /// Publish host ports: `[HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp|udp]`, or the
+    /// host and container parts as two arguments. A host port that led elsewhere is
+    /// re-targeted (its connections to the old target are removed).
+    Add {
+        #[arg(required = true, num_args = 1..=2, value_name = "SPEC")]
+        spec: Vec<String>,
+    },
+    /// List the published ports.
+    List,
+    /// Unpublish host ports (the container part may be left out), and remove the
+    /// connections made through them.
+    Remove {
+        #[arg(required = true, num_args = 1..=2, value_name = "SPEC")]
+        spec: Vec<String>,
     },
 }
 
@@ -104,20 +133,27 @@ impl FilterArgs {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// TOML file with any of: uplink, bridge, subnets, port_range, table_size, tc_mode,
-    /// sweep_interval and a [timeouts] table. Flags override it.
+    /// TOML file with any of: uplink, bridge, subnets, icc, publish, port_range, table_size,
+    /// tc_mode, sweep_interval, [[bridges]] tables and a [timeouts] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Interface towards the outside (its primary IPv4 address becomes the source).
     /// Required unless the config file gives it.
     #[arg(long, value_name = "IFACE")]
     uplink: Option<String>,
-    /// Bridge the containers are attached to. Required unless the config file gives it.
-    #[arg(long, value_name = "BRIDGE")]
-    bridge: Option<String>,
-    /// Internal subnet to masquerade (repeatable); default: the bridge's IPv4 subnets.
+    /// Bridge the containers are attached to (repeatable), with options:
+    /// NAME:icc=false,internal,subnet=CIDR. Required unless the config file gives one.
+    #[arg(long, value_name = "NAME[:OPTIONS]")]
+    bridge: Vec<String>,
+    /// Subnet of the (single) bridge (repeatable); default: the bridge's IPv4 networks.
     #[arg(long, value_name = "CIDR")]
     subnet: Vec<String>,
+    /// Traffic between containers of a bridge, for bridges that do not say [default: true].
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool)]
+    icc: Option<bool>,
+    /// Publish a port, [HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp|udp] (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    publish: Vec<String>,
     /// External port range for TCP/UDP; default: MASQUERADE's classes (1-511, 600-1023, 1024-65535).
     #[arg(long, value_name = "LO-HI")]
     port_range: Option<String>,
@@ -150,7 +186,13 @@ enum LabVerb {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // netlink-packet-route warns about every link of a dump on kernels newer than it knows
+    // (an attribute grew); the daemon lists links every second. RUST_LOG still overrides.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("netlink_packet_route", log::LevelFilter::Error)
+        .parse_env(env_logger::Env::default())
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,8 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = config::merge(
                 UpFlags {
                     uplink: args.uplink,
-                    bridge: args.bridge,
+                    bridges: args.bridge,
                     subnets: args.subnet,
+                    icc: args.icc,
+                    publish: args.publish,
                     port_range: args.port_range,
                     table_size: args.table_size,
                     tc_mode: args.tc_mode,
@@ -187,8 +231,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let opts = up::UpOptions {
                 uplink: settings.uplink,
-                bridge: settings.bridge,
-                subnets: settings.subnets,
+                bridges: settings.bridges,
+                publish: settings.publish,
                 port_range: settings.port_range,
                 table_size: settings.table_size,
                 tc_mode: settings.tc_mode,
@@ -205,6 +249,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Conntrack { ref verb } => conntrack_cmd(&cli, &instance?, verb),
         Command::Stats { watch } => stats_cmd(&cli, &instance?, watch),
+        Command::Publish { ref verb } => publish_cmd(&cli, &instance?, verb),
+        Command::Status => status::run(&instance?, cli.json),
         Command::Lab { verb } => {
             bpfnat::system::require_root()?;
             let spec = lab::LabSpec::default_lab();
@@ -229,6 +275,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    bpfnat::bridge::parse_bool(s).ok_or_else(|| format!("{s:?} is not true or false"))
+}
+
+fn publish_cmd(cli: &Cli, name: &str, verb: &PublishVerb) -> anyhow::Result<()> {
+    // Parse before opening anything, so bad input fails the same way everywhere.
+    let spec = match verb {
+        PublishVerb::Add { spec } => {
+            let s = PublishSpec::from_args(spec)?;
+            if s.target.is_none() {
+                anyhow::bail!(
+                    "bad publish spec {:?}: no container address; expected {}",
+                    spec.join(" "),
+                    publish::SYNTAX
+                );
+            }
+            Some(s)
+        }
+        PublishVerb::Remove { spec } => Some(PublishSpec::from_args(spec)?),
+        PublishVerb::List => None,
+    };
+    let mut maps = instance::PinnedMaps::open(name)?;
+    match (verb, spec) {
+        (PublishVerb::Add { .. }, Some(spec)) => {
+            maps.served()?.check(&spec)?;
+            let (mut map, mut flows) = maps.publish_mut()?;
+            let r = publish::add(&mut map, Some(&mut flows), &spec)?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "spec": spec.to_string(),
+                    "added": r.added,
+                    "changed": r.changed,
+                    "unchanged": r.unchanged,
+                    "connections_removed": r.connections_removed,
+                }));
+            } else if r.added + r.changed == 0 {
+                println!("{spec}: already published");
+            } else {
+                let mut line = format!("published {spec}");
+                if r.changed > 0 {
+                    line.push_str(&format!(
+                        " ({} host ports re-targeted, {} connections to the old target removed)",
+                        r.changed, r.connections_removed
+                    ));
+                }
+                println!("{line}");
+            }
+        }
+        (PublishVerb::Remove { .. }, Some(spec)) => {
+            let (mut map, mut flows) = maps.publish_mut()?;
+            let r = publish::remove(&mut map, &mut flows, &spec)?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "spec": spec.to_string(),
+                    "removed": r.removed,
+                    "connections_removed": r.connections_removed,
+                }));
+            } else {
+                println!(
+                    "unpublished {spec} ({} host ports, {} connections removed)",
+                    r.removed, r.connections_removed
+                );
+            }
+        }
+        _ => {
+            let specs = PublishSpec::group(&maps.publishes()?);
+            if cli.json {
+                print_json(&serde_json::Value::Array(
+                    specs.iter().map(PublishSpec::to_json).collect(),
+                ));
+            } else {
+                let text: String = specs.iter().map(|s| format!("{s}\n")).collect();
+                write_stdout(&text)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn instance_name(cli: &Cli) -> anyhow::Result<String> {

@@ -8,20 +8,23 @@ use log::{info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    addr::{Ipv4Net, PortRange},
+    addr::PortRange,
+    bridge::{Bridge, BridgeSpec, PortWatcher},
     conntrack,
     datapath::{Datapath, LoadOptions, TcMode},
     expiry, iface,
     instance::InstanceLock,
+    publish::{self, PublishSpec},
     system,
 };
 
 #[derive(Clone, Debug)]
 pub struct UpOptions {
     pub uplink: String,
-    pub bridge: String,
-    /// Internal subnets; empty = the bridge's own IPv4 subnets.
-    pub subnets: Vec<Ipv4Net>,
+    /// The bridges to serve (at least one), `icc` resolved.
+    pub bridges: Vec<BridgeSpec>,
+    /// Ports published from the start.
+    pub publish: Vec<PublishSpec>,
     pub port_range: Option<PortRange>,
     pub table_size: u32,
     pub tc_mode: TcMode,
@@ -35,6 +38,35 @@ pub struct UpOptions {
 
 /// How often the uplink's address is checked.
 const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the bridges' ports are looked for.
+const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refuse subnets that overlap between bridges or hold the uplink's address: the datapath
+/// finds a subnet's bridge by longest prefix, so an overlap would send one bridge's
+/// containers to the other.
+fn check_subnets(bridges: &[Bridge], external: Ipv4Addr) -> anyhow::Result<()> {
+    let all: Vec<_> = bridges
+        .iter()
+        .flat_map(|b| b.subnets.iter().map(move |n| (b, n)))
+        .collect();
+    for (_, net) in &all {
+        if net.contains(external) {
+            bail!("uplink address {external} is inside internal subnet {net}: check --uplink and --subnet");
+        }
+    }
+    for (i, (b, net)) in all.iter().enumerate() {
+        for (o, other) in &all[..i] {
+            if net.contains(other.addr) || other.contains(net.addr) {
+                bail!(
+                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
+                    b.name,
+                    o.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
 
 pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     // Before anything is claimed or attached: a signal from now on means a clean shutdown
@@ -46,7 +78,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     system::require_root()?;
     system::ensure_bpffs()?;
     let uplink_index = iface::ifindex(&opts.uplink)?;
-    iface::ifindex(&opts.bridge)?;
+    for b in &opts.bridges {
+        iface::ifindex(&b.name)?;
+    }
 
     let netlink = iface::netlink()?;
     let external = iface::primary_ipv4(&netlink, &opts.uplink)
@@ -57,24 +91,24 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 opts.uplink
             )
         })?;
-    let subnets = if opts.subnets.is_empty() {
-        let nets: Vec<Ipv4Net> = iface::ipv4_addrs(&netlink, &opts.bridge)
-            .await?
+    let links = iface::links(&netlink).await?;
+    let mut bridges = Vec::new();
+    for spec in &opts.bridges {
+        bridges.push(Bridge::resolve(&netlink, &links, spec).await?);
+    }
+    check_subnets(&bridges, external)?;
+    // Publishes are checked before anything is claimed or attached, against what will be
+    // served.
+    let served = publish::Served {
+        nets: bridges
             .iter()
-            .map(|a| a.network())
-            .collect();
-        if nets.is_empty() {
-            bail!(
-                "bridge {:?} has no IPv4 address; give the container subnet with --subnet",
-                opts.bridge
-            );
-        }
-        nets
-    } else {
-        opts.subnets.clone()
+            .flat_map(|b| b.subnets.iter().map(|n| (*n, b.ifindex)))
+            .collect(),
+        bridges: bridges.iter().map(|b| (b.ifindex, b.info())).collect(),
+        external: Some(external),
     };
-    if let Some(net) = subnets.iter().find(|n| n.contains(external)) {
-        bail!("uplink address {external} is inside internal subnet {net}: check --uplink and --subnet");
+    for spec in &opts.publish {
+        served.check(spec)?;
     }
 
     // Refuse early, before anything is loaded or attached, if the instance is held.
@@ -89,29 +123,68 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         warn!("datapath log records unavailable: {e:#}");
     }
     dp.configure(external, opts.port_range, &opts.timeouts)?;
-    for net in &subnets {
-        dp.add_internal_subnet(*net)?;
+    // Internal bridges' subnets are listed too: the port program needs them to learn their
+    // containers, keep their traffic on the bridge and isolate them from the other bridges.
+    // It drops what an internal bridge sends towards the outside, so none of it reaches the
+    // uplink to be masqueraded.
+    for b in &bridges {
+        dp.add_bridge(b.ifindex, b.info(), &b.subnets)?;
     }
     let had_clsact = iface::has_clsact(&netlink, uplink_index).await?;
     let mode = dp.attach(&opts.uplink, opts.tc_mode)?;
-    let subnet_list = subnets
+    for spec in &opts.publish {
+        publish::add(&mut dp.publish_map()?, None, spec)?;
+    }
+    let mut ports = PortWatcher::new(&bridges, uplink_index);
+    ports.apply(&mut dp, &netlink, &links).await;
+
+    let masqueraded: Vec<String> = bridges
         .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+        .filter(|b| !b.internal)
+        .flat_map(|b| b.subnets.iter().map(ToString::to_string))
+        .collect();
+    let described: Vec<String> = bridges
+        .iter()
+        .map(|b| {
+            let nets: Vec<String> = b.subnets.iter().map(ToString::to_string).collect();
+            format!(
+                "{} ({}{}{})",
+                b.name,
+                nets.join(","),
+                if b.internal { ", internal" } else { "" },
+                if b.icc { "" } else { ", icc off" }
+            )
+        })
+        .collect();
     info!(
-        "attached to {} ({mode:?}): masquerading {subnet_list} behind bridge {} as {external}",
-        opts.uplink, opts.bridge
+        "attached to {} ({mode:?}) as {external}: bridges {}; {} ports, {} published ports",
+        opts.uplink,
+        described.join(", "),
+        ports.len(),
+        opts.publish
+            .iter()
+            .map(|p| p.entries().len())
+            .sum::<usize>()
     );
     // The readiness line scripts and tests wait for.
     println!(
-        "ready: uplink={} external={external} subnets={subnet_list} mode={mode:?} instance={}",
-        opts.uplink, opts.instance
+        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={}",
+        opts.uplink,
+        masqueraded.join(","),
+        opts.instance,
+        bridges
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        ports.len()
     );
     std::io::stdout().flush().ok();
 
-    let result = serve(&mut dp, &opts, &netlink, external, &mut signals).await;
+    let result = serve(&mut dp, &mut ports, &opts, &netlink, external, &mut signals).await;
 
+    // Ports first: their links are ours, not the datapath's.
+    ports.shutdown(&mut dp, &netlink).await;
     drop(dp); // closes the TCX links / removes the cls_bpf filters
     if mode == TcMode::Clsact && !had_clsact {
         if let Err(e) = iface::delete_clsact(&netlink, uplink_index).await {
@@ -136,6 +209,7 @@ struct Signals {
 
 async fn serve(
     dp: &mut Datapath,
+    ports: &mut PortWatcher,
     opts: &UpOptions,
     netlink: &rtnetlink::Handle,
     external: Ipv4Addr,
@@ -145,6 +219,8 @@ async fn serve(
     let mut status = tokio::time::interval(Duration::from_secs(1));
     let mut address_check = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
     address_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut port_scan = tokio::time::interval(PORT_SCAN_INTERVAL);
+    port_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = AddressWatch {
         current: Some(external),
         failing: false,
@@ -154,6 +230,7 @@ async fn serve(
             _ = signals.int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = address_check.tick() => watch.check(dp, opts, netlink).await,
+            _ = port_scan.tick() => { ports.rescan(dp, netlink).await; }
             _ = sweep.tick() => {
                 match expiry::sweep(dp, &opts.timeouts, opts.sweep_interval * 2) {
                     Ok(r) if r.expired + r.orphans > 0 => info!("expired {} mappings, {} orphan halves", r.expired, r.orphans),
@@ -261,9 +338,10 @@ pub fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> 
         .map(|(_, v)| v)
         .sum();
     Ok(format!(
-        "status: external={external} flows={flows} out={} in={} new={} drops={drops}",
+        "status: external={external} flows={flows} out={} in={} new={} fwd={} drops={drops}",
         get(Counter::EgressTranslated),
         get(Counter::IngressTranslated),
         get(Counter::NewMappings),
+        get(Counter::Forwarded),
     ))
 }

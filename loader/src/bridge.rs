@@ -1,0 +1,487 @@
+//! The bridges the datapath serves (Docker's bridge networks) and their ports.
+//!
+//! A bridge is given as `NAME[:OPTION,...]` (`--bridge`, repeatable) or as a `[[bridges]]`
+//! table of the config file. Options: `icc=false` (no traffic between its containers, only to
+//! the gateway), `internal` (nothing leaves its subnets, no masquerade) and `subnet=CIDR`
+//! (repeatable; default: the bridge's own IPv4 networks).
+//!
+//! Every interface enslaved to a served bridge is a port: the daemon attaches the port program
+//! to its ingress (frames from the container) and lists it in `PORTS`. Ports are looked for at
+//! start and every second after, so containers started later are served; a port that goes
+//! away (or leaves the bridge) is forgotten with the containers learned behind it.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::programs::tc::SchedClassifierLink;
+use bpfnat_common::{addr_to_map, BridgeInfo, BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+use log::{info, warn};
+
+use crate::{
+    addr::Ipv4Net,
+    datapath::{Datapath, TcMode},
+    iface::{self, Link},
+};
+
+/// A bridge as the user gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    /// None: the global `--icc` setting (default on).
+    pub icc: Option<bool>,
+    pub internal: bool,
+    /// Empty: the bridge's own IPv4 networks.
+    pub subnets: Vec<Ipv4Net>,
+}
+
+impl BridgeSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            icc: None,
+            internal: false,
+            subnets: Vec::new(),
+        }
+    }
+}
+
+/// `true`/`false` and the usual spellings.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+impl FromStr for BridgeSpec {
+    type Err = anyhow::Error;
+
+    /// `NAME[:icc=BOOL,internal[=BOOL],subnet=CIDR,...]`.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (name, options) = s.split_once(':').unwrap_or((s, ""));
+        if name.is_empty() {
+            bail!("bad bridge {s:?}: no name; expected NAME[:icc=false,internal,subnet=CIDR]");
+        }
+        let mut spec = Self::new(name);
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = match option.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (option, None),
+            };
+            let flag = |value: Option<&str>| -> anyhow::Result<bool> {
+                value.map_or(Ok(true), |v| {
+                    parse_bool(v)
+                        .ok_or_else(|| anyhow!("bad bridge {s:?}: {key}={v} is not true or false"))
+                })
+            };
+            match key {
+                "icc" => spec.icc = Some(flag(value)?),
+                "internal" => spec.internal = flag(value)?,
+                "subnet" => {
+                    let v = value.ok_or_else(|| anyhow!("bad bridge {s:?}: subnet needs =CIDR"))?;
+                    spec.subnets
+                        .push(v.parse().with_context(|| format!("bad bridge {s:?}"))?);
+                }
+                _ => bail!(
+                    "bad bridge {s:?}: unknown option {key:?} (known: icc=BOOL, internal, \
+                     subnet=CIDR)"
+                ),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A served bridge, resolved in the current network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    pub ifindex: u32,
+    /// Its own address in its subnets: the containers' gateway (None if it has none).
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: [u8; 6],
+    pub subnets: Vec<Ipv4Net>,
+    pub icc: bool,
+    pub internal: bool,
+}
+
+impl Bridge {
+    /// What the datapath keeps about it.
+    pub fn info(&self) -> BridgeInfo {
+        let mut flags = 0;
+        if !self.icc {
+            flags |= BRIDGE_ICC_OFF;
+        }
+        if self.internal {
+            flags |= BRIDGE_INTERNAL;
+        }
+        BridgeInfo {
+            gateway: self.gateway.map_or(0, |g| addr_to_map(g.octets())),
+            flags,
+            mac: self.mac,
+            pad: [0; 2],
+        }
+    }
+
+    /// Look the bridge up: index and MAC (rtnetlink), gateway and subnets (its IPv4
+    /// addresses unless subnets are given). A spec without an `icc` setting gets icc on.
+    pub async fn resolve(
+        handle: &rtnetlink::Handle,
+        links: &[Link],
+        spec: &BridgeSpec,
+    ) -> anyhow::Result<Self> {
+        let link = links.iter().find(|l| l.name == spec.name).ok_or_else(|| {
+            anyhow!(
+                "unknown interface {:?} (not found in this network namespace)",
+                spec.name
+            )
+        })?;
+        let addrs = iface::ipv4_addrs(handle, &spec.name).await?;
+        let subnets = if spec.subnets.is_empty() {
+            let mut nets: Vec<Ipv4Net> = Vec::new();
+            for net in addrs.iter().map(|a| a.network()) {
+                if !nets.contains(&net) {
+                    nets.push(net);
+                }
+            }
+            if nets.is_empty() {
+                bail!(
+                    "bridge {:?} has no IPv4 address; give the container subnet with --subnet \
+                     (or --bridge {}:subnet=CIDR)",
+                    spec.name,
+                    spec.name
+                );
+            }
+            nets
+        } else {
+            spec.subnets.clone()
+        };
+        // The primary address inside the served subnets is what containers use as gateway.
+        let gateway = addrs
+            .iter()
+            .filter(|a| subnets.iter().any(|n| n.contains(a.addr)))
+            .min_by_key(|a| a.secondary)
+            .map(|a| a.addr);
+        Ok(Self {
+            name: spec.name.clone(),
+            ifindex: link.index,
+            gateway,
+            mac: link.mac.unwrap_or_default(),
+            subnets,
+            icc: spec.icc.unwrap_or(true),
+            internal: spec.internal,
+        })
+    }
+}
+
+/// One port the port program is attached to.
+struct Port {
+    name: String,
+    bridge: u32,
+    /// Dropping it detaches the program.
+    link: SchedClassifierLink,
+    /// We added the clsact qdisc it hangs on (clsact mode): removed when we let go.
+    added_clsact: bool,
+}
+
+/// Finds the ports of the served bridges and keeps the port program attached to exactly
+/// those.
+pub struct PortWatcher {
+    /// TCX, or clsact on kernels without it.
+    mode: TcMode,
+    uplink: u32,
+    /// Bridge ifindex -> name.
+    bridges: BTreeMap<u32, String>,
+    ports: BTreeMap<u32, Port>,
+    /// Ports whose attachment failed, warned about once.
+    failed: HashSet<u32>,
+    /// The last scan failed (warned once).
+    scan_failing: bool,
+    /// Served bridges that are gone (warned once).
+    missing: HashSet<u32>,
+}
+
+/// What a scan changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl PortWatcher {
+    pub fn new(bridges: &[Bridge], uplink: u32) -> Self {
+        // Ports always get TCX where the kernel has it (it needs no qdisc); clsact otherwise.
+        Self {
+            mode: TcMode::Auto.resolve(),
+            uplink,
+            bridges: bridges
+                .iter()
+                .map(|b| (b.ifindex, b.name.clone()))
+                .collect(),
+            ports: BTreeMap::new(),
+            failed: HashSet::new(),
+            scan_failing: false,
+            missing: HashSet::new(),
+        }
+    }
+
+    /// How many ports are served.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// Served ports: name and bridge name.
+    pub fn ports(&self) -> Vec<(String, String)> {
+        self.ports
+            .values()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    self.bridges.get(&p.bridge).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Look for new and vanished ports; errors are logged (once) and retried next time.
+    pub async fn rescan(&mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) -> ScanReport {
+        match iface::links(handle).await {
+            Ok(links) => {
+                self.scan_failing = false;
+                self.apply(dp, handle, &links).await
+            }
+            Err(e) => {
+                if !self.scan_failing {
+                    warn!("cannot list interfaces to find bridge ports: {e:#}");
+                    self.scan_failing = true;
+                }
+                ScanReport::default()
+            }
+        }
+    }
+
+    /// Bring the attached ports in line with `links`.
+    pub async fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        links: &[Link],
+    ) -> ScanReport {
+        let mut report = ScanReport::default();
+        for (index, name) in &self.bridges {
+            let present = links.iter().any(|l| l.index == *index);
+            if !present && self.missing.insert(*index) {
+                warn!("bridge {name} is gone: restart bpfnat to serve it again if it comes back");
+            } else if present {
+                self.missing.remove(index);
+            }
+        }
+        let wanted: BTreeMap<u32, (&str, u32)> = links
+            .iter()
+            .filter(|l| l.index != self.uplink)
+            .filter_map(|l| {
+                let master = l.master?;
+                self.bridges
+                    .contains_key(&master)
+                    .then_some((l.index, (l.name.as_str(), master)))
+            })
+            .collect();
+
+        // Gone, or no longer a port of a served bridge.
+        let gone: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for index in gone {
+            if let Some(port) = self.ports.remove(&index) {
+                let still_there = links.iter().any(|l| l.index == index);
+                report
+                    .removed
+                    .push(Self::release(dp, handle, index, port, still_there).await);
+            }
+        }
+        self.failed.retain(|i| wanted.contains_key(i));
+
+        for (&index, &(name, bridge)) in &wanted {
+            if let Some(port) = self.ports.get_mut(&index) {
+                port.name = name.to_owned(); // renamed: same device, same link
+                if port.bridge != bridge {
+                    // Moved to another served bridge: what was learned there no longer holds.
+                    port.bridge = bridge;
+                    if let Err(e) = dp.add_port(index, bridge) {
+                        warn!("port {name}: {e:#}");
+                    }
+                    let _ = dp.forget_endpoints_of(index);
+                }
+                continue;
+            }
+            match self.attach(dp, handle, index, name, bridge).await {
+                Ok(port) => {
+                    info!(
+                        "serving port {name} of bridge {}",
+                        self.bridges.get(&bridge).map_or("?", String::as_str)
+                    );
+                    self.failed.remove(&index);
+                    self.ports.insert(index, port);
+                    report.added.push(name.to_owned());
+                }
+                Err(e) => {
+                    if self.failed.insert(index) {
+                        warn!("port {name} not served (tried again every second): {e:#}");
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    async fn attach(
+        &mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        index: u32,
+        name: &str,
+        bridge: u32,
+    ) -> anyhow::Result<Port> {
+        // Listed first: the program acts only on listed ports, so nothing happens before
+        // both are in place.
+        dp.add_port(index, bridge)?;
+        let mut added_clsact = false;
+        if self.mode == TcMode::Clsact {
+            match iface::has_clsact(handle, index).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    aya::programs::tc::qdisc_add_clsact(name)
+                        .with_context(|| format!("adding a clsact qdisc to {name}"))?;
+                    added_clsact = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match dp.attach_port(name, self.mode) {
+            Ok(link) => Ok(Port {
+                name: name.to_owned(),
+                bridge,
+                link,
+                added_clsact,
+            }),
+            Err(e) => {
+                let _ = dp.remove_port(index);
+                if added_clsact {
+                    let _ = iface::delete_clsact(handle, index).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Let go of a port: detach (a no-op for a device that is gone: its TCX link went with
+    /// it, and dropping our handle closes the descriptor), unlist it, forget its containers.
+    async fn release(
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        index: u32,
+        port: Port,
+        still_there: bool,
+    ) -> String {
+        let Port {
+            name,
+            link,
+            added_clsact,
+            ..
+        } = port;
+        drop(link);
+        if let Err(e) = dp.remove_port(index) {
+            warn!("port {name}: {e:#}");
+        }
+        let forgotten = dp.forget_endpoints_of(index).unwrap_or(0);
+        if added_clsact && still_there {
+            let _ = iface::delete_clsact(handle, index).await;
+        }
+        info!(
+            "port {name} {}: no longer served ({forgotten} containers forgotten)",
+            if still_there {
+                "left the bridge"
+            } else {
+                "is gone"
+            }
+        );
+        name
+    }
+
+    /// Detach from every port (before the datapath itself is dropped).
+    pub async fn shutdown(mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) {
+        let ports = std::mem::take(&mut self.ports);
+        for (index, port) in ports {
+            let Port {
+                link, added_clsact, ..
+            } = port;
+            drop(link);
+            let _ = dp.remove_port(index);
+            if added_clsact {
+                let _ = iface::delete_clsact(handle, index).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_options() {
+        assert_eq!(
+            "docker0".parse::<BridgeSpec>().unwrap(),
+            BridgeSpec::new("docker0")
+        );
+        let b: BridgeSpec = "br1:icc=false,internal,subnet=10.1.0.0/24,subnet=10.2.0.0/16"
+            .parse()
+            .unwrap();
+        assert_eq!(b.name, "br1");
+        assert_eq!((b.icc, b.internal), (Some(false), true));
+        assert_eq!(b.subnets.len(), 2);
+        let b: BridgeSpec = "br1:icc,internal=no".parse().unwrap();
+        assert_eq!((b.icc, b.internal), (Some(true), false));
+        for (bad, why) in [
+            ("br1:icc=maybe", "icc=maybe is not true or false"),
+            ("br1:bogus", "unknown option \"bogus\""),
+            ("br1:subnet", "subnet needs =CIDR"),
+            ("br1:subnet=10.0.0.0/33", "bad CIDR"),
+            (":icc=false", "no name"),
+        ] {
+            let err = format!("{:#}", bad.parse::<BridgeSpec>().unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn datapath_flags() {
+        let mut b = Bridge {
+            name: "b".into(),
+            ifindex: 3,
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            mac: [2, 0, 0, 0, 0, 1],
+            subnets: vec![],
+            icc: true,
+            internal: false,
+        };
+        assert_eq!(b.info().flags, 0);
+        assert_eq!(b.info().gateway, addr_to_map([10, 0, 0, 1]));
+        b.icc = false;
+        b.internal = true;
+        assert_eq!(b.info().flags, BRIDGE_ICC_OFF | BRIDGE_INTERNAL);
+    }
+}
