@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext as _,
 };
-use bpfnat_common::{Counter, Endpoint};
+use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL};
 
 use crate::{
     maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
@@ -25,6 +25,15 @@ const IP_TTL_OFF: usize = ETH_HLEN + 8;
 #[inline(always)]
 pub fn bridge_of(addr: u32) -> Option<u32> {
     INTERNAL_NETS.get(&Key::new(32, addr)).copied()
+}
+
+/// Whether `addr` is on a bridge marked internal.
+#[inline(always)]
+pub fn is_on_internal_bridge(addr: u32) -> bool {
+    match bridge_of(addr).and_then(|b| BRIDGES.get_ptr(b)) {
+        Some(info) => (unsafe { (*info).flags } & BRIDGE_INTERNAL) != 0,
+        None => false,
+    }
 }
 
 /// Decrement the TTL as a router does. `false`: the TTL is spent; the caller leaves the packet

@@ -30,7 +30,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use bpfnat_common::{
     Counter, FlowKey, HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP,
-    IPPROTO_TCP, TRACE_NOT_DROPPED,
+    IPPROTO_TCP, NAT_FLAG_PUBLISHED, TRACE_NOT_DROPPED,
 };
 
 use crate::{
@@ -157,6 +157,11 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
             if !is_internal(pkt.src_addr) {
                 return Ok(pass(Counter::PassNoMatch));
             }
+            // An internal network never leaves, even through the host's own forwarding
+            // (before the loader has attached the port program to a new container's port).
+            if fwd::is_on_internal_bridge(pkt.src_addr) {
+                return Err(Counter::DropInternal);
+            }
             create_mapping(&key, &cfg)?
         }
     };
@@ -164,7 +169,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
         let reply = unsafe { key.reply_key(&*entry) };
-        reopen_if_closed(entry, pkt.tcp_flags, &reply);
+        reopen_if_closed(entry, pkt.tcp_flags, &NAT_IN, &reply);
         track_tcp(entry, pkt.tcp_flags, &NAT_IN, &reply);
     }
 
@@ -285,6 +290,10 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
         let original = unsafe { key.original_key(&*entry) };
+        if unsafe { (*entry).flags } & NAT_FLAG_PUBLISHED != 0 {
+            // For a published connection the client opens: its half is this one.
+            reopen_if_closed(entry, pkt.tcp_flags, &NAT_OUT, &original);
+        }
         track_tcp(entry, pkt.tcp_flags, &NAT_OUT, &original);
     }
 

@@ -274,19 +274,21 @@ pub fn track_tcp(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other:
 
 /// A new SYN on a mapping whose connection is over (TIME_WAIT, CLOSE, or both sides closed)
 /// starts a new connection on the same mapping, as the kernel reuses TIME_WAIT entries.
+/// `entry` is the half of the side that opens connections (the container's for masqueraded
+/// flows, the client's for published ones); `other` is the other half.
 #[inline(always)]
-pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, reply: &FlowKey) {
+pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other: &FlowKey) {
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return;
     }
-    let Some(inbound) = NAT_IN.get_ptr_mut(reply) else {
+    let Some(peer) = other_table.get_ptr_mut(other) else {
         return;
     };
-    let state = unsafe { tcp_state((*entry).tcp_flags, (*inbound).tcp_flags) };
+    let state = unsafe { tcp_state((*entry).tcp_flags, (*peer).tcp_flags) };
     if state.reusable() || state == TcpState::LastAck {
         unsafe {
             (*entry).tcp_flags = 0;
-            (*inbound).tcp_flags = 0;
+            (*peer).tcp_flags = 0;
         }
         count(Counter::TcpReopened);
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
+    Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
 };
 
 use crate::{
@@ -26,15 +26,22 @@ const ARP_SENDER_MAC_OFF: usize = ETH_HLEN + 8;
 const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;
 
 #[inline(always)]
-fn learn(ctx: &TcContext, bridge: u32, addr: u32, mac: [u8; 6]) {
-    // Only addresses of this bridge's own subnets, so a container cannot claim another's.
-    if bridge_of(addr) != Some(bridge) {
+fn learn(ctx: &TcContext, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
+    // Only addresses of this bridge's own subnets, and never the gateway's, so a container
+    // cannot draw traffic meant for the host or for another bridge.
+    if addr == gateway || bridge_of(addr) != Some(bridge) {
         return;
     }
     let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if let Some(known) = ENDPOINTS.get_ptr(addr) {
         let known = unsafe { *known };
-        if known.port_ifindex == port_ifindex && known.mac == mac {
+        if known.port_ifindex != port_ifindex {
+            // The address belongs to a container on another port: first come, first served.
+            // A spoofed source must not take its traffic over; the loader forgets a port's
+            // containers when the port goes away, so a reused address is learned again.
+            return;
+        }
+        if known.mac == mac {
             return; // the common case: nothing to write
         }
     }
@@ -53,6 +60,9 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let Some(bridge) = PORTS.get_ptr(port_ifindex).map(|b| unsafe { *b }) else {
         return Ok(TC_ACT_OK);
     };
+    let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
+        return Ok(TC_ACT_OK);
+    };
     let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| Counter::DropMalformed)?);
     let src_mac: [u8; 6] = ctx.load(6).map_err(|_| Counter::DropMalformed)?;
     if ether_type == ETH_P_ARP {
@@ -60,7 +70,7 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             ctx.load::<[u8; 6]>(ARP_SENDER_MAC_OFF),
             ctx.load::<u32>(ARP_SENDER_IP_OFF),
         ) {
-            learn(ctx, bridge, ip, mac);
+            learn(ctx, bridge, info.gateway, ip, mac);
         }
         return Ok(TC_ACT_OK);
     }
@@ -71,17 +81,22 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let dst: u32 = ctx.load(IP_DST_OFF).map_err(|_| Counter::DropMalformed)?;
     let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Counter::DropMalformed)?;
     account(HOOK_PORT_INGRESS, proto, ctx.len());
-    learn(ctx, bridge, src, src_mac);
-    let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
-        return Ok(TC_ACT_OK);
-    };
+    learn(ctx, bridge, info.gateway, src, src_mac);
 
     let cfg = settings();
     let external = cfg.map_or(0, |c| c.external_addr);
     if dst == info.gateway || (external != 0 && dst == external) {
+        if info.flags & BRIDGE_INTERNAL != 0 {
+            // An internal network reaches its gateway (the host's services on this bridge)
+            // and nothing beyond: no published port, no uplink address.
+            if dst == info.gateway {
+                return Ok(TC_ACT_OK);
+            }
+            return Err(Counter::DropInternal);
+        }
         // To the host itself: a hairpin connection to a published port, or the host's own
         // services.
-        return hairpin_path(ctx, &info, external);
+        return hairpin_path(ctx, external);
     }
 
     match bridge_of(dst) {
@@ -124,7 +139,7 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
 /// belongs to a hairpin connection, or starts one to a published port; else it is for the
 /// host's own services.
 #[inline(always)]
-fn hairpin_path(ctx: &TcContext, info: &BridgeInfo, external: u32) -> Result<i32, Counter> {
+fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
     let Parsed::Packet(pkt) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
@@ -140,7 +155,15 @@ fn hairpin_path(ctx: &TcContext, info: &BridgeInfo, external: u32) -> Result<i32
             let Some(target) = published(pkt.proto, pkt.dst_addr, pkt.dst_port) else {
                 return Ok(TC_ACT_OK);
             };
-            hairpin::create(&pkt, &target, info.gateway)?
+            // Sourced from the gateway of the published container's bridge, so its answer
+            // comes back to the host even when the asking container is on another bridge.
+            let Some(gateway) = bridge_of(target.addr)
+                .and_then(|b| BRIDGES.get_ptr(b))
+                .map(|i| unsafe { (*i).gateway })
+            else {
+                return Ok(TC_ACT_OK);
+            };
+            hairpin::create(&pkt, &target, gateway)?
         }
     };
     hairpin::rewrite(ctx, &pkt, &to)?;

@@ -1574,3 +1574,112 @@ fn orphaned_reply_half_is_taken_back() {
     assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 0);
     assert_eq!(dp.nat_in().unwrap().keys().count(), 1);
 }
+
+/// Fixes found end to end: the gateway's address is never learned from a container, an
+/// internal bridge reaches neither the uplink address nor the outside (also through the
+/// host's own forwarding), hairpin to a container on another bridge is sourced from that
+/// bridge's gateway, and a published connection is reopened by a new client SYN.
+#[test]
+fn bridge_edge_cases() {
+    if !root() {
+        return;
+    }
+    use bpfnat_common::BRIDGE_INTERNAL;
+    // A container claiming the gateway's address does not attract the host's traffic.
+    let mut dp = bridged_datapath(0);
+    let spoof = Frame::new("172.18.0.1", NS2, L4::Udp { sport: 1, dport: 2 }).build();
+    run(&mut dp, names::PROG_PORT, &spoof);
+    let to_gw = Frame::new(NS1, "172.18.0.1", L4::Udp { sport: 2, dport: 1 }).build();
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &to_gw),
+        (TC_ACT_OK, to_gw.clone())
+    );
+
+    // Internal bridge: the uplink address is out of reach, and so is masquerading.
+    let mut dp = bridged_datapath(BRIDGE_INTERNAL);
+    let to_uplink = Frame::new(
+        NS1,
+        EXTERNAL,
+        L4::Udp {
+            sport: 3,
+            dport: 5353,
+        },
+    )
+    .build();
+    assert_eq!(run(&mut dp, names::PROG_PORT, &to_uplink).0, TC_ACT_SHOT);
+    let out = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 3,
+            dport: 53,
+        },
+    );
+    assert_eq!(
+        egress(&mut dp, &out).0,
+        TC_ACT_SHOT,
+        "no masquerade for an internal bridge"
+    );
+    assert_eq!(dp.counter(Counter::DropInternal).unwrap(), 2);
+    assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 0);
+
+    // Hairpin to a container on the other bridge: sourced from that bridge's gateway.
+    let mut dp = bridged_datapath(0);
+    publish(&mut dp, 6, 8081, [172, 19, 0, 5], 80);
+    let ask = Frame::new(
+        NS2,
+        EXTERNAL,
+        L4::Tcp {
+            sport: 45100,
+            dport: 8081,
+            flags: SYN,
+        },
+    );
+    let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let mut want = with_dst(&with_src(&ask, "172.19.0.1", None), "172.19.0.5", Some(80));
+    want.ttl -= 1;
+    assert_l3(&got, &want, "hairpin across bridges");
+
+    // A published connection closed, then reopened by the client's new SYN.
+    let mut dp = bridged_datapath(0);
+    publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
+    const CLIENT: &str = "203.0.113.1";
+    let c = |flags| {
+        Frame::new(
+            CLIENT,
+            EXTERNAL,
+            L4::Tcp {
+                sport: 50100,
+                dport: 8080,
+                flags,
+            },
+        )
+    };
+    let s = |flags| {
+        Frame::new(
+            NS1,
+            CLIENT,
+            L4::Tcp {
+                sport: 80,
+                dport: 50100,
+                flags,
+            },
+        )
+    };
+    ingress(&mut dp, &c(SYN));
+    egress(&mut dp, &s(SYN | ACK));
+    ingress(&mut dp, &c(ACK));
+    ingress(&mut dp, &c(FIN | ACK));
+    egress(&mut dp, &s(FIN | ACK));
+    ingress(&mut dp, &c(ACK));
+    assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 0);
+    let (v, _) = ingress(&mut dp, &c(SYN));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 1);
+    assert_eq!(
+        dp.counter(Counter::PublishedMappings).unwrap(),
+        1,
+        "same mapping"
+    );
+}
