@@ -43,7 +43,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfnat";
 /// The owner record inside an instance directory.
 pub const OWNER_PIN: &str = "OWNER";
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 14] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -55,6 +55,9 @@ pub const PINNED_MAPS: [&str; 11] = [
     names::MAP_PORTS,
     names::MAP_ENDPOINTS,
     names::MAP_HAIRPIN,
+    names::MAP_TRACE_FILTER,
+    names::MAP_TRACE,
+    names::MAP_TRAFFIC,
 ];
 /// Instance used without `--instance` and without `--netns`.
 pub const DEFAULT_INSTANCE: &str = "default";
@@ -387,6 +390,15 @@ impl Drop for InstanceLock {
 }
 
 /// The pinned maps of a running instance, opened from another process.
+/// Packets and bytes one hook saw of one protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficRow {
+    pub hook: &'static str,
+    pub proto: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 pub struct PinnedMaps {
     pub instance: String,
     /// Where they are pinned.
@@ -401,6 +413,7 @@ pub struct PinnedMaps {
     ports: Map,
     endpoints: Map,
     hairpin: Map,
+    traffic: Map,
 }
 
 impl PinnedMaps {
@@ -426,8 +439,37 @@ impl PinnedMaps {
             ports: open(names::MAP_PORTS)?,
             endpoints: open(names::MAP_ENDPOINTS)?,
             hairpin: open(names::MAP_HAIRPIN)?,
+            traffic: open(names::MAP_TRAFFIC)?,
             dir,
         })
+    }
+
+    /// Packets and bytes by hook and protocol, summed over CPUs.
+    pub fn traffic(&self) -> anyhow::Result<Vec<TrafficRow>> {
+        let arr: aya::maps::PerCpuArray<&MapData, bpfnat_common::Traffic> =
+            aya::maps::PerCpuArray::try_from(&self.traffic)?;
+        let mut rows = Vec::new();
+        for (hook, hook_name) in [
+            (bpfnat_common::HOOK_UPLINK_EGRESS, "uplink_egress"),
+            (bpfnat_common::HOOK_UPLINK_INGRESS, "uplink_ingress"),
+            (bpfnat_common::HOOK_PORT_INGRESS, "port_ingress"),
+        ] {
+            for (proto, proto_name) in [
+                (bpfnat_common::IPPROTO_TCP, "tcp"),
+                (bpfnat_common::IPPROTO_UDP, "udp"),
+                (bpfnat_common::IPPROTO_ICMP, "icmp"),
+                (0, "other"),
+            ] {
+                let per_cpu = arr.get(&bpfnat_common::traffic_index(hook, proto), 0)?;
+                rows.push(TrafficRow {
+                    hook: hook_name,
+                    proto: proto_name,
+                    packets: per_cpu.iter().map(|t| t.packets).sum(),
+                    bytes: per_cpu.iter().map(|t| t.bytes).sum(),
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Both connection tables, writable.

@@ -58,12 +58,41 @@ enum Command {
         #[command(subcommand)]
         verb: ConntrackVerb,
     },
+    /// Stream one event per packet matching the filters (applied in the kernel): hook,
+    /// tuple before and after translation, TCP flags, verdict and drop reason.
+    Trace(TraceArgs),
     /// Counters of a running instance and how full its connection table is.
     Stats {
         /// Print again every SECS seconds until interrupted.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
     },
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Source (before or after translation) in this network, e.g. 172.18.0.0/24.
+    #[arg(long, value_name = "CIDR")]
+    src: Option<String>,
+    /// Destination (before or after translation) in this network.
+    #[arg(long, value_name = "CIDR")]
+    dst: Option<String>,
+    /// Either port (TCP/UDP) or ICMP echo identifier.
+    #[arg(long)]
+    port: Option<u16>,
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// Also write the packets (their first 128 bytes, after the datapath's rewrite) to a pcap
+    /// file for tcpdump -r or Wireshark.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +162,10 @@ impl FilterArgs {
 
 #[derive(clap::Args)]
 struct UpArgs {
+    /// Serve Prometheus metrics (the counters and table occupancy) on ADDR, e.g.
+    /// 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// TOML file with any of: uplink, bridge, subnets, icc, publish, port_range, table_size,
     /// tc_mode, sweep_interval, [[bridges]] tables and a [timeouts] table. Flags override it.
     #[arg(long, value_name = "FILE")]
@@ -240,6 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sweep_interval: settings.sweep_interval,
                 status: args.status,
                 instance,
+                metrics: args.metrics,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -249,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Conntrack { ref verb } => conntrack_cmd(&cli, &instance?, verb),
         Command::Stats { watch } => stats_cmd(&cli, &instance?, watch),
+        Command::Trace(ref args) => trace_cmd(&cli, &instance?, args),
         Command::Publish { ref verb } => publish_cmd(&cli, &instance?, verb),
         Command::Status => status::run(&instance?, cli.json),
         Command::Lab { verb } => {
@@ -428,6 +463,29 @@ fn conntrack_cmd(cli: &Cli, name: &str, verb: &ConntrackVerb) -> anyhow::Result<
             }
         }
     }
+    Ok(())
+}
+
+fn trace_cmd(cli: &Cli, name: &str, args: &TraceArgs) -> anyhow::Result<()> {
+    bpfnat::system::require_root()?;
+    let opts = bpfnat::trace::TraceOptions {
+        src: args.src.as_deref().map(str::parse).transpose()?,
+        dst: args.dst.as_deref().map(str::parse).transpose()?,
+        port: args.port,
+        proto: args
+            .proto
+            .as_deref()
+            .map(bpfnat::trace::parse_proto)
+            .transpose()?,
+        pcap: args.pcap.clone(),
+        count: args.count,
+        duration: args.duration.map(std::time::Duration::from_secs),
+        json: cli.json,
+    };
+    bpfnat::trace::validate(&opts)?;
+    let dir = instance::require_running(name)?;
+    let events = bpfnat::trace::run(&dir, &opts, &mut std::io::stdout().lock())?;
+    eprintln!("bpfnat trace ({name}): {events} events");
     Ok(())
 }
 

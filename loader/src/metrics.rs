@@ -27,6 +27,30 @@ pub fn render(stats: &Stats) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP bpfnat_traffic_packets_total Packets by hook (direction) and protocol."
+    );
+    let _ = writeln!(out, "# TYPE bpfnat_traffic_packets_total counter");
+    for t in &stats.traffic {
+        let _ = writeln!(
+            out,
+            "bpfnat_traffic_packets_total{{instance=\"{inst}\",hook=\"{}\",proto=\"{}\"}} {}",
+            t.hook, t.proto, t.packets
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP bpfnat_traffic_bytes_total Bytes by hook (direction) and protocol."
+    );
+    let _ = writeln!(out, "# TYPE bpfnat_traffic_bytes_total counter");
+    for t in &stats.traffic {
+        let _ = writeln!(
+            out,
+            "bpfnat_traffic_bytes_total{{instance=\"{inst}\",hook=\"{}\",proto=\"{}\"}} {}",
+            t.hook, t.proto, t.bytes
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP bpfnat_table_entries Entries in each connection-tracking map."
     );
     let _ = writeln!(out, "# TYPE bpfnat_table_entries gauge");
@@ -60,12 +84,17 @@ pub fn render(stats: &Stats) -> String {
     out
 }
 
-/// Serve `/metrics` (any path, in fact) on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, instance: String) -> anyhow::Result<()> {
+/// Bind the metrics address (before the daemon reports ready, so a busy port is an error).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics on {addr}"))?;
     info!("metrics on http://{addr}/metrics");
+    Ok(listener)
+}
+
+/// Serve `/metrics` (any path, in fact) until the task is aborted.
+pub async fn serve(listener: TcpListener, instance: String) -> anyhow::Result<()> {
     loop {
         let (mut conn, _) = match listener.accept().await {
             Ok(c) => c,
@@ -112,6 +141,12 @@ mod tests {
                 nat_in: 4,
                 max_entries: 262_144,
             },
+            traffic: vec![crate::instance::TrafficRow {
+                hook: "uplink_egress",
+                proto: "tcp",
+                packets: 5,
+                bytes: 300,
+            }],
         };
         let text = render(&stats);
         for c in Counter::ALL {
@@ -124,6 +159,7 @@ mod tests {
         }
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"nat_in\"} 4"));
         assert!(text.contains("bpfnat_table_max_entries{instance=\"lab-host\"} 262144"));
+        assert!(text.contains("bpfnat_traffic_bytes_total{instance=\"lab-host\",hook=\"uplink_egress\",proto=\"tcp\"} 300"));
         // Every sample line belongs to a declared metric family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split('{').next().unwrap();

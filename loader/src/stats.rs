@@ -5,7 +5,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use bpfnat_common::Counter;
 use serde_json::{json, Map, Value};
 
-use crate::instance::{Occupancy, PinnedMaps};
+use crate::instance::{Occupancy, PinnedMaps, TrafficRow};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
@@ -15,6 +15,8 @@ pub struct Stats {
     /// Summed over CPUs, in `Counter::ALL` order.
     pub counters: Vec<(Counter, u64)>,
     pub occupancy: Occupancy,
+    /// Packets and bytes by hook (direction) and protocol.
+    pub traffic: Vec<TrafficRow>,
 }
 
 impl Stats {
@@ -26,6 +28,7 @@ impl Stats {
                 .then(|| Ipv4Addr::from(cfg.external_addr.to_ne_bytes())),
             counters: maps.counters()?,
             occupancy: maps.occupancy()?,
+            traffic: maps.traffic()?,
         })
     }
 
@@ -51,6 +54,9 @@ impl Stats {
                 "nat_in": self.occupancy.nat_in,
                 "max_entries": self.occupancy.max_entries,
             },
+            "traffic": self.traffic.iter().map(|t| json!({
+                "hook": t.hook, "proto": t.proto, "packets": t.packets, "bytes": t.bytes,
+            })).collect::<Vec<_>>(),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub status: bool,
     /// Name of the pinned state directory (`/sys/fs/bpf/bpfnat/<instance>/`).
     pub instance: String,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How often the uplink's address is checked.
@@ -166,6 +168,17 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             .map(|p| p.entries().len())
             .sum::<usize>()
     );
+    // Bound before the readiness line: a taken address is a start-up error.
+    let metrics = match opts.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let _metrics_task = metrics.map(|l| {
+        AbortOnDrop(tokio::spawn(crate::metrics::serve(
+            l,
+            opts.instance.clone(),
+        )))
+    });
     // The readiness line scripts and tests wait for.
     println!(
         "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={}",
@@ -344,4 +357,13 @@ pub fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> 
         get(Counter::NewMappings),
         get(Counter::Forwarded),
     ))
+}
+
+/// Stops a background task when the daemon leaves `run`.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
