@@ -89,6 +89,14 @@ impl Stats {
         for (c, v) in &self.counters {
             let _ = writeln!(s, "{:<width$}  {v}", c.name());
         }
+        let _ = writeln!(s, "traffic (packets / bytes):");
+        for t in self.traffic.iter().filter(|t| t.packets > 0) {
+            let _ = writeln!(
+                s,
+                "  {:<15} {:<6} {:>10} / {}",
+                t.hook, t.proto, t.packets, t.bytes
+            );
+        }
         s
     }
 }
