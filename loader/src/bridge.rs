@@ -183,8 +183,10 @@ impl Bridge {
 struct Port {
     name: String,
     bridge: u32,
-    /// Dropping it detaches the program.
+    /// Dropping it detaches the program, unless it is pinned.
     link: SchedClassifierLink,
+    /// Where the link is pinned (TCX with pinned state).
+    pin: Option<std::path::PathBuf>,
     /// We added the clsact qdisc it hangs on (clsact mode): removed when we let go.
     added_clsact: bool,
 }
@@ -315,7 +317,21 @@ impl PortWatcher {
 
         for (&index, &(name, bridge)) in &wanted {
             if let Some(port) = self.ports.get_mut(&index) {
-                port.name = name.to_owned(); // renamed: same device, same link
+                if port.name != name {
+                    // Renamed: same device, same link; its pin follows the name.
+                    if let (Some(old), Some(dir)) = (&port.pin, dp.pin_dir()) {
+                        let new = crate::datapath::link_pin_path(
+                            dir,
+                            name,
+                            aya::programs::TcAttachType::Ingress,
+                        );
+                        match std::fs::rename(old, &new) {
+                            Ok(()) => port.pin = Some(new),
+                            Err(e) => warn!("port {name}: cannot move its link pin: {e}"),
+                        }
+                    }
+                }
+                port.name = name.to_owned();
                 if port.bridge != bridge {
                     // Moved to another served bridge: what was learned there no longer holds.
                     port.bridge = bridge;
@@ -370,12 +386,28 @@ impl PortWatcher {
             }
         }
         match dp.attach_port(name, self.mode) {
-            Ok(link) => Ok(Port {
-                name: name.to_owned(),
-                bridge,
-                link,
-                added_clsact,
-            }),
+            Ok((link, how)) => {
+                if how == crate::datapath::Attached::Replaced {
+                    info!("port {name}: replaced the program behind its pinned link");
+                }
+                let pin = (self.mode != TcMode::Clsact)
+                    .then(|| dp.pin_dir())
+                    .flatten()
+                    .map(|d| {
+                        crate::datapath::link_pin_path(
+                            d,
+                            name,
+                            aya::programs::TcAttachType::Ingress,
+                        )
+                    });
+                Ok(Port {
+                    name: name.to_owned(),
+                    bridge,
+                    link,
+                    pin,
+                    added_clsact,
+                })
+            }
             Err(e) => {
                 let _ = dp.remove_port(index);
                 if added_clsact {
@@ -398,9 +430,17 @@ impl PortWatcher {
         let Port {
             name,
             link,
+            pin,
             added_clsact,
             ..
         } = port;
+        if let Some(pin) = pin {
+            if let Err(e) = std::fs::remove_file(&pin) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!("port {name}: cannot unpin {}: {e}", pin.display());
+                }
+            }
+        }
         drop(link);
         if let Err(e) = dp.remove_port(index) {
             warn!("port {name}: {e:#}");
@@ -420,13 +460,62 @@ impl PortWatcher {
         name
     }
 
-    /// Detach from every port (before the datapath itself is dropped).
-    pub async fn shutdown(mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) {
+    /// After adopting pinned state: unpin the links of ports (and interfaces) that are no
+    /// longer served, and forget ports listed in `PORTS` that this watcher does not serve,
+    /// with the containers learned behind them. `keep` names the uplink's pins.
+    pub fn prune(&self, dp: &mut Datapath, keep: &[std::path::PathBuf]) {
+        if let Some(dir) = dp.pin_dir().map(|d| d.join(crate::datapath::LINKS_DIR)) {
+            let ours: HashSet<&std::path::Path> = self
+                .ports
+                .values()
+                .filter_map(|p| p.pin.as_deref())
+                .chain(keep.iter().map(std::path::PathBuf::as_path))
+                .collect();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if !ours.contains(path.as_path()) {
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {
+                                info!("unpinned the link {} (no longer served)", path.display())
+                            }
+                            Err(e) => warn!("cannot unpin {}: {e}", path.display()),
+                        }
+                    }
+                }
+            }
+        }
+        let listed: Vec<u32> = match dp.topology() {
+            Ok(t) => t.ports.keys().copied().collect(),
+            Err(e) => {
+                warn!("cannot read the pinned ports: {e:#}");
+                return;
+            }
+        };
+        for index in listed.into_iter().filter(|i| !self.ports.contains_key(i)) {
+            let _ = dp.remove_port(index);
+            let forgotten = dp.forget_endpoints_of(index).unwrap_or(0);
+            info!("forgot port {index} of the previous run ({forgotten} containers)");
+        }
+    }
+
+    /// Detach from every port (before the datapath itself is dropped). With `keep` the
+    /// pinned links stay (and the port programs with them) and `PORTS` is left as it is.
+    pub async fn shutdown(mut self, dp: &mut Datapath, handle: &rtnetlink::Handle, keep: bool) {
         let ports = std::mem::take(&mut self.ports);
         for (index, port) in ports {
             let Port {
-                link, added_clsact, ..
+                link,
+                pin,
+                added_clsact,
+                ..
             } = port;
+            if keep {
+                continue;
+            }
+            if let Some(pin) = pin {
+                let _ = std::fs::remove_file(pin);
+            }
             drop(link);
             let _ = dp.remove_port(index);
             if added_clsact {

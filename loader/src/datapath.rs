@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
-        links::LinkOrder,
+        links::{FdLink, LinkError, LinkOrder, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
@@ -30,7 +30,7 @@ pub static DATAPATH_OBJECT: &[u8] =
 pub enum TcMode {
     /// TCX on kernels that have it (>= 6.6), clsact + cls_bpf otherwise.
     Auto,
-    /// TCX links (kernel >= 6.6): owned by this process, detached when it exits.
+    /// TCX links (kernel >= 6.6): pinned with the instance's state, detached when the pins go.
     Tcx,
     /// Legacy clsact qdisc + cls_bpf filter via netlink.
     Clsact,
@@ -67,6 +67,157 @@ impl Default for LoadOptions {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Where the maps (and TCX links, under `links/`) are pinned; None: nothing pinned.
+    pin_dir: Option<std::path::PathBuf>,
+    /// The uplink's TCX links (pinned when `pin_dir` is set): the datapath keeps running
+    /// through the pins after this process is gone, until they are removed.
+    uplink_links: Vec<FdLink>,
+}
+
+/// The directory of an instance's pinned TCX links.
+pub const LINKS_DIR: &str = "links";
+
+/// Where the link of `hook` on `iface` is pinned in instance directory `dir` (a `.` in the
+/// name becomes `_`: bpffs refuses dots).
+pub fn link_pin_path(dir: &Path, iface: &str, hook: TcAttachType) -> std::path::PathBuf {
+    let hook = match hook {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    };
+    dir.join(LINKS_DIR)
+        .join(format!("{}-{hook}", iface.replace('.', "_")))
+}
+
+/// How a program came to hang on a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link (pinned if there is a pin directory).
+    New,
+    /// The program behind an existing pinned link was replaced (atomically).
+    Replaced,
+}
+
+/// The kernel's view of one map: type, key and value size, capacity.
+fn shape(info: &aya::maps::MapInfo) -> (Option<aya::maps::MapType>, u32, u32, u32) {
+    (
+        info.map_type().ok(),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    )
+}
+
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map as M;
+    match map {
+        M::Array(d)
+        | M::HashMap(d)
+        | M::LpmTrie(d)
+        | M::LruHashMap(d)
+        | M::PerCpuArray(d)
+        | M::PerCpuHashMap(d)
+        | M::PerCpuLruHashMap(d)
+        | M::RingBuf(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// Refuse to adopt the maps pinned in `dir` unless each has the type, key and value size and
+/// capacity this datapath object (with `opts`) creates: one line naming the first misfit.
+pub fn check_pinned_maps(opts: LoadOptions, dir: &Path, instance: &str) -> anyhow::Result<()> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
+        .map_max_entries(names::MAP_NAT_IN, opts.table_size);
+    // Maps only (programs are loaded separately): what the object would create.
+    let fresh = loader
+        .load(DATAPATH_OBJECT)
+        .map_err(|e| explain_load_error(anyhow::Error::new(e)))
+        .context("loading the datapath's maps")?;
+    for name in crate::instance::PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue; // created (and pinned) by the load
+        }
+        let have = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let want = fresh
+            .map(name)
+            .and_then(map_data)
+            .ok_or_else(|| anyhow!("map {name} missing from the datapath object"))?
+            .info()?;
+        let (h, w) = (shape(&have), shape(&want));
+        if h != w {
+            bail!(
+                "cannot adopt instance {instance:?}: pinned map {name} (type {:?}, key {} B, value \
+                 {} B, {} entries) does not fit this datapath (type {:?}, key {} B, value {} B, {} \
+                 entries); check --table-size, or remove the old state with `bpfnat --instance \
+                 {instance} down`",
+                h.0,
+                h.1,
+                h.2,
+                h.3,
+                w.0,
+                w.1,
+                w.2,
+                w.3
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Hang `prog` on `hook` of `iface` through TCX. With `pin` the link is pinned there: an
+/// existing pinned link gets `prog` atomically in place of its program (the hook never runs
+/// without one); a pin whose device is gone (a defunct link) is replaced by a new link.
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    pin: Option<&Path>,
+) -> anyhow::Result<(FdLink, Attached)> {
+    if let Some(path) = pin {
+        match PinnedLink::from_pin(path) {
+            Ok(old) => {
+                let replaced = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(anyhow::Error::new)
+                    .and_then(|link| Ok(prog.attach_to_link(link)?));
+                match replaced {
+                    Ok(id) => {
+                        let link = FdLink::try_from(prog.take_link(id)?)?;
+                        return Ok((link, Attached::Replaced));
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "pinned link {} is unusable ({e:#}): attaching anew",
+                            path.display()
+                        );
+                        std::fs::remove_file(path)
+                            .with_context(|| format!("removing {}", path.display()))?;
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    }
+    let id = prog
+        .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(|e| explain_attach_error(anyhow::Error::new(e), TcMode::Tcx))?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    if let Some(path) = pin {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let pinned = link
+            .pin(path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+        return Ok((FdLink::from(pinned), Attached::New));
+    }
+    Ok((link, Attached::New))
 }
 
 impl Datapath {
@@ -78,7 +229,7 @@ impl Datapath {
     /// Like [`Datapath::load`], with the maps of [`crate::instance::PINNED_MAPS`] pinned in
     /// `pin_dir` (which must exist, on bpffs). A map already pinned at its path is opened and
     /// used as it is instead of being created (aya's pinning-by-path): that is how a restart
-    /// will adopt the connection table; today `up` always starts from an empty directory.
+    /// adopts the connection table. TCX links are pinned there too (`links/`).
     pub fn load_pinned(opts: LoadOptions, pin_dir: &Path) -> anyhow::Result<Self> {
         Self::load_with(opts, Some(pin_dir))
     }
@@ -109,7 +260,16 @@ impl Datapath {
                 .map_err(|e| explain_load_error(anyhow::Error::new(e)))
                 .with_context(|| format!("loading program {name}"))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            uplink_links: Vec::new(),
+        })
+    }
+
+    /// Where the maps and links are pinned (None: not pinned).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     /// Start forwarding the datapath's log records (rare events only) to the `log` crate.
@@ -230,20 +390,37 @@ impl Datapath {
 
     /// Attach the port program to a bridge port's ingress (frames from its container), with
     /// TCX or (`TcMode::Clsact`, which needs a clsact qdisc on the port) cls_bpf. The link is
-    /// the caller's: dropping it detaches the program (and is harmless once the port is gone).
-    pub fn attach_port(&mut self, port: &str, mode: TcMode) -> anyhow::Result<SchedClassifierLink> {
-        let options = match mode.resolve() {
-            TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
-        };
+    /// the caller's: dropping it detaches the program (and is harmless once the port is gone),
+    /// unless it is pinned (TCX with a pin directory: `links/<port>-ingress`, whose program
+    /// is replaced in place when the pin exists already).
+    pub fn attach_port(
+        &mut self,
+        port: &str,
+        mode: TcMode,
+    ) -> anyhow::Result<(SchedClassifierLink, Attached)> {
+        let context = || format!("attaching {} to {port} ingress", names::PROG_PORT);
+        let pin = self
+            .pin_dir
+            .as_deref()
+            .map(|d| link_pin_path(d, port, TcAttachType::Ingress));
+        if mode.resolve() != TcMode::Clsact {
+            let prog = self.classifier(names::PROG_PORT)?;
+            let (link, how) = attach_tcx(prog, port, TcAttachType::Ingress, pin.as_deref())
+                .with_context(context)?;
+            return Ok((SchedClassifierLink::try_from(link)?, how));
+        }
         let prog = self.classifier(names::PROG_PORT)?;
         let id = prog
-            .attach_with_options(port, TcAttachType::Ingress, options)
+            .attach_with_options(
+                port,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
             .map_err(|e| explain_attach_error(anyhow::Error::new(e), mode.resolve()))
-            .with_context(|| format!("attaching {} to {port} ingress", names::PROG_PORT))?;
+            .with_context(context)?;
         // Out of aya's per-program table, so that a port that goes away takes its link with it
         // instead of leaving an entry (and an open descriptor) there until shutdown.
-        Ok(prog.take_link(id)?)
+        Ok((prog.take_link(id)?, Attached::New))
     }
 
     /// Forget the containers learned behind a port that went away (so a new port given their
@@ -294,7 +471,9 @@ impl Datapath {
     }
 
     /// Attach both programs to `uplink`: egress translates, ingress translates back.
-    /// TCX links and netlink filters both go away when this `Datapath` is dropped.
+    /// Netlink filters go away when this `Datapath` is dropped; TCX links too unless they are
+    /// pinned (with a pin directory: `links/<uplink>-<hook>`, whose programs are replaced in
+    /// place when the pins exist already).
     pub fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
         let uplink_ifindex = crate::iface::ifindex(uplink)?;
         {
@@ -323,14 +502,27 @@ impl Datapath {
             (names::PROG_EGRESS, TcAttachType::Egress),
             (names::PROG_INGRESS, TcAttachType::Ingress),
         ] {
-            let options = match mode {
-                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
-            };
-            self.classifier(name)?
-                .attach_with_options(uplink, hook, options)
-                .map_err(|e| explain_attach_error(anyhow::Error::new(e), mode))
+            if mode == TcMode::Clsact {
+                self.classifier(name)?
+                    .attach_with_options(
+                        uplink,
+                        hook,
+                        TcAttachOptions::Netlink(NlOptions::default()),
+                    )
+                    .map_err(|e| explain_attach_error(anyhow::Error::new(e), mode))
+                    .with_context(|| format!("attaching {name} to {uplink} {hook:?}"))?;
+                continue;
+            }
+            let pin = self
+                .pin_dir
+                .as_deref()
+                .map(|d| link_pin_path(d, uplink, hook));
+            let (link, how) = attach_tcx(self.classifier(name)?, uplink, hook, pin.as_deref())
                 .with_context(|| format!("attaching {name} to {uplink} {hook:?}"))?;
+            if how == Attached::Replaced {
+                log::info!("replaced the program behind the pinned {uplink} {hook:?} link");
+            }
+            self.uplink_links.push(link);
         }
         Ok(mode)
     }

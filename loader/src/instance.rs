@@ -19,12 +19,22 @@
 //! with the process).
 //!
 //! Claiming is atomic: `mkdir` of the instance directory succeeds for exactly one process.
-//! A directory without a live owner is stale (a daemon that was killed or crashed) and is
-//! removed with a warning before claiming again.
 //!
-//! A later step (restart *adopting* the pinned connection table) only has to keep the data
-//! pins of a stale directory instead of removing them: [`crate::datapath::Datapath::load_pinned`]
-//! already opens existing pins at those paths.
+//! # Restart and upgrade
+//!
+//! With TCX the daemon pins its links too (`links/<ifname>-<hook>`), so the datapath keeps
+//! translating after the daemon is gone: killed, crashed, or stopped with `up --keep`. A
+//! directory without a live owner is stale; the next `up` *adopts* it: it checks that every
+//! pinned map has the shape the (possibly newer) object expects, loads the object reusing the
+//! pinned maps ([`crate::datapath::Datapath::load_pinned`]), puts the new programs behind
+//! the pinned links atomically (`bpf_link_update`) and records itself as owner. Taking over
+//! is serialised by `mkdir` of a `CLAIM` directory inside the instance directory. With
+//! `--tc-mode clsact` (nothing can be pinned) a stale directory is removed with a warning
+//! instead. `bpfnat down` removes a stale instance (links and maps).
+//!
+//! Seen from another PID namespace, pinned links keep the programs (and so `NAT_OUT`) in
+//! use after the daemon is gone, so there an instance left running by a dead daemon counts
+//! as held.
 
 use std::{
     io::ErrorKind,
@@ -165,6 +175,26 @@ impl Owner {
             .with_context(|| format!("pinning {}", path.display()))
     }
 
+    /// Record this owner in `dir`: overwrite the pinned record, or pin one if there is none.
+    fn record(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(OWNER_PIN);
+        let data = match MapData::from_pin(&path) {
+            Ok(data) => data,
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == ErrorKind::NotFound =>
+            {
+                return self.pin(dir)
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let mut map = Map::from_map_data(data)?;
+        let mut array: Array<&mut MapData, Owner> = Array::try_from(&mut map)
+            .with_context(|| format!("{} is not an owner record", path.display()))?;
+        array
+            .set(0, *self, 0)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Whether the recorded process still runs (see the module documentation).
     fn alive(&self, dir: &Path) -> bool {
         match own_pid_ns() {
@@ -274,7 +304,7 @@ pub fn require_running(name: &str) -> anyhow::Result<PathBuf> {
         ),
         Status::Stale(owner) => bail!(
             "instance {name:?} is not running (stale pinned state in {}{}; the next `bpfnat up` \
-             removes it)",
+             adopts it, `bpfnat down` removes it)",
             dir.display(),
             owner.map_or(String::new(), |o| format!(" left by pid {}", o.pid))
         ),
@@ -288,12 +318,25 @@ pub struct InstanceLock {
     dir: PathBuf,
     owner: Owner,
     released: bool,
+    /// Taken over from a daemon that is gone: its pins are left in place if this claim is
+    /// dropped without [`InstanceLock::release`] (a failed start must not destroy them).
+    adopted: bool,
 }
+
+/// The directory a process creates inside a stale instance directory while taking it over
+/// (bpffs refuses names with a dot).
+const CLAIM_DIR: &str = "CLAIM";
 
 impl InstanceLock {
     /// Claim instance `name`: create its directory and record this process as owner. A live
     /// owner makes this fail with one line; a stale directory is removed with a warning.
     pub fn acquire(name: &str) -> anyhow::Result<Self> {
+        Self::acquire_or_adopt(name, false)
+    }
+
+    /// Like [`InstanceLock::acquire`], but with `adopt` a stale directory is taken over, its
+    /// pins kept (see the module documentation); [`InstanceLock::adopted`] tells.
+    pub fn acquire_or_adopt(name: &str, adopt: bool) -> anyhow::Result<Self> {
         validate_name(name)?;
         let dir = dir(name);
         let owner = Owner::current()?;
@@ -308,6 +351,7 @@ impl InstanceLock {
                         dir,
                         owner,
                         released: false,
+                        adopted: false,
                     };
                     // On failure the lock is dropped, which removes the directory.
                     owner.pin(&lock.dir)?;
@@ -323,6 +367,7 @@ impl InstanceLock {
                         o.pid,
                         dir.display()
                     ),
+                    Status::Stale(o) if adopt => return Self::adopt(name, dir, owner, o),
                     Status::Stale(o) => {
                         warn!(
                             "removing stale pinned state of instance {name:?} in {}{}",
@@ -346,6 +391,69 @@ impl InstanceLock {
             "could not claim {}: it kept changing (another bpfnat starting?)",
             dir.display()
         )
+    }
+
+    /// Take over the stale directory `dir` left by `previous`.
+    fn adopt(
+        name: &str,
+        dir: PathBuf,
+        owner: Owner,
+        previous: Option<Owner>,
+    ) -> anyhow::Result<Self> {
+        let claim = dir.join(CLAIM_DIR);
+        match std::fs::create_dir(&claim) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
+                "instance {name:?} is being taken over by another bpfnat (or one died doing so: \
+                 `bpfnat --instance {name} down` removes it)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", claim.display())),
+        }
+        let result = (|| {
+            // Someone may have taken it over between our look and our claim.
+            match status_of(&dir)? {
+                Status::Stale(_) => {}
+                Status::Running(o) => bail!(
+                    "instance {name:?} is already running (bpfnat pid {}, pinned state in {}); \
+                     stop it first or choose another --instance",
+                    o.pid,
+                    dir.display()
+                ),
+                Status::Absent => {
+                    bail!("{} vanished while being adopted; try again", dir.display())
+                }
+            }
+            owner.record(&dir)
+        })();
+        let _ = std::fs::remove_dir(&claim);
+        result?;
+        info!(
+            "adopting pinned state of instance {name:?} in {}{}",
+            dir.display(),
+            previous.map_or(String::new(), |o| format!(" (left by pid {}, gone)", o.pid))
+        );
+        Ok(Self {
+            name: name.to_owned(),
+            dir,
+            owner,
+            released: false,
+            adopted: true,
+        })
+    }
+
+    /// Whether the pinned state was taken over from a daemon that is gone.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Leave the pinned state (maps, links, owner record) in place: the datapath keeps
+    /// running; the next `up` adopts it, `bpfnat down` removes it.
+    pub fn keep(mut self) {
+        self.released = true;
+        info!(
+            "kept pinned state {} (the datapath keeps running)",
+            self.dir.display()
+        );
     }
 
     pub fn name(&self) -> &str {
@@ -381,12 +489,45 @@ impl InstanceLock {
 
 impl Drop for InstanceLock {
     fn drop(&mut self) {
-        if !self.released {
+        if !self.released && self.adopted {
+            warn!(
+                "left the adopted pinned state in {} in place (`bpfnat --instance {} down` \
+                 removes it)",
+                self.dir.display(),
+                self.name
+            );
+        } else if !self.released {
             if let Err(e) = self.remove() {
                 warn!("{e:#}");
             }
         }
     }
+}
+
+/// `bpfnat down`: remove the pinned state (links, then maps) of instance `name`, which must
+/// not be running. Returns the directory removed.
+pub fn down(name: &str) -> anyhow::Result<PathBuf> {
+    validate_name(name)?;
+    let dir = dir(name);
+    match status_of(&dir)? {
+        Status::Absent => bail!(
+            "instance {name:?} has no pinned state (nothing in {})",
+            dir.display()
+        ),
+        Status::Running(o) => bail!(
+            "instance {name:?} is running (bpfnat pid {}): stop it first (SIGINT)",
+            o.pid
+        ),
+        Status::Stale(_) => {}
+    }
+    // Links first: the programs detach before the maps they use lose their pins.
+    let links = dir.join(crate::datapath::LINKS_DIR);
+    if links.exists() {
+        std::fs::remove_dir_all(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    let _ = std::fs::remove_dir(PIN_ROOT);
+    Ok(dir)
 }
 
 /// The pinned maps of a running instance, opened from another process.

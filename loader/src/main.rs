@@ -61,6 +61,9 @@ enum Command {
     /// Stream one event per packet matching the filters (applied in the kernel): hook,
     /// tuple before and after translation, TCP flags, verdict and drop reason.
     Trace(TraceArgs),
+    /// Remove the pinned state (maps and TCX links) of an instance that is not running, e.g.
+    /// one left by `up --keep` or a killed daemon: its datapath stops.
+    Down,
     /// Counters of a running instance and how full its connection table is.
     Stats {
         /// Print again every SECS seconds until interrupted.
@@ -208,6 +211,10 @@ struct UpArgs {
     /// Print a status line every second.
     #[arg(long)]
     status: bool,
+    /// On SIGINT/SIGTERM leave the maps and TCX links pinned, so the datapath keeps
+    /// translating (without expiry) until the next `up` adopts it or `bpfnat down`.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Subcommand)]
@@ -274,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 status: args.status,
                 instance,
                 metrics: args.metrics,
+                keep: args.keep,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -286,6 +294,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(ref args) => trace_cmd(&cli, &instance?, args),
         Command::Publish { ref verb } => publish_cmd(&cli, &instance?, verb),
         Command::Status => status::run(&instance?, cli.json),
+        Command::Down => {
+            bpfnat::system::require_root()?;
+            let name = instance?;
+            let dir = instance::down(&name)?;
+            if cli.json {
+                print_json(&serde_json::json!({"instance": name, "removed": dir}));
+            } else {
+                println!("removed instance {name:?} ({})", dir.display());
+            }
+            Ok(())
+        }
         Command::Lab { verb } => {
             bpfnat::system::require_root()?;
             let spec = lab::LabSpec::default_lab();

@@ -36,6 +36,9 @@ pub struct UpOptions {
     pub instance: String,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// On SIGINT/SIGTERM leave the maps and TCX links pinned: the datapath keeps running
+    /// (without expiry) until the next `up` adopts it or `bpfnat down` removes it.
+    pub keep: bool,
 }
 
 /// How often the uplink's address is checked.
@@ -113,14 +116,28 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         served.check(spec)?;
     }
 
+    // TCX links can be pinned, so the datapath can outlive this process and be adopted;
+    // cls_bpf filters cannot.
+    let tcx = opts.tc_mode.resolve() == TcMode::Tcx;
+    if opts.keep && !tcx {
+        bail!("--keep needs TCX links (Linux >= 6.6, --tc-mode auto or tcx): cls_bpf filters cannot be pinned");
+    }
+    let load = LoadOptions {
+        table_size: opts.table_size,
+    };
+    let dir = crate::instance::dir(&opts.instance);
+    if tcx
+        && matches!(
+            crate::instance::status_of(&dir)?,
+            crate::instance::Status::Stale(_)
+        )
+    {
+        // Before claiming: a misfit leaves the old state untouched.
+        crate::datapath::check_pinned_maps(load, &dir, &opts.instance)?;
+    }
     // Refuse early, before anything is loaded or attached, if the instance is held.
-    let lock = InstanceLock::acquire(&opts.instance)?;
-    let mut dp = Datapath::load_pinned(
-        LoadOptions {
-            table_size: opts.table_size,
-        },
-        lock.dir(),
-    )?;
+    let lock = InstanceLock::acquire_or_adopt(&opts.instance, tcx)?;
+    let mut dp = Datapath::load_pinned(load, lock.dir())?;
     if let Err(e) = dp.start_logging() {
         warn!("datapath log records unavailable: {e:#}");
     }
@@ -139,6 +156,16 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     let mut ports = PortWatcher::new(&bridges, uplink_index);
     ports.apply(&mut dp, &netlink, &links).await;
+    if lock.adopted() {
+        let uplink_pins: Vec<_> = [
+            aya::programs::TcAttachType::Egress,
+            aya::programs::TcAttachType::Ingress,
+        ]
+        .into_iter()
+        .map(|hook| crate::datapath::link_pin_path(lock.dir(), &opts.uplink, hook))
+        .collect();
+        ports.prune(&mut dp, &uplink_pins);
+    }
 
     let masqueraded: Vec<String> = bridges
         .iter()
@@ -181,7 +208,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     });
     // The readiness line scripts and tests wait for.
     println!(
-        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={}",
+        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={} adopted={}",
         opts.uplink,
         masqueraded.join(","),
         opts.instance,
@@ -190,15 +217,29 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             .map(|b| b.name.as_str())
             .collect::<Vec<_>>()
             .join(","),
-        ports.len()
+        ports.len(),
+        lock.adopted()
     );
     std::io::stdout().flush().ok();
 
     let result = serve(&mut dp, &mut ports, &opts, &netlink, external, &mut signals).await;
 
+    if opts.keep {
+        // Nothing is detached or unlisted: the pinned links keep the programs running with
+        // the pinned maps.
+        ports.shutdown(&mut dp, &netlink, true).await;
+        drop(dp);
+        lock.keep();
+        println!("stopped (pinned state kept: the datapath keeps running)");
+        return result;
+    }
     // Ports first: their links are ours, not the datapath's.
-    ports.shutdown(&mut dp, &netlink).await;
+    ports.shutdown(&mut dp, &netlink, false).await;
     drop(dp); // closes the TCX links / removes the cls_bpf filters
+              // Removing the pins lets go of the pinned links: the programs detach.
+    if let Err(e) = lock.release() {
+        warn!("pinned state: {e:#}");
+    }
     if mode == TcMode::Clsact && !had_clsact {
         if let Err(e) = iface::delete_clsact(&netlink, uplink_index).await {
             warn!(
@@ -208,9 +249,6 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     info!("detached from {}", opts.uplink);
-    if let Err(e) = lock.release() {
-        warn!("pinned state: {e:#}");
-    }
     println!("stopped");
     result
 }
