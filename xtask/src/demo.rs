@@ -4,10 +4,7 @@ use std::{
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
+    sync::{atomic::Ordering, mpsc},
     time::{Duration, Instant},
 };
 
@@ -19,7 +16,8 @@ const HOST_NS: &str = "lab-host";
 const WAN_NS: &str = "lab-wan";
 const CONTAINERS: [(&str, &str); 2] = [("ns1", "172.18.0.2"), ("ns2", "172.18.0.3")];
 const REMOTE: &str = "198.51.100.1";
-/// Namespaces the lab creates; the tests' own namespaces all start with `bnt-`.
+/// Namespaces the lab creates; the tests' own namespaces all start with `bnt-`, the
+/// benchmark's with `bnb-`.
 pub const LAB_NAMESPACES: [&str; 4] = ["ns1", "ns2", "lab-host", "lab-wan"];
 
 /// Network namespaces made by this project that exist now.
@@ -28,7 +26,7 @@ pub fn leftover_namespaces() -> anyhow::Result<Vec<String>> {
     Ok(list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("bnt-") || LAB_NAMESPACES.contains(n))
+        .filter(|n| n.starts_with("bnt-") || n.starts_with("bnb-") || LAB_NAMESPACES.contains(n))
         .map(str::to_owned)
         .collect())
 }
@@ -72,12 +70,7 @@ fn stop_gracefully(child: &mut Child) {
 }
 
 pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = crate::stop_flag();
 
     println!("== building the lab (namespaces ns1, ns2, lab-host, lab-wan)");
     let out = cmd(Command::new(bin).args(["lab", "up"]))?;

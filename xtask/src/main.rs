@@ -1,11 +1,16 @@
-//! Project tasks: `cargo xtask setup|build|run|test`.
+//! Project tasks: `cargo xtask setup|build|run|test|bench`.
 
+mod bench;
 mod demo;
 mod setup;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
 };
 
 use anyhow::{bail, Context as _};
@@ -30,12 +35,15 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Run every test: unit, crafted packets through the kernel, end to end in namespaces.
+    /// Run every test: unit, crafted packets through the kernel, end to end in namespaces,
+    /// then `bench --quick` (without extra arguments).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Compare plain routing, iptables, nftables (+ flowtable) and bpfnat on one topology.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -69,9 +77,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let before = leftovers()?;
                 demo::run(&build_release()?, Some(std::time::Duration::from_secs(10)))?;
                 check_no_new_leftovers(&before, "cargo xtask run")?;
+
+                println!("\n== smoke test of `cargo xtask bench --quick`");
+                let before = leftovers()?;
+                bench::run(&bench::BenchArgs::quick())?;
+                check_no_new_leftovers(&before, "cargo xtask bench --quick")?;
             }
             Ok(())
         }
+        Task::Bench(args) => {
+            require_root("cargo xtask bench")?;
+            setup::ensure_all()?;
+            bench::run(&args)
+        }
+    }
+}
+
+/// Set once Ctrl-C was pressed. The handler is installed on first use (ctrlc allows only one
+/// per process, and `test` runs both the demo and the benchmark).
+pub fn interrupted() -> bool {
+    stop_flag().load(Ordering::SeqCst)
+}
+
+pub fn stop_flag() -> &'static AtomicBool {
+    static FLAG: OnceLock<&'static AtomicBool> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+            eprintln!("xtask: cannot install the Ctrl-C handler: {e}");
+        }
+        flag
+    })
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` if set, else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
     }
 }
 
@@ -91,7 +141,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("cargo build failed");
     }
-    Ok(workspace_root().join("target/release/bpfnat"))
+    Ok(target_dir().join("release/bpfnat"))
 }
 
 /// What this project may leave behind on a machine: namespaces, loaded NAT programs, pins.
@@ -106,7 +156,11 @@ fn leftovers() -> anyhow::Result<Leftovers> {
     let progs = cmd(Command::new("bpftool").args(["prog", "show"])).unwrap_or_default();
     let programs = progs
         .lines()
-        .filter(|l| l.contains("name nat_egress") || l.contains("name nat_ingress"))
+        .filter(|l| {
+            ["nat_egress", "nat_ingress", "port_ingress"]
+                .iter()
+                .any(|p| l.contains(&format!("name {p} ")) || l.ends_with(&format!("name {p}")))
+        })
         .filter_map(|l| l.split(':').next().map(str::to_owned))
         .collect();
     Ok(Leftovers {

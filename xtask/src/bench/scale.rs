@@ -1,0 +1,413 @@
+//! bpfnat with full tables: 0, 100,000 and 1,000,000 synthetic mappings written through the
+//! pinned `NAT_OUT`/`NAT_IN` maps (`bpftool batch`), then RR, CRR and UDP pps again, with the
+//! per-run time of our programs from `kernel.bpf_stats_enabled`, the daemon's CPU time (its
+//! sweeper walks the table) and the maps' memory.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufWriter, Write as _},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use super::{
+    arms::{self, bpftool_json, Prog},
+    proc,
+    topo::{self, UPLINK_ADDR},
+    workloads::{self, Metric, Workload},
+    Ctx,
+};
+
+/// Entries per map for the scale runs (`bpfnat up --table-size`): room for 1M mappings
+/// plus the benchmark's own.
+pub const TABLE_SIZE: u64 = 2_097_152;
+pub const POINTS: [u64; 3] = [0, 100_000, 1_000_000];
+/// `FlowKey` and `NatEntry` (common/src/lib.rs) as the kernel sees them.
+const KEY_SIZE: u64 = 16;
+const VALUE_SIZE: u64 = 40;
+const NAT_FLAG_ORIGINAL: u8 = 1;
+/// TCP_SEEN_SYN | TCP_SEEN_ACK on both halves: ESTABLISHED (idle timeout 5 days).
+const SEEN_SYN_ACK: u8 = 0x12;
+const IPPROTO_TCP: u8 = 6;
+
+/// Sets `kernel.bpf_stats_enabled` for the guard's lifetime and restores the old value.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let old = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS, &self.old) {
+            eprintln!("bench: could not restore {BPF_STATS} to {}: {e}", self.old);
+        }
+    }
+}
+
+/// run_time_ns and run_cnt of each program.
+fn prog_stats(progs: &[Prog]) -> Vec<(String, u64, u64)> {
+    progs
+        .iter()
+        .map(|p| {
+            let v = bpftool_json(&["prog", "show", "id", &p.id.to_string()]).unwrap_or(Value::Null);
+            (
+                p.name.clone(),
+                v["run_time_ns"].as_u64().unwrap_or(0),
+                v["run_cnt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may contain spaces: count from the closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// bytes_memlock and max_entries of every map our programs use.
+pub fn map_memory(progs: &[Prog]) -> anyhow::Result<Value> {
+    let mut ids = Vec::new();
+    for p in progs {
+        let v = bpftool_json(&["prog", "show", "id", &p.id.to_string()])?;
+        for id in v["map_ids"].as_array().into_iter().flatten() {
+            if let Some(id) = id.as_u64() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    let mut total = 0u64;
+    for id in ids {
+        let m = bpftool_json(&["map", "show", "id", &id.to_string()])?;
+        let bytes = m["bytes_memlock"].as_u64().unwrap_or(0);
+        total += bytes;
+        maps.push(json!({
+            "name": m["name"],
+            "type": m["type"],
+            "max_entries": m["max_entries"],
+            "bytes_key": m["bytes_key"],
+            "bytes_value": m["bytes_value"],
+            "bytes_memlock": bytes,
+        }));
+    }
+    Ok(json!({"maps": maps, "total_bytes_memlock": total}))
+}
+
+/// CLOCK_MONOTONIC is what the datapath stamps; /proc/uptime is CLOCK_BOOTTIME, never behind
+/// it, so the synthetic entries look fresh (the sweeper saturates negative idle times) and
+/// stay far inside the 5-day ESTABLISHED timeout.
+fn now_ns() -> anyhow::Result<u64> {
+    let up = fs::read_to_string("/proc/uptime")?;
+    let secs: f64 = up
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .context("/proc/uptime")?;
+    Ok((secs * 1e9) as u64)
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(out, " {b:02x}");
+    }
+}
+
+/// Mapping number `i`: internal 10.91.x.y:(1024+k) -> 198.18.x.y:443 over TCP, external
+/// UPLINK:(1024+k). None of it can match the benchmark's traffic (client 10.90.0.2, server
+/// 198.51.100.90).
+fn entry(i: u64, now: u64) -> ([u8; 16], [u8; 40], [u8; 16], [u8; 40]) {
+    let (j, k) = ((i / 60_000) as u16, (i % 60_000) as u16);
+    let [jh, jl] = j.to_be_bytes();
+    let internal = [10, 91, jh, jl];
+    let remote = [198, 18, jh, jl];
+    let external = UPLINK_ADDR.octets();
+    let port = (1024 + k).to_be_bytes();
+    let rport = 443u16.to_be_bytes();
+    let key = |src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2]| {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&src);
+        b[4..8].copy_from_slice(&dst);
+        b[8..10].copy_from_slice(&sport);
+        b[10..12].copy_from_slice(&dport);
+        b[12] = IPPROTO_TCP;
+        b
+    };
+    let value = |addr: [u8; 4], port: [u8; 2], flags: u8| {
+        let mut b = [0u8; 40];
+        b[0..8].copy_from_slice(&now.to_ne_bytes()); // last_seen_ns
+        b[8..16].copy_from_slice(&now.to_ne_bytes()); // created_ns
+        b[16..24].copy_from_slice(&1u64.to_ne_bytes()); // packets
+        b[24..32].copy_from_slice(&60u64.to_ne_bytes()); // bytes
+        b[32..36].copy_from_slice(&addr);
+        b[36..38].copy_from_slice(&port);
+        b[38] = flags;
+        b[39] = SEEN_SYN_ACK;
+        b
+    };
+    (
+        key(internal, remote, port, rport),
+        value(external, port, NAT_FLAG_ORIGINAL),
+        key(remote, external, rport, port),
+        value(internal, port, 0),
+    )
+}
+
+/// Check the maps have the layout we write.
+fn check_layout() -> anyhow::Result<()> {
+    for name in ["NAT_OUT", "NAT_IN"] {
+        let pin = topo::pin_dir().join(name);
+        let m = bpftool_json(&["map", "show", "pinned", &pin.to_string_lossy()])?;
+        let (k, v, max) = (
+            m["bytes_key"].as_u64().unwrap_or(0),
+            m["bytes_value"].as_u64().unwrap_or(0),
+            m["max_entries"].as_u64().unwrap_or(0),
+        );
+        if k != KEY_SIZE || v != VALUE_SIZE {
+            bail!(
+                "{name} has {k}-byte keys and {v}-byte values; the synthetic entries are written \
+                 as FlowKey ({KEY_SIZE} B) -> NatEntry ({VALUE_SIZE} B): update \
+                 xtask/src/bench/scale.rs for the new layout"
+            );
+        }
+        if max < TABLE_SIZE {
+            bail!("{name} has {max} entries, expected --table-size {TABLE_SIZE}");
+        }
+    }
+    Ok(())
+}
+
+/// Write mappings `from..to` (both halves, reply half first as the datapath does) with
+/// `bpftool batch file -`, fed from a thread; bounded by `FILL_LIMIT`.
+fn fill(from: u64, to: u64) -> anyhow::Result<Duration> {
+    const FILL_LIMIT: Duration = Duration::from_secs(900);
+    let t0 = Instant::now();
+    let now = now_ns()?;
+    let out_pin = topo::pin_dir().join("NAT_OUT");
+    let in_pin = topo::pin_dir().join("NAT_IN");
+    let mut child = Command::new("bpftool")
+        .args(["batch", "file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting bpftool batch")?;
+    let stdin = child.stdin.take().context("bpftool stdin")?;
+    let writer = std::thread::spawn(move || {
+        let mut w = BufWriter::with_capacity(1 << 20, stdin);
+        let mut line = String::with_capacity(512);
+        for i in from..to {
+            let (ok, ov, ik, iv) = entry(i, now);
+            for (pin, k, v) in [(&in_pin, &ik, &iv), (&out_pin, &ok, &ov)] {
+                line.clear();
+                let _ = write!(line, "map update pinned {} key hex", pin.display());
+                hex(&mut line, k);
+                line.push_str(" value hex");
+                hex(&mut line, v);
+                line.push_str(" noexist\n");
+                if w.write_all(line.as_bytes()).is_err() {
+                    return; // bpftool stopped reading: its error is on stderr
+                }
+            }
+            if crate::interrupted() {
+                return;
+            }
+        }
+        let _ = w.flush();
+    });
+    let mut stderr = child.stderr.take().context("bpftool stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if t0.elapsed() > FILL_LIMIT || crate::interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = writer.join();
+            proc::check_interrupt()?;
+            bail!("bpftool batch did not finish within {FILL_LIMIT:?} (killed)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = writer.join();
+    let err = reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "bpftool batch failed after {:.1} s: {}",
+            t0.elapsed().as_secs_f64(),
+            proc::tail(&err)
+        );
+    }
+    proc::check_interrupt()?;
+    Ok(t0.elapsed())
+}
+
+/// The scale section: one daemon with room for 2M mappings, measured empty, then with 100k and
+/// with 1M synthetic mappings, `reps` times at each size. (Filling is what takes time, about
+/// 13k mappings/s with bpftool here, so the table is filled once rather than per repetition.)
+pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
+    arms::check_clean()?;
+    let _stats = BpfStats::enable()?;
+    let mut points: Vec<Value> = Vec::new();
+    let mut active = arms::setup_bpfnat(ctx, &["--table-size", &TABLE_SIZE.to_string()])?;
+    let d = active.daemon.as_ref().context("daemon")?;
+    check_layout()?;
+    workloads::translation_check(ctx, UPLINK_ADDR).context("bpfnat (scale) translation check")?;
+    let memory = map_memory(&d.programs)?;
+    let mut filled = 0;
+    for &n in &POINTS {
+        let fill_s = if n > filled {
+            let t = fill(filled, n)?.as_secs_f64();
+            filled = n;
+            Some(t)
+        } else {
+            None
+        };
+        // `bpfnat stats` walks both tables from userspace, as the sweeper does.
+        let walk = Instant::now();
+        let stats = d.stats(ctx)?;
+        let walk_s = walk.elapsed().as_secs_f64();
+        let occupancy = stats["table"]["nat_out"].as_u64().unwrap_or(0);
+        if occupancy < n {
+            bail!("after writing {n} mappings, NAT_OUT holds {occupancy}");
+        }
+        if let Some(f) = fill_s {
+            println!(
+                "   filled to {} mappings in {f:.1} s (NAT_OUT holds {}; `bpfnat stats` took {walk_s:.1} s)",
+                workloads::thousands(n as f64),
+                workloads::thousands(occupancy as f64)
+            );
+        }
+        for rep in 0..reps {
+            proc::check_interrupt()?;
+            let mut p = measure_point(ctx, d, n, rep, occupancy, fill_s)?;
+            p["stats_walk_seconds"] = json!(walk_s);
+            points.push(p);
+        }
+    }
+    // Stopping with a full table can take long (the daemon finishes its sweep first).
+    let daemon = active.daemon.take().context("daemon")?;
+    let t0 = Instant::now();
+    daemon.stop(Duration::from_secs(300))?;
+    let stop_s = t0.elapsed().as_secs_f64();
+    println!(
+        "   bpfnat with {} mappings stopped in {stop_s:.1} s",
+        workloads::thousands(filled as f64)
+    );
+    active.teardown()?;
+    Ok(json!({
+        "table_size": TABLE_SIZE,
+        "points": points,
+        "memory": memory,
+        "stop_seconds_full_table": stop_s,
+        "bpf_stats": "kernel.bpf_stats_enabled=1 during this section only (it adds two clock reads per program run)",
+    }))
+}
+
+fn measure_point(
+    ctx: &Ctx,
+    d: &arms::Daemon,
+    n: u64,
+    rep: usize,
+    occupancy: u64,
+    fill_s: Option<f64>,
+) -> anyhow::Result<Value> {
+    let mut point = json!({
+        "rep": rep + 1,
+        "entries": n,
+        "nat_out_occupancy": occupancy,
+        "fill_seconds": if rep == 0 { fill_s } else { None },
+    });
+    let ticks0 = process_ticks(d.pid);
+    let t0 = Instant::now();
+    let mut line = format!(
+        "   {:>9} entries, rep {}:",
+        workloads::thousands(n as f64),
+        rep + 1
+    );
+    let mut errors = Vec::new();
+    for w in [Workload::Rr, Workload::Crr, Workload::UdpPps] {
+        let before = prog_stats(&d.programs);
+        let m = match workloads::run(ctx, w) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = write!(line, " {} FAILED", w.name());
+                errors.push(format!("{}: {e:#}", w.name()));
+                continue;
+            }
+        };
+        let after = prog_stats(&d.programs);
+        let progs: Vec<Value> = before
+            .iter()
+            .zip(&after)
+            .map(|((name, t0, c0), (_, t1, c1))| {
+                let runs = c1.saturating_sub(*c0);
+                json!({
+                    "program": name,
+                    "runs": runs,
+                    "ns_per_run": (runs > 0).then(|| t1.saturating_sub(*t0) as f64 / runs as f64),
+                })
+            })
+            .collect();
+        for (metric, v) in &m.values {
+            point[metric.id()] = json!(v);
+            if matches!(
+                metric,
+                Metric::RrTps | Metric::RrP99 | Metric::CrrCps | Metric::UdpPps
+            ) {
+                let _ = write!(line, " {} {}", metric.format(*v), metric.unit());
+            }
+        }
+        if w == Workload::UdpPps {
+            for p in &progs {
+                if let Some(ns) = p["ns_per_run"].as_f64() {
+                    let _ = write!(
+                        line,
+                        ", {} {ns:.0} ns/run",
+                        p["program"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        point[format!("programs_during_{}", w.name())] = json!(progs);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let daemon_cpu = process_ticks(d.pid).saturating_sub(ticks0) as f64 / ctx.ticks;
+    point["daemon_cpu_fraction"] = json!(daemon_cpu / secs);
+    point["errors"] = json!(errors);
+    let _ = write!(line, "; daemon CPU {:.0} %", daemon_cpu / secs * 100.0);
+    println!("{line}");
+    Ok(point)
+}

@@ -1,0 +1,630 @@
+//! The workloads, all with `bpfnat-loadgen` (client in the client namespace, server in the
+//! WAN namespace), and the machine CPU time from `/proc/stat`.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use super::{
+    proc::{wait_file, Proc},
+    topo::{CLIENT_NS, SERVER_ADDR, WAN_NS},
+    Ctx,
+};
+
+/// One number a workload produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    Stream1,
+    Stream4,
+    RrTps,
+    RrP50,
+    RrP99,
+    CrrCps,
+    UdpPps,
+    CpuNsPerPkt,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 8] = [
+        Metric::Stream1,
+        Metric::Stream4,
+        Metric::RrTps,
+        Metric::RrP50,
+        Metric::RrP99,
+        Metric::CrrCps,
+        Metric::UdpPps,
+        Metric::CpuNsPerPkt,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Metric::Stream1 => "tcp_stream_1flow_gbps",
+            Metric::Stream4 => "tcp_stream_4flows_gbps",
+            Metric::RrTps => "tcp_rr_per_sec",
+            Metric::RrP50 => "tcp_rr_p50_us",
+            Metric::RrP99 => "tcp_rr_p99_us",
+            Metric::CrrCps => "tcp_crr_per_sec",
+            Metric::UdpPps => "udp_pps_forwarded",
+            Metric::CpuNsPerPkt => "cpu_ns_per_packet",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Metric::Stream1 => "TCP stream, 1 flow",
+            Metric::Stream4 => "TCP stream, 4 flows",
+            Metric::RrTps => "TCP_RR, 64 B, 1 connection",
+            Metric::RrP50 => "TCP_RR latency p50",
+            Metric::RrP99 => "TCP_RR latency p99",
+            Metric::CrrCps => "TCP_CRR, 16 in parallel",
+            Metric::UdpPps => "UDP 64 B, forwarded",
+            Metric::CpuNsPerPkt => "CPU per packet at fixed rate",
+        }
+    }
+
+    /// For the chart's axis.
+    pub fn short(self) -> &'static str {
+        match self {
+            Metric::Stream1 => "stream 1",
+            Metric::Stream4 => "stream 4",
+            Metric::RrTps => "RR/s",
+            Metric::RrP50 => "RR p50",
+            Metric::RrP99 => "RR p99",
+            Metric::CrrCps => "CRR/s",
+            Metric::UdpPps => "UDP pps",
+            Metric::CpuNsPerPkt => "CPU/pkt",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Stream1 | Metric::Stream4 => "Gbit/s",
+            Metric::RrTps => "trans/s",
+            Metric::RrP50 | Metric::RrP99 => "µs",
+            Metric::CrrCps => "conn/s",
+            Metric::UdpPps => "pkt/s",
+            Metric::CpuNsPerPkt => "ns",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::RrP50 | Metric::RrP99 | Metric::CpuNsPerPkt)
+    }
+
+    /// Which tool measured it.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Metric::Stream1 | Metric::Stream4 => {
+                "bpfnat-loadgen tcp-stream (client: bytes acknowledged up to the server's FIN / time)"
+            }
+            Metric::RrTps | Metric::RrP50 | Metric::RrP99 => {
+                "bpfnat-loadgen tcp-rr (client: transactions and latency histogram)"
+            }
+            Metric::CrrCps => "bpfnat-loadgen tcp-crr (client: connect+request+response+close)",
+            Metric::UdpPps => {
+                "bpfnat-loadgen udp-sink (datagrams received + the WAN namespace's UDP RcvbufErrors, \
+                 first to last packet); sender udp-flood, 1 thread, 4 flows"
+            }
+            Metric::CpuNsPerPkt => {
+                "/proc/stat (all CPUs, user+nice+system+irq+softirq) over the udp-flood run at a \
+                 fixed --rate, divided by the datagrams udp-sink received"
+            }
+        }
+    }
+
+    pub fn format(self, v: f64) -> String {
+        match self {
+            Metric::Stream1 | Metric::Stream4 => format!("{v:.2}"),
+            Metric::RrP50 | Metric::RrP99 => format!("{v:.1}"),
+            Metric::CpuNsPerPkt => format!("{v:.0}"),
+            _ => thousands(v),
+        }
+    }
+}
+
+/// 123456.7 -> "123,457"
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Stream1,
+    Stream4,
+    Rr,
+    Crr,
+    UdpPps,
+    Cpu,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::Stream1,
+        Workload::Stream4,
+        Workload::Rr,
+        Workload::Crr,
+        Workload::UdpPps,
+        Workload::Cpu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Stream1 => "tcp-stream-1",
+            Workload::Stream4 => "tcp-stream-4",
+            Workload::Rr => "tcp-rr",
+            Workload::Crr => "tcp-crr",
+            Workload::UdpPps => "udp-pps",
+            Workload::Cpu => "cpu-fixed-rate",
+        }
+    }
+
+    pub fn metrics(self) -> &'static [Metric] {
+        match self {
+            Workload::Stream1 => &[Metric::Stream1],
+            Workload::Stream4 => &[Metric::Stream4],
+            Workload::Rr => &[Metric::RrTps, Metric::RrP50, Metric::RrP99],
+            Workload::Crr => &[Metric::CrrCps],
+            Workload::UdpPps => &[Metric::UdpPps],
+            Workload::Cpu => &[Metric::CpuNsPerPkt],
+        }
+    }
+}
+
+/// What one run of a workload produced.
+pub struct Measured {
+    pub values: Vec<(Metric, f64)>,
+    /// The loadgen reports and derived figures, for the JSON.
+    pub raw: Value,
+    /// Caveats worth a line in the report (e.g. the arm did not keep up).
+    pub notes: Vec<String>,
+}
+
+/// `bpfnat-loadgen --netns NS --duration CAP MODE`.
+pub fn loadgen(ctx: &Ctx, ns: &str, cap_secs: f64, mode: &str) -> Command {
+    let mut c = Command::new(&ctx.loadgen);
+    c.args(["--netns", ns, "--duration", &format!("{cap_secs:.1}"), mode]);
+    c
+}
+
+fn server_at(port: u16) -> String {
+    format!("{SERVER_ADDR}:{port}")
+}
+
+/// Total machine CPU time, from the first line of /proc/stat.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuStat {
+    /// user + nice + system + irq + softirq, in clock ticks.
+    busy: u64,
+    /// Everything, in clock ticks.
+    total: u64,
+}
+
+pub fn cpu_stat() -> anyhow::Result<CpuStat> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text.lines().next().context("empty /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    if f.len() < 8 {
+        bail!("unexpected /proc/stat line {line:?}");
+    }
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    let total = f[..8].iter().sum();
+    Ok(CpuStat { busy, total })
+}
+
+/// Clock ticks per second of /proc/stat (USER_HZ).
+pub fn clock_ticks() -> f64 {
+    crate::cmd(Command::new("getconf").arg("CLK_TCK"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl CpuStat {
+    /// CPU nanoseconds busy between `self` (earlier) and `later`.
+    pub fn busy_ns_until(&self, later: &CpuStat, ticks_per_sec: f64) -> f64 {
+        later.busy.saturating_sub(self.busy) as f64 * 1e9 / ticks_per_sec
+    }
+
+    pub fn total_ns_until(&self, later: &CpuStat, ticks_per_sec: f64) -> f64 {
+        later.total.saturating_sub(self.total) as f64 * 1e9 / ticks_per_sec
+    }
+}
+
+struct PairOutcome {
+    server: Value,
+    client: Value,
+    cpu_busy_ns: Option<f64>,
+    wall: Duration,
+}
+
+/// Start a server in the WAN namespace, wait until it listens, run the client in the client
+/// namespace, then collect both reports. Every process is capped by loadgen's --duration and
+/// by our own deadline.
+#[allow(clippy::too_many_arguments)]
+fn pair(
+    ctx: &Ctx,
+    tag: &str,
+    server_mode: &str,
+    server_args: &[String],
+    client_mode: &str,
+    client_args: &[String],
+    secs: f64,
+    measure_cpu: bool,
+    server_exits_by_itself: bool,
+    strict: bool,
+) -> anyhow::Result<PairOutcome> {
+    let ready = ctx.scratch.join(format!("{tag}.ready"));
+    let _ = fs::remove_file(&ready);
+    let mut sc = loadgen(ctx, WAN_NS, secs + 30.0, server_mode);
+    sc.args(server_args).arg("--ready-file").arg(&ready);
+    let mut server = Proc::spawn(&format!("{tag}-server"), sc, &ctx.scratch)?;
+    wait_file(&ready, Duration::from_secs(10), &mut server)?;
+
+    let mut cc = loadgen(ctx, CLIENT_NS, secs + 15.0, client_mode);
+    cc.args(client_args);
+    let before = if measure_cpu { Some(cpu_stat()?) } else { None };
+    let t0 = Instant::now();
+    let client = Proc::spawn(&format!("{tag}-client"), cc, &ctx.scratch)?
+        .finish(Duration::from_secs_f64(secs + 20.0))?;
+    let wall = t0.elapsed();
+    let cpu_busy_ns = match before {
+        Some(b) => Some(b.busy_ns_until(&cpu_stat()?, ctx.ticks)),
+        None => None,
+    };
+    let server = server.finish(if server_exits_by_itself {
+        Duration::from_secs(5)
+    } else {
+        Duration::ZERO
+    })?;
+    let client_json = client.json(&format!("{tag} client"))?;
+    let server_json = server.json(&format!("{tag} server"))?;
+    // Not strict: the fixed-rate flood reports a rate it could not reach as a failure; the
+    // report still counts what was sent, and the caller notes it.
+    if client_json["ok"] != json!(true) && (strict || client_json.get("error").is_some()) {
+        bail!(
+            "{tag}: {client_mode} failed: {}",
+            client_json
+                .get("failure")
+                .or_else(|| client_json.get("error"))
+                .unwrap_or(&client_json)
+        );
+    }
+    Ok(PairOutcome {
+        server: server_json,
+        client: client_json,
+        cpu_busy_ns,
+        wall,
+    })
+}
+
+fn num(v: &Value, key: &str) -> anyhow::Result<f64> {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .with_context(|| format!("no number {key:?} in {v}"))
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
+    let secs = ctx.seconds;
+    let secs_arg = format!("{secs}");
+    match w {
+        Workload::Stream1 | Workload::Stream4 => {
+            let flows = if w == Workload::Stream1 { 1 } else { 4 };
+            let port = 7201;
+            let out = pair(
+                ctx,
+                w.name(),
+                "tcp-stream-server",
+                &[s("--listen"), server_at(port), s("--expect"), s(flows)],
+                "tcp-stream",
+                &[
+                    s("--connect"),
+                    server_at(port),
+                    s("--flows"),
+                    s(flows),
+                    s("--seconds"),
+                    secs_arg,
+                ],
+                secs,
+                false,
+                true,
+                true,
+            )?;
+            let gbps = num(&out.client, "gbit_per_sec")?;
+            let metric = if flows == 1 {
+                Metric::Stream1
+            } else {
+                Metric::Stream4
+            };
+            let mut notes = Vec::new();
+            if out.server.get("bytes") != out.client.get("bytes") {
+                notes.push(format!(
+                    "{}: server counted {} bytes, client {}",
+                    w.name(),
+                    out.server["bytes"],
+                    out.client["bytes"]
+                ));
+            }
+            Ok(Measured {
+                values: vec![(metric, gbps)],
+                raw: json!({"client": out.client, "server": out.server}),
+                notes,
+            })
+        }
+        Workload::Rr => {
+            let port = 7202;
+            let out = pair(
+                ctx,
+                w.name(),
+                "tcp-rr-server",
+                &[s("--listen"), server_at(port), s("--expect"), s(1)],
+                "tcp-rr",
+                &[
+                    s("--connect"),
+                    server_at(port),
+                    s("--size"),
+                    s(64),
+                    s("--conns"),
+                    s(1),
+                    s("--seconds"),
+                    secs_arg,
+                ],
+                secs,
+                false,
+                true,
+                true,
+            )?;
+            Ok(Measured {
+                values: vec![
+                    (Metric::RrTps, num(&out.client, "per_sec")?),
+                    (Metric::RrP50, num(&out.client, "p50_us")?),
+                    (Metric::RrP99, num(&out.client, "p99_us")?),
+                ],
+                raw: json!({"client": out.client, "server": out.server}),
+                notes: vec![],
+            })
+        }
+        Workload::Crr => {
+            let port = 7203;
+            let out = pair(
+                ctx,
+                w.name(),
+                "tcp-rr-server",
+                &[s("--listen"), server_at(port)],
+                "tcp-crr",
+                &[
+                    s("--connect"),
+                    server_at(port),
+                    s("--size"),
+                    s(64),
+                    s("--parallel"),
+                    s(16),
+                    s("--seconds"),
+                    secs_arg,
+                ],
+                secs,
+                false,
+                false,
+                true,
+            )?;
+            Ok(Measured {
+                values: vec![(Metric::CrrCps, num(&out.client, "per_sec")?)],
+                raw: json!({"client": out.client, "server": out.server}),
+                notes: vec![],
+            })
+        }
+        Workload::UdpPps => udp(ctx, w, 7301, None),
+        Workload::Cpu => udp(ctx, w, 7302, Some(ctx.cpu_rate)),
+    }
+}
+
+/// A UDP flood (as fast as possible, or at a fixed rate with the CPU time measured) into a
+/// sink.
+fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<Measured> {
+    let secs = ctx.seconds;
+    // Idle machine CPU just before, to tell background load (other work on the machine)
+    // apart from ours; reported, not subtracted.
+    let background = if rate.is_some() && !ctx.quick {
+        let a = cpu_stat()?;
+        super::proc::sleep(Duration::from_secs(1))?;
+        let b = cpu_stat()?;
+        Some(a.busy_ns_until(&b, ctx.ticks) / a.total_ns_until(&b, ctx.ticks).max(1.0))
+    } else {
+        None
+    };
+    let mut flood = vec![
+        s("--connect"),
+        server_at(port),
+        s("--size"),
+        s(64),
+        s("--flows"),
+        s(4),
+        s("--threads"),
+        s(1),
+        s("--seconds"),
+        format!("{secs}"),
+    ];
+    if let Some(r) = rate {
+        flood.extend([s("--rate"), s(r)]);
+    }
+    let out = pair(
+        ctx,
+        w.name(),
+        "udp-sink",
+        &[
+            s("--listen"),
+            server_at(port),
+            s("--rcvbuf"),
+            s(32 << 20),
+            s("--idle-exit"),
+            s(0.5),
+        ],
+        "udp-flood",
+        &flood,
+        secs,
+        rate.is_some(),
+        true,
+        rate.is_none(),
+    )?;
+    let sent = num(&out.client, "packets")?;
+    let received = num(&out.server, "packets")?;
+    let rcvbuf_drops = num(&out.server, "kernel_rcvbuf_errors").unwrap_or(0.0);
+    let sink_secs = num(&out.server, "seconds")?;
+    let mut notes = Vec::new();
+    if received <= 0.0 {
+        bail!("{}: the sink received nothing ({sent} sent)", w.name());
+    }
+    let mut raw = json!({
+        "flood": out.client,
+        "sink": out.server,
+        "delivered_fraction": received / sent.max(1.0),
+    });
+    match rate {
+        None => {
+            let forwarded = received + rcvbuf_drops;
+            if rcvbuf_drops > 0.01 * received {
+                notes.push(format!(
+                    "udp-pps: {rcvbuf_drops} datagrams dropped at the sink's socket (sink-limited)"
+                ));
+            }
+            Ok(Measured {
+                values: vec![(Metric::UdpPps, forwarded / sink_secs.max(1e-3))],
+                raw,
+                notes,
+            })
+        }
+        Some(r) => {
+            let cpu_ns = out.cpu_busy_ns.context("cpu time")?;
+            let wall_ns = out.wall.as_nanos() as f64;
+            raw["cpu_busy_ns"] = json!(cpu_ns);
+            raw["wall_ns"] = json!(wall_ns);
+            raw["cpu_cores_busy"] = json!(cpu_ns / wall_ns.max(1.0));
+            raw["background_busy_fraction_before"] = json!(background);
+            if let Some(bg) = background {
+                // What the rest of the machine was doing (the other CPUs' share is
+                // included: /proc/stat is machine-wide), assumed to go on during the run.
+                let all_cpus_ns = wall_ns * ctx.cores as f64;
+                raw["cpu_ns_per_packet_net_of_background"] =
+                    json!(((cpu_ns - bg * all_cpus_ns) / received).max(0.0));
+            }
+            raw["offered_pps"] = json!(r);
+            if out.client["rate_achieved"] != json!(true) || received < 0.98 * sent {
+                notes.push(format!(
+                    "cpu: did not keep up with {r} pps: the sender reached {:.0} pps, the sink \
+                     received {received} of {sent} (a busy machine, or a path too slow for \
+                     this --cpu-rate)",
+                    num(&out.client, "pps").unwrap_or(0.0)
+                ));
+            }
+            Ok(Measured {
+                values: vec![(Metric::CpuNsPerPkt, cpu_ns / received)],
+                raw,
+                notes,
+            })
+        }
+    }
+}
+
+/// A short TCP connection and a UDP echo through the host: the server must see `expect` as
+/// the peer, and the UDP echoes must come back (the WAN side has no route to the client
+/// subnet, so they only do if the host translates them back, or in the routed arm).
+pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
+    let tcp = pair(
+        ctx,
+        "check-tcp",
+        "tcp-hold-server",
+        &[s("--listen"), server_at(7100), s("--expect"), s(1)],
+        "tcp-hold-clients",
+        &[
+            s("--connect"),
+            server_at(7100),
+            s("--count"),
+            s(1),
+            s("--connect-timeout"),
+            s(3),
+            s("--close-timeout"),
+            s(1),
+        ],
+        3.0,
+        false,
+        true,
+        true,
+    )
+    .context("TCP connection from the client to the server through the host")?;
+    let peers: Vec<String> = tcp.server["peer_ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if peers != [expect.to_string()] {
+        bail!("the server saw the TCP connection come from {peers:?}, expected {expect}");
+    }
+    let udp = pair(
+        ctx,
+        "check-udp",
+        "udp-sink",
+        &[
+            s("--listen"),
+            server_at(7101),
+            s("--reply"),
+            s("--idle-exit"),
+            s(0.5),
+        ],
+        "udp-flood",
+        &[
+            s("--connect"),
+            server_at(7101),
+            s("--packets"),
+            s(20),
+            s("--rate"),
+            s(200),
+            s("--seconds"),
+            s(2),
+            s("--replies"),
+        ],
+        2.0,
+        false,
+        true,
+        true,
+    )
+    .context("UDP echo from the client to the server through the host")?;
+    let replies = udp.client["replies"].as_u64().unwrap_or(0);
+    if replies == 0 {
+        bail!("UDP: no echo came back from {SERVER_ADDR}");
+    }
+    Ok(json!({
+        "tcp_peer_seen_by_server": peers[0],
+        "udp_sent": udp.client["packets"],
+        "udp_echoes_back": replies,
+    }))
+}
