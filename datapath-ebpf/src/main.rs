@@ -69,6 +69,25 @@ fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
     TC_ACT_SHOT
 }
 
+/// Run one program's logic, turn its error into a counted drop, and trace the packet when
+/// tracing is on (the only cost when off: one read of the trace filter).
+#[inline(always)]
+fn run(ctx: &TcContext, hook: u8, logic: impl Fn(&TcContext) -> Result<i32, Counter>) -> i32 {
+    let Some(filter) = trace::filter() else {
+        return match logic(ctx) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(ctx, reason),
+        };
+    };
+    let (before, _, _) = trace::tuple(ctx);
+    let (action, reason) = match logic(ctx) {
+        Ok(action) => (action, TRACE_NOT_DROPPED),
+        Err(reason) => (drop_packet(ctx, reason), reason as u32),
+    };
+    trace::emit(ctx, &filter, hook, &before, action, reason);
+    action
+}
+
 /// At most one log line per second per CPU.
 #[inline(always)]
 fn log_allowed() -> bool {
@@ -88,19 +107,7 @@ fn log_allowed() -> bool {
 /// Uplink egress: masquerade the source of packets from internal subnets.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    let Some(filter) = trace::filter() else {
-        return match try_nat_egress(&ctx) {
-            Ok(action) => action,
-            Err(reason) => drop_packet(&ctx, reason),
-        };
-    };
-    let (before, _, _) = trace::tuple(&ctx);
-    let (action, reason) = match try_nat_egress(&ctx) {
-        Ok(action) => (action, TRACE_NOT_DROPPED),
-        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
-    };
-    trace::emit(&ctx, &filter, HOOK_UPLINK_EGRESS, &before, action, reason);
-    action
+    run(&ctx, HOOK_UPLINK_EGRESS, try_nat_egress)
 }
 
 #[inline(always)]
@@ -194,19 +201,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
 /// Uplink ingress: send replies of masqueraded flows back to their internal address.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    let Some(filter) = trace::filter() else {
-        return match try_nat_ingress(&ctx) {
-            Ok(action) => action,
-            Err(reason) => drop_packet(&ctx, reason),
-        };
-    };
-    let (before, _, _) = trace::tuple(&ctx);
-    let (action, reason) = match try_nat_ingress(&ctx) {
-        Ok(action) => (action, TRACE_NOT_DROPPED),
-        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
-    };
-    trace::emit(&ctx, &filter, HOOK_UPLINK_INGRESS, &before, action, reason);
-    action
+    run(&ctx, HOOK_UPLINK_INGRESS, try_nat_ingress)
 }
 
 #[inline(always)]
@@ -318,19 +313,7 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
 /// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.
 #[classifier]
 pub fn port_ingress(ctx: TcContext) -> i32 {
-    let Some(filter) = trace::filter() else {
-        return match port::try_port_ingress(&ctx) {
-            Ok(action) => action,
-            Err(reason) => drop_packet(&ctx, reason),
-        };
-    };
-    let (before, _, _) = trace::tuple(&ctx);
-    let (action, reason) = match port::try_port_ingress(&ctx) {
-        Ok(action) => (action, TRACE_NOT_DROPPED),
-        Err(reason) => (drop_packet(&ctx, reason), reason as u32),
-    };
-    trace::emit(&ctx, &filter, HOOK_PORT_INGRESS, &before, action, reason);
-    action
+    run(&ctx, HOOK_PORT_INGRESS, port::try_port_ingress)
 }
 
 /// A mid-stream TCP segment (no SYN, no RST) for the uplink address that no mapping and no
