@@ -12,10 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpfnat::{
-    lab::{ContainerSpec, LabSpec},
-    netns,
-};
+use bpfnat::{lab::LabSpec, netns};
 use serde_json::Value;
 use support::e2e::{
     echo_peer, is_root, ns_exec, tcp_send, tcp_sink, udp_echo, udp_request_from, Daemon, HeldTcp,
@@ -28,28 +25,14 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 95);
 /// (10.95.n.3) behind `br0` in `<prefix>-h`, uplink `up0` 192.0.2.(128+n)/24 to `wan0`
 /// 192.0.2.(250-n) in `<prefix>-w`, which holds the remote server 198.51.100.95.
 fn spec(prefix: &str, n: u8) -> LabSpec {
-    let containers = (1..=2)
-        .map(|i| {
-            let mut c =
-                ContainerSpec::new(&format!("{prefix}-c{i}"), Ipv4Addr::new(10, 95, n, 1 + i));
-            c.host_veth = format!("{prefix}-v{i}");
-            c
-        })
-        .collect();
-    LabSpec {
-        host_netns: format!("{prefix}-h"),
-        wan_netns: format!("{prefix}-w"),
-        bridge: "br0".into(),
-        bridge_addr: Ipv4Addr::new(10, 95, n, 1),
-        subnet_prefix_len: 24,
-        uplink: "up0".into(),
-        uplink_addr: uplink_addr(n),
-        wan_iface: "wan0".into(),
-        wan_addr: Ipv4Addr::new(192, 0, 2, 250 - n),
-        uplink_prefix_len: 24,
-        remote_server: REMOTE,
-        containers,
-    }
+    support::topo::test_lab(
+        prefix,
+        [10, 95, n],
+        2,
+        uplink_addr(n),
+        Ipv4Addr::new(192, 0, 2, 250 - n),
+        REMOTE,
+    )
 }
 
 fn uplink_addr(n: u8) -> Ipv4Addr {

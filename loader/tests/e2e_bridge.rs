@@ -23,7 +23,7 @@ use std::{
 };
 
 use bpfnat::{
-    lab::{lab_mac, ContainerSpec, LabSpec},
+    lab::{lab_mac, LabSpec},
     netns,
 };
 use serde_json::Value;
@@ -43,28 +43,14 @@ const MB: u64 = 1 << 20;
 /// `br0` (10.92.N.1) in `bnt-brN-h`; uplink `up0` 192.0.2.(100+N)/24 to `wan0` 192.0.2.(200+N)
 /// in `bnt-brN-w`, which holds the remote server.
 fn spec(n: u8) -> LabSpec {
-    let containers = (1..=2)
-        .map(|i| {
-            let mut c =
-                ContainerSpec::new(&format!("bnt-br{n}-c{i}"), Ipv4Addr::new(10, 92, n, 1 + i));
-            c.host_veth = format!("bnt-br{n}-v{i}");
-            c
-        })
-        .collect();
-    LabSpec {
-        host_netns: format!("bnt-br{n}-h"),
-        wan_netns: format!("bnt-br{n}-w"),
-        bridge: "br0".into(),
-        bridge_addr: Ipv4Addr::new(10, 92, n, 1),
-        subnet_prefix_len: 24,
-        uplink: "up0".into(),
-        uplink_addr: Ipv4Addr::new(192, 0, 2, 100 + n),
-        wan_iface: "wan0".into(),
-        wan_addr: Ipv4Addr::new(192, 0, 2, 200 + n),
-        uplink_prefix_len: 24,
-        remote_server: REMOTE,
-        containers,
-    }
+    support::topo::test_lab(
+        &format!("bnt-br{n}"),
+        [10, 92, n],
+        2,
+        Ipv4Addr::new(192, 0, 2, 100 + n),
+        Ipv4Addr::new(192, 0, 2, 200 + n),
+        REMOTE,
+    )
 }
 
 fn c(lab: &Lab, i: usize) -> (&str, Ipv4Addr) {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use bpfnat::lab::{ContainerSpec, LabSpec};
+use bpfnat::lab::LabSpec;
 use bpfnat_common::{Counter, FlowKey, NatEntry};
 use support::e2e::{
     echo_peer, is_root, spawn_in, tcp_sink, udp_echo, udp_request_from, Daemon, Lab, Stream,
@@ -42,23 +42,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn spec(n: u8) -> LabSpec {
-    let prefix = format!("bnt-rs{n}");
-    let mut c = ContainerSpec::new(&format!("{prefix}-c1"), Ipv4Addr::new(10, 88, n, 2));
-    c.host_veth = format!("{prefix}-v1");
-    LabSpec {
-        host_netns: format!("{prefix}-h"),
-        wan_netns: format!("{prefix}-w"),
-        bridge: "br0".into(),
-        bridge_addr: Ipv4Addr::new(10, 88, n, 1),
-        subnet_prefix_len: 24,
-        uplink: "up0".into(),
-        uplink_addr: Ipv4Addr::new(192, 0, 2, 150 + n),
-        wan_iface: "wan0".into(),
-        wan_addr: Ipv4Addr::new(192, 0, 2, 240 + n),
-        uplink_prefix_len: 24,
-        remote_server: REMOTE,
-        containers: vec![c],
-    }
+    support::topo::test_lab(
+        &format!("bnt-rs{n}"),
+        [10, 88, n],
+        1,
+        Ipv4Addr::new(192, 0, 2, 150 + n),
+        Ipv4Addr::new(192, 0, 2, 240 + n),
+        REMOTE,
+    )
 }
 
 const UP_ARGS: [&str; 4] = ["--uplink", "up0", "--bridge", "br0"];

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpfnat::lab::{ContainerSpec, LabSpec};
+use bpfnat::lab::LabSpec;
 use serde_json::Value;
 use support::e2e::{is_root, spawn_in, tcp_sink, udp_echo, Daemon, Lab, Stream};
 
@@ -61,28 +61,14 @@ fn serial() -> MutexGuard<'static, ()> {
 /// behind `br0` in `<prefix>-h`; uplink `up0` 192.0.2.(192+n)/24 to `wan0` 192.0.2.(224+n)
 /// in `<prefix>-w`, which holds the remote server 198.51.100.94.
 fn spec(prefix: &str, n: u8, containers: u8) -> LabSpec {
-    let containers = (1..=containers)
-        .map(|i| {
-            let mut c =
-                ContainerSpec::new(&format!("{prefix}-c{i}"), Ipv4Addr::new(10, 94, n, 1 + i));
-            c.host_veth = format!("{prefix}-v{i}");
-            c
-        })
-        .collect();
-    LabSpec {
-        host_netns: format!("{prefix}-h"),
-        wan_netns: format!("{prefix}-w"),
-        bridge: "br0".into(),
-        bridge_addr: Ipv4Addr::new(10, 94, n, 1),
-        subnet_prefix_len: 24,
-        uplink: "up0".into(),
-        uplink_addr: uplink_addr(n),
-        wan_iface: "wan0".into(),
-        wan_addr: Ipv4Addr::new(192, 0, 2, 224 + n),
-        uplink_prefix_len: 24,
-        remote_server: REMOTE,
+    support::topo::test_lab(
+        prefix,
+        [10, 94, n],
         containers,
-    }
+        uplink_addr(n),
+        Ipv4Addr::new(192, 0, 2, 224 + n),
+        REMOTE,
+    )
 }
 
 fn uplink_addr(n: u8) -> Ipv4Addr {

@@ -76,3 +76,42 @@ impl ServerBehindRouter {
         assert!(ok, "setting mtu {mtu} on to-srv in {}", self.router_ns);
     }
 }
+
+/// A lab for one test: `containers` containers `<prefix>-c<i>` at `<net>.(1+i)`/24 (host ends
+/// `<prefix>-v<i>`) behind bridge `br0` (gateway `<net>.1`) in `<prefix>-h`; uplink `up0` at
+/// `uplink`/24 to `wan0` at `wan` in `<prefix>-w`, which holds the remote server `remote`.
+/// Each test file picks its own `net` and addresses so files can run side by side.
+pub fn test_lab(
+    prefix: &str,
+    net: [u8; 3],
+    containers: u8,
+    uplink: Ipv4Addr,
+    wan: Ipv4Addr,
+    remote: Ipv4Addr,
+) -> bpfnat::lab::LabSpec {
+    let [a, b, c] = net;
+    let containers = (1..=containers)
+        .map(|i| {
+            let mut spec = bpfnat::lab::ContainerSpec::new(
+                &format!("{prefix}-c{i}"),
+                Ipv4Addr::new(a, b, c, 1 + i),
+            );
+            spec.host_veth = format!("{prefix}-v{i}");
+            spec
+        })
+        .collect();
+    bpfnat::lab::LabSpec {
+        host_netns: format!("{prefix}-h"),
+        wan_netns: format!("{prefix}-w"),
+        bridge: "br0".into(),
+        bridge_addr: Ipv4Addr::new(a, b, c, 1),
+        subnet_prefix_len: 24,
+        uplink: "up0".into(),
+        uplink_addr: uplink,
+        wan_iface: "wan0".into(),
+        wan_addr: wan,
+        uplink_prefix_len: 24,
+        remote_server: remote,
+        containers,
+    }
+}
