@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use crate::{
     addr::Ipv4Net,
     datapath::NatTables,
-    expiry::{idle_timeout, original_key, reply_key, tcp_state_of},
+    expiry::{idle_timeout, tcp_state_of},
 };
 
 /// ICMP echo request/reply types: an echo mapping's two directions.
@@ -101,7 +101,7 @@ impl Connection {
         let created = reply_entry.map_or(out.created_ns, |r| r.created_ns.min(out.created_ns));
         Self {
             original,
-            reply: reply_key(&original, &out),
+            reply: original.reply_key(&out),
             out,
             reply_entry,
             timeout: idle_timeout(timeouts, original.proto, &out, reply_entry.as_ref()),
@@ -348,7 +348,7 @@ pub fn list(tables: &NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Con
         .iter()
         .filter_map(Result::ok)
         .map(|(key, out)| {
-            let reply = tables.inbound.get(&reply_key(&key, &out), 0).ok();
+            let reply = tables.inbound.get(&key.reply_key(&out), 0).ok();
             Connection::new(key, out, reply, timeouts, now_ns)
         })
         .collect();
@@ -372,7 +372,7 @@ pub fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
             _ => continue,
         }
         if let Ok(back) = tables.inbound.get(&c.reply, 0) {
-            if original_key(&c.reply, &back) == c.original {
+            if c.reply.original_key(&back) == c.original {
                 let _ = tables.inbound.remove(&c.reply);
             }
         }
@@ -392,8 +392,8 @@ pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) 
         .filter(|(key, entry)| {
             let has_original = tables
                 .out
-                .get(&original_key(key, entry), 0)
-                .is_ok_and(|out| reply_key(&original_key(key, entry), &out) == *key);
+                .get(&key.original_key(entry), 0)
+                .is_ok_and(|out| key.original_key(entry).reply_key(&out) == *key);
             !has_original && now_ns.saturating_sub(entry.last_seen_ns) > grace
         })
         .map(|(key, _)| key)
@@ -442,9 +442,9 @@ pub fn remove_published(
             continue; // expired meanwhile
         }
         removed += 1;
-        let out_key = original_key(key, entry);
+        let out_key = key.original_key(entry);
         if let Ok(out) = tables.out.get(&out_key, 0) {
-            if reply_key(&out_key, &out) == *key {
+            if out_key.reply_key(&out) == *key {
                 let _ = tables.out.remove(&out_key);
             }
         }

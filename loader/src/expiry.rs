@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bpfnat_common::{
-    tcp_state, FlowKey, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    tcp_state, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     NAT_FLAG_PUBLISHED,
 };
 
@@ -43,28 +43,6 @@ pub fn idle_timeout(
     Duration::from_secs(u64::from(secs))
 }
 
-/// The reply-direction key of a mapping, from its original key and `NAT_OUT` value.
-pub fn reply_key(original: &FlowKey, out: &NatEntry) -> FlowKey {
-    FlowKey::new(
-        original.dst_addr,
-        out.addr,
-        original.dst_port,
-        out.port,
-        original.proto,
-    )
-}
-
-/// The original-direction key of a mapping, from its reply key and `NAT_IN` value.
-pub fn original_key(reply: &FlowKey, inbound: &NatEntry) -> FlowKey {
-    FlowKey::new(
-        inbound.addr,
-        reply.src_addr,
-        inbound.port,
-        reply.src_port,
-        reply.proto,
-    )
-}
-
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -98,7 +76,7 @@ pub fn sweep(
         let inbound = dp.nat_in()?;
         for item in out.iter() {
             let Ok((key, entry)) = item else { continue };
-            let reply = reply_key(&key, &entry);
+            let reply = key.reply_key(&entry);
             let reply_entry = inbound.get(&reply, 0).ok();
             let last = reply_entry.map_or(entry.last_seen_ns, |r| {
                 r.last_seen_ns.max(entry.last_seen_ns)
@@ -131,7 +109,7 @@ pub fn sweep(
         let grace = orphan_grace.as_nanos() as u64;
         for item in inbound.iter() {
             let Ok((key, entry)) = item else { continue };
-            if out.get(&original_key(&key, &entry), 0).is_err()
+            if out.get(&key.original_key(&entry), 0).is_err()
                 && now.saturating_sub(entry.last_seen_ns) > grace
             {
                 orphans.push(key);
