@@ -547,6 +547,19 @@ impl Datapath {
             .ok_or_else(|| anyhow!("map {name} missing from the datapath object"))
     }
 
+    /// Raw descriptors of `NAT_OUT` and `NAT_IN`, for walks that must resume from a key
+    /// (aya's iterator always starts at the beginning).
+    pub fn nat_fds(&self) -> anyhow::Result<(std::os::fd::RawFd, std::os::fd::RawFd)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = |name: &str| -> anyhow::Result<std::os::fd::RawFd> {
+            match self.map(name)? {
+                aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
+                _ => Err(anyhow!("map {name} is not a hash map")),
+            }
+        };
+        Ok((fd(names::MAP_NAT_OUT)?, fd(names::MAP_NAT_IN)?))
+    }
+
     /// The original-direction table (key: tuple as sent by the container).
     pub fn nat_out(&self) -> anyhow::Result<HashMap<&MapData, FlowKey, NatEntry>> {
         Ok(HashMap::try_from(self.map(names::MAP_NAT_OUT)?)?)

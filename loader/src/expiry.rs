@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bpfnat_common::{
-    tcp_state, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    tcp_state, FlowKey, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     NAT_FLAG_PUBLISHED,
 };
 
@@ -60,68 +60,167 @@ pub struct SweepReport {
     pub orphans: u64,
 }
 
-/// Remove every mapping idle past its timeout, and reply halves whose original half is gone
-/// (left by a failed insert); `orphan_grace` keeps a half that is being created right now.
-pub fn sweep(
-    dp: &mut Datapath,
-    timeouts: &Timeouts,
-    orphan_grace: Duration,
-) -> anyhow::Result<SweepReport> {
-    let now = monotonic_ns();
-    let mut report = SweepReport::default();
+/// The key after `after` in the hash map behind `fd` (the first key for `None`), by the raw
+/// `BPF_MAP_GET_NEXT_KEY` command. `None` at the end of the map. A key that has been deleted
+/// meanwhile makes the kernel start over from the first key, which only restarts the walk.
+fn next_key(fd: std::os::fd::RawFd, after: Option<&FlowKey>) -> Option<FlowKey> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let mut next = FlowKey::default();
+    let attr = Attr {
+        map_fd: fd as u32,
+        pad: 0,
+        key: after.map_or(0, |k| k as *const FlowKey as u64),
+        next_key: &mut next as *mut FlowKey as u64,
+    };
+    // SAFETY: `attr` points at live, correctly sized key buffers for the duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_NEXT_KEY,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    (ret == 0).then_some(next)
+}
 
-    let mut expired = Vec::new();
-    {
-        let out = dp.nat_out()?;
-        let inbound = dp.nat_in()?;
-        for item in out.iter() {
-            let Ok((key, entry)) = item else { continue };
-            let reply = key.reply_key(&entry);
-            let reply_entry = inbound.get(&reply, 0).ok();
-            let last = reply_entry.map_or(entry.last_seen_ns, |r| {
-                r.last_seen_ns.max(entry.last_seen_ns)
-            });
-            let timeout =
-                idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref()).as_nanos() as u64;
-            if now.saturating_sub(last) > timeout {
-                expired.push((key, reply));
+/// Expiry: removes every mapping idle past its timeout (both halves together), and reply
+/// halves whose original half is gone (left by a failed insert) after `orphan_grace`, which
+/// keeps a half that is being created right now. A slice at a time, so that a table of millions of mappings never stalls the daemon
+/// (a signal waits at most one slice) nor takes a core: each `step` looks at up to `budget`
+/// mappings after where the previous step stopped, in each table, and starts over at the end.
+/// A full pass over a table of N mappings takes N / budget steps.
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    out_cursor: Option<FlowKey>,
+    in_cursor: Option<FlowKey>,
+    /// The last step stopped for its budget, not at the end of the table.
+    out_pending: bool,
+    in_pending: bool,
+}
+
+impl Sweeper {
+    /// Whether a pass is under way (the last step stopped before the end of a table).
+    pub fn mid_pass(&self) -> bool {
+        self.out_pending || self.in_pending
+    }
+
+    pub fn step(
+        &mut self,
+        dp: &mut Datapath,
+        timeouts: &Timeouts,
+        orphan_grace: Duration,
+        budget: usize,
+    ) -> anyhow::Result<SweepReport> {
+        let now = monotonic_ns();
+        let (out_fd, in_fd) = dp.nat_fds()?;
+        let mut expired = Vec::new();
+        let mut orphans = Vec::new();
+        // The last key looked at that stays: where the next step resumes if the cursor's own
+        // key is removed below.
+        let (mut out_keep, mut in_keep) = (None, None);
+        {
+            let out = dp.nat_out()?;
+            let inbound = dp.nat_in()?;
+            self.out_pending = true;
+            for _ in 0..budget {
+                let Some(key) = next_key(out_fd, self.out_cursor.as_ref()) else {
+                    self.out_cursor = None;
+                    self.out_pending = false;
+                    break;
+                };
+                self.out_cursor = Some(key);
+                let Ok(entry) = out.get(&key, 0) else {
+                    continue;
+                };
+                let reply = key.reply_key(&entry);
+                let reply_entry = inbound.get(&reply, 0).ok();
+                let last = reply_entry.map_or(entry.last_seen_ns, |r| {
+                    r.last_seen_ns.max(entry.last_seen_ns)
+                });
+                let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
+                    .as_nanos() as u64;
+                if now.saturating_sub(last) > timeout {
+                    expired.push((key, reply));
+                } else {
+                    out_keep = Some(key);
+                }
+            }
+            let grace = orphan_grace.as_nanos() as u64;
+            self.in_pending = true;
+            for _ in 0..budget {
+                let Some(key) = next_key(in_fd, self.in_cursor.as_ref()) else {
+                    self.in_cursor = None;
+                    self.in_pending = false;
+                    break;
+                };
+                self.in_cursor = Some(key);
+                let Ok(entry) = inbound.get(&key, 0) else {
+                    continue;
+                };
+                if out.get(&key.original_key(&entry), 0).is_err()
+                    && now.saturating_sub(entry.last_seen_ns) > grace
+                {
+                    orphans.push(key);
+                } else {
+                    in_keep = Some(key);
+                }
             }
         }
-    }
-    {
-        let mut out = dp.nat_out_mut()?;
-        for (key, _) in &expired {
-            let _ = out.remove(key);
-        }
-    }
-    {
-        let mut inbound = dp.nat_in_mut()?;
-        for (_, reply) in &expired {
-            let _ = inbound.remove(reply);
-        }
-    }
-    report.expired = expired.len() as u64;
-
-    let mut orphans = Vec::new();
-    {
-        let out = dp.nat_out()?;
-        let inbound = dp.nat_in()?;
-        let grace = orphan_grace.as_nanos() as u64;
-        for item in inbound.iter() {
-            let Ok((key, entry)) = item else { continue };
-            if out.get(&key.original_key(&entry), 0).is_err()
-                && now.saturating_sub(entry.last_seen_ns) > grace
-            {
-                orphans.push(key);
+        {
+            let mut out = dp.nat_out_mut()?;
+            for (key, _) in &expired {
+                let _ = out.remove(key);
             }
         }
-    }
-    {
-        let mut inbound = dp.nat_in_mut()?;
-        for key in &orphans {
-            let _ = inbound.remove(key);
+        {
+            let mut inbound = dp.nat_in_mut()?;
+            for (_, reply) in &expired {
+                let _ = inbound.remove(reply);
+            }
+            for key in &orphans {
+                let _ = inbound.remove(key);
+            }
         }
+        // A removed cursor key would make the next step start over: harmless but wasteful,
+        // so step back to a key that still exists when the cursor itself was removed.
+        if self
+            .out_cursor
+            .is_some_and(|c| expired.iter().any(|(k, _)| *k == c))
+        {
+            self.out_cursor = None;
+        }
+        if self
+            .in_cursor
+            .is_some_and(|c| orphans.contains(&c) || expired.iter().any(|(_, r)| *r == c))
+        {
+            self.in_cursor = None;
+        }
+        // Resuming from a removed key would make the kernel start over from the first key:
+        // resume from the last key that stays instead (none: start over, which skips only
+        // what was just removed).
+        if self
+            .out_cursor
+            .is_some_and(|c| expired.iter().any(|(k, _)| *k == c))
+        {
+            self.out_cursor = out_keep;
+        }
+        if self
+            .in_cursor
+            .is_some_and(|c| orphans.contains(&c) || expired.iter().any(|(_, r)| *r == c))
+        {
+            self.in_cursor = in_keep;
+        }
+        Ok(SweepReport {
+            expired: expired.len() as u64,
+            orphans: orphans.len() as u64,
+        })
     }
-    report.orphans = orphans.len() as u64;
-    Ok(report)
 }

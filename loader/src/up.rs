@@ -43,6 +43,8 @@ pub struct UpOptions {
 
 /// How often the uplink's address is checked.
 const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Mappings the sweeper looks at per slice, in each table.
+const SWEEP_SLICE: usize = 32_768;
 /// How often the bridges' ports are looked for.
 const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -266,7 +268,11 @@ async fn serve(
     external: Ipv4Addr,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
-    let mut sweep = tokio::time::interval(opts.sweep_interval);
+    // Expiry in slices (see `expiry::Sweeper`): a pass starts every sweep interval; while a
+    // pass is under way the next slice follows after four times the last slice's duration,
+    // so a huge table costs at most about a fifth of a core and never delays a signal long.
+    let mut sweeper = expiry::Sweeper::default();
+    let mut next_sweep = tokio::time::Instant::now() + opts.sweep_interval;
     let mut status = tokio::time::interval(Duration::from_secs(1));
     let mut address_check = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
     address_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,12 +288,18 @@ async fn serve(
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = address_check.tick() => watch.check(dp, opts, netlink).await,
             _ = port_scan.tick() => { ports.rescan(dp, netlink).await; }
-            _ = sweep.tick() => {
-                match expiry::sweep(dp, &opts.timeouts, opts.sweep_interval * 2) {
+            _ = tokio::time::sleep_until(next_sweep) => {
+                let started = tokio::time::Instant::now();
+                match sweeper.step(dp, &opts.timeouts, opts.sweep_interval * 2, SWEEP_SLICE) {
                     Ok(r) if r.expired + r.orphans > 0 => info!("expired {} mappings, {} orphan halves", r.expired, r.orphans),
                     Ok(_) => {}
                     Err(e) => warn!("expiry sweep failed: {e:#}"),
                 }
+                next_sweep = if sweeper.mid_pass() {
+                    tokio::time::Instant::now() + (started.elapsed() * 4).max(Duration::from_millis(50))
+                } else {
+                    started + opts.sweep_interval
+                };
             }
             _ = status.tick(), if opts.status => {
                 let shown = watch.current.unwrap_or(Ipv4Addr::UNSPECIFIED);

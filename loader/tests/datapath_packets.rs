@@ -1683,3 +1683,99 @@ fn bridge_edge_cases() {
         "same mapping"
     );
 }
+
+/// The sweeper works through a big table a slice at a time, resuming where it stopped, and
+/// removes every idle mapping (both halves) and every orphaned reply half by the end of a
+/// pass, while a live mapping stays.
+#[test]
+fn sweeper_walks_a_big_table_in_slices() {
+    if !root() {
+        return;
+    }
+    use bpfnat::expiry::Sweeper;
+    let mut dp = Datapath::load(LoadOptions { table_size: 65_536 }).expect("load");
+    dp.configure(
+        EXTERNAL.parse().unwrap(),
+        None,
+        &bpfnat_common::Timeouts::KERNEL,
+    )
+    .unwrap();
+    dp.add_internal_subnet("172.18.0.0/24".parse().unwrap())
+        .unwrap();
+    // 40,000 UDP mappings idle since boot, and 1,000 reply halves without an original half.
+    let ext = bpfnat_common::addr_to_map([203, 0, 113, 2]);
+    {
+        let idle = NatEntry::default();
+        for i in 0..40_000u32 {
+            let original = FlowKey::new(
+                bpfnat_common::addr_to_map([172, 18, 0, 2]),
+                0x0a00_0000 + i,
+                1000,
+                53u16.to_be(),
+                17,
+            );
+            let out = NatEntry {
+                addr: ext,
+                port: 1000,
+                ..idle
+            };
+            dp.nat_out_mut().unwrap().insert(original, out, 0).unwrap();
+            let back = NatEntry {
+                addr: original.src_addr,
+                port: 1000,
+                ..idle
+            };
+            dp.nat_in_mut()
+                .unwrap()
+                .insert(original.reply_key(&out), back, 0)
+                .unwrap();
+        }
+        for i in 0..1_000u32 {
+            let orphan = FlowKey::new(0x0b00_0000 + i, ext, 53u16.to_be(), 2000, 17);
+            dp.nat_in_mut().unwrap().insert(orphan, idle, 0).unwrap();
+        }
+    }
+    // And one live flow.
+    let live = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 44000,
+            dport: 53,
+        },
+    );
+    egress(&mut dp, &live);
+
+    let mut sweeper = Sweeper::default();
+    let mut steps = 0;
+    let mut expired = 0;
+    let mut orphans = 0;
+    loop {
+        let r = sweeper
+            .step(
+                &mut dp,
+                &bpfnat_common::Timeouts::KERNEL,
+                std::time::Duration::from_secs(1),
+                5_000,
+            )
+            .unwrap();
+        expired += r.expired;
+        orphans += r.orphans;
+        steps += 1;
+        if !sweeper.mid_pass() || steps > 40 {
+            break;
+        }
+    }
+    assert_eq!(expired, 40_000, "every idle mapping, in {steps} steps");
+    assert_eq!(orphans, 1_000);
+    assert!(
+        (8..=12).contains(&steps),
+        "about 41,001 / 5,000 slices, got {steps}"
+    );
+    assert_eq!(
+        dp.nat_out().unwrap().keys().count(),
+        1,
+        "the live flow stays"
+    );
+    assert_eq!(dp.nat_in().unwrap().keys().count(), 1);
+}
