@@ -7,10 +7,10 @@ mod support;
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
+use support::cli::{bpfnat, bpfnat_ok, conntrack_json, counter, stats_json};
 
 use bpfnat::{lab::LabSpec, netns};
 use serde_json::Value;
@@ -39,27 +39,6 @@ fn uplink_addr(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 128 + n)
 }
 
-/// Run the CLI: (exit code, stdout, stderr).
-fn bpfnat(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run bpfnat");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Run the CLI, which must succeed; its stdout.
-fn bpfnat_ok(args: &[&str]) -> String {
-    let (code, stdout, stderr) = bpfnat(args);
-    assert_eq!(code, 0, "{args:?} failed:\n{stderr}");
-    stdout
-}
-
 /// The CLI must fail with exactly one line on stderr containing `expected`.
 fn assert_one_line_error(args: &[&str], expected: &str) {
     let (code, _, stderr) = bpfnat(args);
@@ -70,26 +49,6 @@ fn assert_one_line_error(args: &[&str], expected: &str) {
         lines[0].starts_with("bpfnat: error: ") && lines[0].contains(expected),
         "{args:?}: expected {expected:?} in {stderr}"
     );
-}
-
-fn conntrack_json(ns: &str, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["--netns", ns, "conntrack", "list", "--json"];
-    args.extend_from_slice(extra);
-    let out = bpfnat_ok(&args);
-    match serde_json::from_str(&out).expect("conntrack list --json is JSON") {
-        Value::Array(v) => v,
-        other => panic!("expected an array, got {other}"),
-    }
-}
-
-fn stats_json(ns: &str) -> Value {
-    serde_json::from_str(&bpfnat_ok(&["--netns", ns, "stats", "--json"])).expect("stats JSON")
-}
-
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("counter {name} missing in {stats}"))
 }
 
 /// The entry of a UDP/TCP flow by protocol and original source port.

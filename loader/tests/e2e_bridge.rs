@@ -13,7 +13,6 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
@@ -21,6 +20,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+use support::cli::bpfnat;
 
 use bpfnat::{
     lab::{lab_mac, LabSpec},
@@ -158,20 +158,6 @@ fn wan_route_to_containers(lab: &Lab) {
 // ---------------------------------------------------------------------------------------
 // The CLI
 // ---------------------------------------------------------------------------------------
-
-/// Run the CLI: (exit code, stdout, stderr).
-fn bpfnat(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run bpfnat");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Run the CLI in `ns`, which must succeed; its stdout.
 fn cli_ok(ns: &str, args: &[&str]) -> String {

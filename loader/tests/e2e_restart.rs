@@ -20,6 +20,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+use support::cli::bpfnat;
 
 use aya::maps::{HashMap, Map, MapData};
 use bpfnat::lab::LabSpec;
@@ -68,20 +69,6 @@ impl Drop for PinGuard {
             let _ = bpfnat(&["--instance", &self.0, "down"]);
         }
     }
-}
-
-/// Run the CLI: (exit code, stdout, stderr).
-fn bpfnat(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run bpfnat");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The CLI must fail with exactly one line on stderr containing every one of `expected`.

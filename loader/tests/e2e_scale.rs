@@ -23,6 +23,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+use support::cli::{bpfnat_ok, conntrack_json, counter, stats_json};
 
 use bpfnat::lab::LabSpec;
 use serde_json::Value;
@@ -281,42 +282,9 @@ fn loadgen() -> PathBuf {
 // The bpfnat CLI
 // ---------------------------------------------------------------------------------------------
 
-/// Run the CLI, which must succeed; its stdout.
-fn bpfnat_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run bpfnat");
-    assert!(
-        out.status.success(),
-        "bpfnat {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn conntrack_json(ns: &str) -> Vec<Value> {
-    let out = bpfnat_ok(&["--netns", ns, "conntrack", "list", "--json"]);
-    match serde_json::from_str(&out).expect("conntrack list --json is JSON") {
-        Value::Array(v) => v,
-        other => panic!("expected an array, got {other}"),
-    }
-}
-
-fn stats_json(ns: &str) -> Value {
-    serde_json::from_str(&bpfnat_ok(&["--netns", ns, "stats", "--json"])).expect("stats JSON")
-}
-
 fn flush(ns: &str) -> Value {
     serde_json::from_str(&bpfnat_ok(&["--netns", ns, "conntrack", "flush", "--json"]))
         .expect("flush JSON")
-}
-
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("counter {name} missing in {stats}"))
 }
 
 /// (nat_out, nat_in) entries.
@@ -436,7 +404,7 @@ fn port_range_exhaustion_and_recovery() {
         (proc, release, setup)
     };
     let check_held = |round: &str| -> Value {
-        let conns = conntrack_json(&host);
+        let conns = conntrack_json(&host, &[]);
         assert_eq!(conns.len(), 100, "{round}: {conns:?}");
         for c in &conns {
             assert_eq!(c["proto"], "tcp", "{round}: {c}");
@@ -652,7 +620,7 @@ fn twenty_thousand_connections_from_two_containers() {
     assert_eq!(counter(&stats, "new_mappings"), 2 * PER, "{stats}");
     assert_no_drops(&stats);
     let t = Instant::now();
-    let conns = conntrack_json(&host);
+    let conns = conntrack_json(&host, &[]);
     println!(
         "conntrack list --json of {} entries in {:?}",
         conns.len(),
@@ -721,7 +689,7 @@ fn twenty_thousand_connections_from_two_containers() {
     let stats = stats_json(&host);
     println!("stats at the end: {stats}");
     assert_eq!(occupancy(&stats), (0, 0), "{stats}");
-    assert!(conntrack_json(&host).is_empty());
+    assert!(conntrack_json(&host, &[]).is_empty());
     assert_eq!(counter(&stats, "drop_no_port"), 0, "{stats}");
     assert_eq!(counter(&stats, "drop_table_full"), 0, "{stats}");
     println!("total {:?}", started.elapsed());
@@ -920,7 +888,7 @@ fn flush_during_running_tcp_and_udp_traffic() {
         counter(&stats2, "new_mappings") > new_tcp + FLUSHES as u64,
         "the UDP flow was not picked up again after each flush: {stats2}"
     );
-    let conns = conntrack_json(&host);
+    let conns = conntrack_json(&host, &[]);
     assert!(
         conns
             .iter()
