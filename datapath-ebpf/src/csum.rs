@@ -1,11 +1,18 @@
 //! Header rewrites with checksum fix-ups.
 //!
-//! Fields of the packet itself always go through the kernel helpers, never by hand: they do
-//! the right thing for every `skb->ip_summed` state. With `CHECKSUM_PARTIAL` (veth, most
-//! container traffic) the L4 field holds only the pseudo-header sum, so an address change (in
-//! the pseudo-header) must update it (`BPF_F_PSEUDO_HDR`) but a port change must not (the
-//! port is summed later with the payload); with a full checksum both are folded into the
-//! field; with `CHECKSUM_COMPLETE` the helpers also keep `skb->csum` right.
+//! The L4 checksum of the packet itself always goes through the kernel helper
+//! (`bpf_l4_csum_replace`), never by hand: only the kernel knows `skb->ip_summed`. With
+//! `CHECKSUM_PARTIAL` (veth, most container traffic) the L4 field holds only the
+//! pseudo-header sum, so an address change (in the pseudo-header) must update it
+//! (`BPF_F_PSEUDO_HDR`) but a port change must not (the port is summed later with the
+//! payload); with a full checksum both are folded into the field; with `CHECKSUM_COMPLETE`
+//! the helper also keeps `skb->csum` right.
+//!
+//! The IPv4 header checksum is always complete (no device offloads it on receive, and the
+//! stack computes it before a device sees it on transmit), so it is updated by hand (RFC 1624)
+//! and the header fields are written directly in packet memory: a helper call per field costs
+//! more than the rest of the rewrite. Packet pointers are re-derived after every helper
+//! (`ptr_at` reads `data`/`data_end` afresh), since a helper may move the packet.
 //!
 //! Checksums *inside* the quote of an ICMP error are plain data to the kernel, so they are
 //! updated arithmetically (RFC 1624), and every quoted byte that changes is folded into the
@@ -17,7 +24,7 @@ use aya_ebpf::{
 };
 use bpfnat_common::Counter;
 
-use crate::parse::{IP_CSUM_OFF, L4};
+use crate::parse::{ptr_at, IP_CSUM_OFF, L4};
 
 const FAILED: Counter = Counter::DropRewriteFailed;
 
@@ -62,9 +69,42 @@ pub fn rewrite_ip_addr(
     old: u32,
     new: u32,
 ) -> Result<(), Counter> {
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| FAILED)?;
-    ctx.store(addr_off, &new, 0).map_err(|_| FAILED)
+    // The parser made the IP header linear; a packet that is not is refused, not half-done.
+    let (Some(csum), Some(addr)) = (
+        ptr_at::<u16>(ctx, IP_CSUM_OFF),
+        ptr_at::<u32>(ctx, addr_off),
+    ) else {
+        return Err(FAILED);
+    };
+    unsafe {
+        csum.write_unaligned(csum_update32(csum.read_unaligned(), old, new));
+        addr.write_unaligned(new);
+    }
+    Ok(())
+}
+
+/// Decrement the IPv4 TTL as a router does, fixing the header checksum. `Ok(false)`: the TTL
+/// is spent (the caller leaves the packet to the stack, which sends the ICMP time-exceeded).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ttl_off: usize) -> Result<bool, Counter> {
+    let (Some(word), Some(csum)) = (
+        ptr_at::<[u8; 2]>(ctx, ttl_off),
+        ptr_at::<u16>(ctx, IP_CSUM_OFF),
+    ) else {
+        return Err(FAILED);
+    };
+    unsafe {
+        // TTL and protocol share one 16-bit word of the header.
+        let old = word.read_unaligned();
+        if old[0] <= 1 {
+            return Ok(false);
+        }
+        let new = [old[0] - 1, old[1]];
+        let (old16, new16) = (u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+        csum.write_unaligned(csum_update16(csum.read_unaligned(), old16, new16));
+        word.write_unaligned(new);
+    }
+    Ok(true)
 }
 
 /// Replace the port (or ICMP identifier) at `port_off` with `new`.
@@ -84,7 +124,12 @@ pub fn rewrite_port(
         ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4_flags(l4))
             .map_err(|_| FAILED)?;
     }
-    ctx.store(port_off, &new, 0).map_err(|_| FAILED)
+    match ptr_at::<u16>(ctx, port_off) {
+        Some(port) => unsafe { port.write_unaligned(new) },
+        // Beyond the linear part (only in an ICMP error's quote): the helper copies it in.
+        None => ctx.store(port_off, &new, 0).map_err(|_| FAILED)?,
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -92,6 +137,13 @@ fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
+}
+
+/// RFC 1624 incremental update of checksum `check` for a 16-bit word changing `old` -> `new`.
+#[inline(always)]
+fn csum_update16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check) as u32 + (!old) as u32 + new as u32;
+    !fold(sum)
 }
 
 /// RFC 1624 incremental update of checksum `check` for a 32-bit word changing `old` -> `new`

@@ -13,8 +13,9 @@ use aya_ebpf::{
 use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL};
 
 use crate::{
+    csum,
     maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
-    parse::{ETH_HLEN, IP_CSUM_OFF},
+    parse::{ptr_at, ETH_HLEN},
     stats::count,
 };
 
@@ -36,28 +37,19 @@ pub fn is_on_internal_bridge(addr: u32) -> bool {
     }
 }
 
-/// Decrement the TTL as a router does. `false`: the TTL is spent; the caller leaves the packet
-/// to the stack, which sends the ICMP time-exceeded.
 #[inline(always)]
 fn decrement_ttl(ctx: &TcContext) -> Result<bool, Counter> {
-    let word: [u8; 2] = ctx.load(IP_TTL_OFF).map_err(|_| Counter::DropMalformed)?;
-    if word[0] <= 1 {
-        return Ok(false);
-    }
-    let old = u16::from_ne_bytes(word);
-    let new = u16::from_ne_bytes([word[0] - 1, word[1]]);
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
-        .map_err(|_| Counter::DropRewriteFailed)?;
-    ctx.store(IP_TTL_OFF, &(word[0] - 1), 0)
-        .map_err(|_| Counter::DropRewriteFailed)?;
-    Ok(true)
+    csum::decrement_ttl(ctx, IP_TTL_OFF)
 }
 
+/// Set the Ethernet addresses for the next hop, in packet memory.
 #[inline(always)]
 fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Counter> {
-    ctx.store(0, dst, 0)
-        .map_err(|_| Counter::DropRewriteFailed)?;
-    ctx.store(6, src, 0).map_err(|_| Counter::DropRewriteFailed)
+    let Some(eth) = ptr_at::<[[u8; 6]; 2]>(ctx, 0) else {
+        return Err(Counter::DropRewriteFailed);
+    };
+    unsafe { eth.write_unaligned([*dst, *src]) };
+    Ok(())
 }
 
 /// Hand a frame to the container behind bridge port `port_ifindex`. Every caller runs on a

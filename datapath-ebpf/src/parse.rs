@@ -13,7 +13,7 @@ const ETH_P_IP: u16 = 0x0800;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
-const IPV4_MIN_HLEN: usize = 20;
+pub const IPV4_MIN_HLEN: usize = 20;
 const IPV4_MAX_HLEN: usize = 60;
 const ICMP_HLEN: usize = 8;
 /// Headers of an ordinary packet: IPv4 with the largest options, a full TCP header.
@@ -73,7 +73,7 @@ impl Reader for Copied<'_> {
 /// Make up to `want` bytes linear (headers may sit in paged fragments after GRO or on some
 /// drivers); a packet shorter than `want` is pulled whole.
 #[inline(always)]
-fn pull(ctx: &TcContext, want: usize) -> Result<(), Counter> {
+pub fn pull(ctx: &TcContext, want: usize) -> Result<(), Counter> {
     let linear = ctx.data_end() - ctx.data();
     if linear < want && (ctx.len() as usize) > linear {
         let want = core::cmp::min(ctx.len() as usize, want);

@@ -15,7 +15,7 @@ use crate::{
     hairpin,
     maps::{BRIDGES, ENDPOINTS, PORTS},
     nat::{published, settings},
-    parse::{parse, Parsed, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    parse::{parse, ptr_at, pull, Parsed, ETH_HLEN, IPV4_MIN_HLEN, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
 };
 
@@ -26,13 +26,7 @@ const ARP_SENDER_MAC_OFF: usize = ETH_HLEN + 8;
 const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;
 
 #[inline(always)]
-fn learn(ctx: &TcContext, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
-    // Only addresses of this bridge's own subnets, and never the gateway's, so a container
-    // cannot draw traffic meant for the host or for another bridge.
-    if addr == gateway || bridge_of(addr) != Some(bridge) {
-        return;
-    }
-    let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+fn learn(port_ifindex: u32, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
     if let Some(known) = ENDPOINTS.get_ptr(addr) {
         let known = unsafe { *known };
         if known.port_ifindex != port_ifindex {
@@ -42,8 +36,15 @@ fn learn(ctx: &TcContext, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
             return;
         }
         if known.mac == mac {
-            return; // the common case: nothing to write
+            // The common case, every packet of a known container: nothing to check again
+            // (the entry passed the checks below when it was written) and nothing to write.
+            return;
         }
+    }
+    // Only addresses of this bridge's own subnets, and never the gateway's, so a container
+    // cannot draw traffic meant for the host or for another bridge.
+    if addr == gateway || bridge_of(addr) != Some(bridge) {
+        return;
     }
     let ep = Endpoint {
         port_ifindex,
@@ -51,6 +52,14 @@ fn learn(ctx: &TcContext, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
         pad: [0; 2],
     };
     let _ = ENDPOINTS.insert(addr, ep, BPF_ANY as u64);
+}
+
+/// A header field in packet memory (the caller made the headers linear).
+#[inline(always)]
+fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Counter> {
+    ptr_at::<T>(ctx, offset)
+        .map(|p| unsafe { p.read_unaligned() })
+        .ok_or(Counter::DropMalformed)
 }
 
 #[inline(always)]
@@ -63,25 +72,31 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
         return Ok(TC_ACT_OK);
     };
-    let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| Counter::DropMalformed)?);
-    let src_mac: [u8; 6] = ctx.load(6).map_err(|_| Counter::DropMalformed)?;
+    // Headers are read in packet memory (a helper call per field costs more than the rest
+    // of the program); make them linear first. Rewrites below re-derive their pointers.
+    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN)?;
+    let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map(|p| unsafe { p.read_unaligned() }) else {
+        return Err(Counter::DropMalformed);
+    };
+    let ether_type = u16::from_be_bytes([eth[12], eth[13]]);
+    let src_mac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     if ether_type == ETH_P_ARP {
         if let (Ok(mac), Ok(ip)) = (
             ctx.load::<[u8; 6]>(ARP_SENDER_MAC_OFF),
             ctx.load::<u32>(ARP_SENDER_IP_OFF),
         ) {
-            learn(ctx, bridge, info.gateway, ip, mac);
+            learn(port_ifindex, bridge, info.gateway, ip, mac);
         }
         return Ok(TC_ACT_OK);
     }
     if ether_type != ETH_P_IP {
         return Ok(TC_ACT_OK);
     }
-    let src: u32 = ctx.load(IP_SRC_OFF).map_err(|_| Counter::DropMalformed)?;
-    let dst: u32 = ctx.load(IP_DST_OFF).map_err(|_| Counter::DropMalformed)?;
-    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Counter::DropMalformed)?;
+    let src: u32 = read_at(ctx, IP_SRC_OFF)?;
+    let dst: u32 = read_at(ctx, IP_DST_OFF)?;
+    let proto: u8 = read_at(ctx, ETH_HLEN + 9)?;
     account(HOOK_PORT_INGRESS, proto, ctx.len());
-    learn(ctx, bridge, info.gateway, src, src_mac);
+    learn(port_ifindex, bridge, info.gateway, src, src_mac);
 
     let cfg = settings();
     let external = cfg.map_or(0, |c| c.external_addr);
@@ -121,12 +136,9 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             if info.flags & BRIDGE_INTERNAL != 0 {
                 return Err(Counter::DropInternal);
             }
-            let Some(cfg) = settings() else {
+            let Some(cfg) = cfg else {
                 return Ok(TC_ACT_OK);
             };
-            if dst == cfg.external_addr {
-                return Ok(TC_ACT_OK); // the host itself (published ports are handled there)
-            }
             match to_uplink(ctx, bridge, cfg.uplink_ifindex, src, dst, proto)? {
                 Some(action) => Ok(action),
                 None => Ok(TC_ACT_OK),

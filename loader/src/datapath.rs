@@ -475,17 +475,7 @@ impl Datapath {
     /// pinned (with a pin directory: `links/<uplink>-<hook>`, whose programs are replaced in
     /// place when the pins exist already).
     pub fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
-        let uplink_ifindex = crate::iface::ifindex(uplink)?;
-        {
-            // The bridge-port program forwards routed traffic straight to the uplink.
-            let mut config: Array<&mut MapData, NatConfig> =
-                Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
-            let mut cfg = config.get(&0, 0)?;
-            cfg.uplink_ifindex = uplink_ifindex;
-            config
-                .set(0, cfg, 0)
-                .context("writing the uplink interface")?;
-        }
+        self.set_uplink_ifindex(crate::iface::ifindex(uplink)?)?;
         let mode = mode.resolve();
         if mode == TcMode::Clsact {
             match aya::programs::tc::qdisc_add_clsact(uplink) {
@@ -525,6 +515,25 @@ impl Datapath {
             self.uplink_links.push(link);
         }
         Ok(mode)
+    }
+
+    /// Tell the datapath which interface is the uplink: the bridge-port program forwards
+    /// routed traffic straight to it.
+    pub fn set_uplink_ifindex(&mut self, uplink_ifindex: u32) -> anyhow::Result<()> {
+        let mut config: Array<&mut MapData, NatConfig> =
+            Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+        let mut cfg = config.get(&0, 0)?;
+        cfg.uplink_ifindex = uplink_ifindex;
+        config
+            .set(0, cfg, 0)
+            .context("writing the uplink interface")
+    }
+
+    /// Turn packet tracing on with `filter` (or off with a zeroed one).
+    pub fn set_trace_filter(&mut self, filter: bpfnat_common::TraceFilter) -> anyhow::Result<()> {
+        let mut map: Array<&mut MapData, bpfnat_common::TraceFilter> =
+            Array::try_from(self.map_mut(names::MAP_TRACE_FILTER)?)?;
+        map.set(0, filter, 0).context("writing the trace filter")
     }
 
     pub fn classifier(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {

@@ -8,6 +8,8 @@
 //! - [`addr`]: parsing of CIDRs and port ranges.
 //! - [`bridge`]: the bridges served and their ports; [`publish`]: published ports;
 //!   [`status`]: what a running instance serves.
+//! - [`packet`]: IPv4 frames built from scratch (tests and [`profile`], the per-program cost
+//!   measurement with BPF_PROG_TEST_RUN).
 pub mod addr;
 pub mod bridge;
 pub mod config;
@@ -19,6 +21,8 @@ pub mod instance;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod packet;
+pub mod profile;
 pub mod publish;
 pub mod stats;
 pub mod status;

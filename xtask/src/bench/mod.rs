@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Only these arms (comma-separated: routed, iptables, nftables, nftables-flowtable, bpfnat).
     #[arg(long, value_delimiter = ',', value_name = "ARMS")]
     pub arms: Vec<String>,
+    /// Only these workloads (comma-separated: tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
+    /// udp-pps, cpu-fixed-rate); for quick comparisons while developing.
+    #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
+    pub workloads: Vec<String>,
     /// Skip the table-scale section (100k and 1M entries in bpfnat's maps).
     #[arg(long)]
     pub no_scale: bool,
@@ -67,6 +71,7 @@ impl BenchArgs {
             seconds: None,
             cpu_rate: None,
             arms: Vec::new(),
+            workloads: Vec::new(),
             no_scale: true,
             out: None,
         }
@@ -146,6 +151,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Arm::ALL.into_iter().filter(|a| v.contains(a)).collect()
     };
 
+    let workloads: Vec<Workload> = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for name in &args.workloads {
+            let w = Workload::ALL
+                .into_iter()
+                .find(|w| w.name() == name)
+                .with_context(|| {
+                    format!(
+                        "unknown workload {name:?} (workloads: {})",
+                        Workload::ALL.map(Workload::name).join(", ")
+                    )
+                })?;
+            if !v.contains(&w) {
+                v.push(w);
+            }
+        }
+        v
+    };
+
     let (bpfnat, loadgen) = build_binaries()?;
     let _lock = topo::RunLock::acquire()?;
     let started = Instant::now();
@@ -174,7 +200,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let result = measure_and_report(
-        args, &ctx, quick, reps, seconds, cpu_rate, &selected, &date, &out_dir, started,
+        args, &ctx, quick, reps, seconds, cpu_rate, &selected, &workloads, &date, &out_dir, started,
     );
     match &result {
         Ok(()) => {
@@ -197,6 +223,7 @@ fn measure_and_report(
     seconds: f64,
     cpu_rate: u64,
     selected: &[Arm],
+    workloads: &[Workload],
     date: &str,
     out_dir: &Path,
     started: Instant,
@@ -289,7 +316,7 @@ fn measure_and_report(
             }
             // Is netfilter's conntrack involved at all? (Not in routed and bpfnat.)
             rep_info["host_conntrack_entries_after_check"] = json!(arms::conntrack_count().ok());
-            for w in Workload::ALL {
+            for &w in workloads {
                 proc::check_interrupt()?;
                 let result = workloads::run(ctx, w).map_err(|e| format!("{e:#}"));
                 match &result {
