@@ -13,7 +13,7 @@ use bpfnat_common::{
 
 use crate::{
     maps::{TRACE, TRACE_FILTER},
-    parse::{ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    parse::{ptr_at, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
 };
 
 /// The filter, if tracing is on.
@@ -25,31 +25,37 @@ pub fn filter() -> Option<TraceFilter> {
     }
 }
 
+/// A field in packet memory, or zero when it is not in the linear part (tracing never pulls
+/// or copies: it must not change the packet, and it must stay cheap).
+#[inline(always)]
+fn field<T: Copy + Default>(ctx: &TcContext, offset: usize) -> T {
+    ptr_at::<T>(ctx, offset).map_or_else(T::default, |p| unsafe { p.read_unaligned() })
+}
+
 /// The packet's tuple, protocol and TCP flags as they are now (zeros where unreadable).
 #[inline(always)]
 pub fn tuple(ctx: &TcContext) -> (TraceTuple, u8, u8) {
     let mut t = TraceTuple::default();
-    let Ok(version_ihl) = ctx.load::<u8>(ETH_HLEN) else {
-        return (t, 0, 0);
-    };
+    let version_ihl: u8 = field(ctx, ETH_HLEN);
     if version_ihl >> 4 != 4 {
         return (t, 0, 0);
     }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).unwrap_or(0);
-    t.src_addr = ctx.load(IP_SRC_OFF).unwrap_or(0);
-    t.dst_addr = ctx.load(IP_DST_OFF).unwrap_or(0);
+    let proto: u8 = field(ctx, ETH_HLEN + 9);
+    t.src_addr = field(ctx, IP_SRC_OFF);
+    t.dst_addr = field(ctx, IP_DST_OFF);
+    // At most 60 bytes of header: a bound the verifier can see.
     let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
     let mut flags = 0;
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            t.src_port = ctx.load(l4).unwrap_or(0);
-            t.dst_port = ctx.load(l4 + 2).unwrap_or(0);
+            t.src_port = field(ctx, l4);
+            t.dst_port = field(ctx, l4 + 2);
             if proto == IPPROTO_TCP {
-                flags = ctx.load(l4 + 13).unwrap_or(0);
+                flags = field(ctx, l4 + 13);
             }
         }
         IPPROTO_ICMP => {
-            let id: u16 = ctx.load(l4 + 4).unwrap_or(0);
+            let id: u16 = field(ctx, l4 + 4);
             t.src_port = id;
             t.dst_port = id;
         }

@@ -60,50 +60,119 @@ pub struct SweepReport {
     pub orphans: u64,
 }
 
-/// The key after `after` in the hash map behind `fd` (the first key for `None`), by the raw
-/// `BPF_MAP_GET_NEXT_KEY` command. `None` at the end of the map. A key that has been deleted
-/// meanwhile makes the kernel start over from the first key, which only restarts the walk.
-fn next_key(fd: std::os::fd::RawFd, after: Option<&FlowKey>) -> Option<FlowKey> {
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        next_key: u64,
-    }
-    let mut next = FlowKey::default();
-    let attr = Attr {
-        map_fd: fd as u32,
-        pad: 0,
-        key: after.map_or(0, |k| k as *const FlowKey as u64),
-        next_key: &mut next as *mut FlowKey as u64,
+/// The shortest idle timeout a mapping of `proto` can have, whatever its state: a mapping
+/// whose original half was seen more recently than this is alive, and the sweeper need not
+/// look at its reply half (one syscall per mapping saved on a busy table).
+fn shortest_timeout(timeouts: &Timeouts, proto: u8) -> Duration {
+    let t = timeouts;
+    let secs = match proto {
+        IPPROTO_TCP => [
+            t.tcp_syn_sent,
+            t.tcp_syn_recv,
+            t.tcp_established,
+            t.tcp_fin_wait,
+            t.tcp_close_wait,
+            t.tcp_last_ack,
+            t.tcp_time_wait,
+            t.tcp_close,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0),
+        IPPROTO_UDP => t.udp_one_way.min(t.udp_both_ways),
+        IPPROTO_ICMP => t.icmp,
+        _ => t.generic,
     };
-    // SAFETY: `attr` points at live, correctly sized key buffers for the duration of the call.
+    Duration::from_secs(u64::from(secs))
+}
+
+/// Up to `max` entries of the hash map behind `fd` from where `cursor` stopped (`None`: from
+/// the start), by the raw `BPF_MAP_LOOKUP_BATCH` command (Linux 5.6; aya has no wrapper): one
+/// syscall for thousands of entries instead of two per entry. The cursor is the kernel's
+/// bucket position, so entries deleted meanwhile do not disturb it. Returns the entries and
+/// whether the walk reached the end of the map.
+fn lookup_batch(
+    fd: std::os::fd::RawFd,
+    cursor: &mut Option<u64>,
+    max: usize,
+) -> anyhow::Result<(Vec<(FlowKey, NatEntry)>, bool)> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut keys = vec![FlowKey::default(); max];
+    let mut values = vec![NatEntry::default(); max];
+    let in_token = cursor.unwrap_or(0);
+    let mut out_token: u64 = 0;
+    let mut attr = BatchAttr {
+        in_batch: if cursor.is_some() {
+            &in_token as *const u64 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_token as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: max as u32,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: every pointer in `attr` refers to a live buffer of the size the kernel writes:
+    // `max` keys and values of the map's key and value sizes, and an 8-byte batch token.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_GET_NEXT_KEY,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>() as libc::c_uint,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as libc::c_uint,
         )
     };
-    (ret == 0).then_some(next)
+    let end = if ret == 0 {
+        false
+    } else {
+        let err = std::io::Error::last_os_error();
+        // ENOENT: the end of the map (the entries before it are still returned).
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(anyhow::Error::new(err).context("BPF_MAP_LOOKUP_BATCH on a NAT table"));
+        }
+        true
+    };
+    let n = (attr.count as usize).min(max);
+    keys.truncate(n);
+    values.truncate(n);
+    *cursor = if end { None } else { Some(out_token) };
+    Ok((keys.into_iter().zip(values).collect(), end))
 }
+
+/// Orphaned reply halves only come from a failed insert, and the datapath takes its own back:
+/// the reply table is checked for them every this many passes (the first pass included).
+const ORPHAN_PASS_EVERY: u64 = 8;
 
 /// Expiry: removes every mapping idle past its timeout (both halves together), and reply
 /// halves whose original half is gone (left by a failed insert) after `orphan_grace`, which
-/// keeps a half that is being created right now. A slice at a time, so that a table of millions of mappings never stalls the daemon
-/// (a signal waits at most one slice) nor takes a core: each `step` looks at up to `budget`
-/// mappings after where the previous step stopped, in each table, and starts over at the end.
-/// A full pass over a table of N mappings takes N / budget steps.
+/// keeps a half that is being created right now. A slice at a time, so that a table of
+/// millions of mappings never stalls the daemon (a signal waits at most one slice) nor takes
+/// a core: each `step` reads up to `budget` mappings after where the previous step stopped,
+/// in batches, and looks up the other half only of a mapping that may have expired. A full
+/// pass over a table of N mappings takes about N / budget steps.
 #[derive(Debug, Default)]
 pub struct Sweeper {
-    out_cursor: Option<FlowKey>,
-    in_cursor: Option<FlowKey>,
+    out_cursor: Option<u64>,
+    in_cursor: Option<u64>,
     /// The last step stopped for its budget, not at the end of the table.
     out_pending: bool,
     in_pending: bool,
+    /// Passes over the original table started so far.
+    passes: u64,
 }
 
 impl Sweeper {
@@ -121,56 +190,48 @@ impl Sweeper {
     ) -> anyhow::Result<SweepReport> {
         let now = monotonic_ns();
         let (out_fd, in_fd) = dp.nat_fds()?;
+        let budget = budget.max(256);
+        if !self.mid_pass() {
+            // A new pass: the reply table takes part in one pass out of ORPHAN_PASS_EVERY.
+            self.in_pending = self.passes.is_multiple_of(ORPHAN_PASS_EVERY);
+            self.out_pending = true;
+            self.passes += 1;
+        }
         let mut expired = Vec::new();
         let mut orphans = Vec::new();
-        // The last key looked at that stays: where the next step resumes if the cursor's own
-        // key is removed below.
-        let (mut out_keep, mut in_keep) = (None, None);
         {
             let out = dp.nat_out()?;
             let inbound = dp.nat_in()?;
-            self.out_pending = true;
-            for _ in 0..budget {
-                let Some(key) = next_key(out_fd, self.out_cursor.as_ref()) else {
-                    self.out_cursor = None;
-                    self.out_pending = false;
-                    break;
-                };
-                self.out_cursor = Some(key);
-                let Ok(entry) = out.get(&key, 0) else {
-                    continue;
-                };
-                let reply = key.reply_key(&entry);
-                let reply_entry = inbound.get(&reply, 0).ok();
-                let last = reply_entry.map_or(entry.last_seen_ns, |r| {
-                    r.last_seen_ns.max(entry.last_seen_ns)
-                });
-                let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
-                    .as_nanos() as u64;
-                if now.saturating_sub(last) > timeout {
-                    expired.push((key, reply));
-                } else {
-                    out_keep = Some(key);
+            if self.out_pending {
+                let (batch, end) = lookup_batch(out_fd, &mut self.out_cursor, budget)?;
+                self.out_pending = !end;
+                for (key, entry) in batch {
+                    let idle = now.saturating_sub(entry.last_seen_ns);
+                    if idle <= shortest_timeout(timeouts, key.proto).as_nanos() as u64 {
+                        continue; // alive whatever its other half says
+                    }
+                    let reply = key.reply_key(&entry);
+                    let reply_entry = inbound.get(&reply, 0).ok();
+                    let last = reply_entry.map_or(entry.last_seen_ns, |r| {
+                        r.last_seen_ns.max(entry.last_seen_ns)
+                    });
+                    let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
+                        .as_nanos() as u64;
+                    if now.saturating_sub(last) > timeout {
+                        expired.push((key, reply));
+                    }
                 }
             }
-            let grace = orphan_grace.as_nanos() as u64;
-            self.in_pending = true;
-            for _ in 0..budget {
-                let Some(key) = next_key(in_fd, self.in_cursor.as_ref()) else {
-                    self.in_cursor = None;
-                    self.in_pending = false;
-                    break;
-                };
-                self.in_cursor = Some(key);
-                let Ok(entry) = inbound.get(&key, 0) else {
-                    continue;
-                };
-                if out.get(&key.original_key(&entry), 0).is_err()
-                    && now.saturating_sub(entry.last_seen_ns) > grace
-                {
-                    orphans.push(key);
-                } else {
-                    in_keep = Some(key);
+            if self.in_pending {
+                let grace = orphan_grace.as_nanos() as u64;
+                let (batch, end) = lookup_batch(in_fd, &mut self.in_cursor, budget)?;
+                self.in_pending = !end;
+                for (key, entry) in batch {
+                    if now.saturating_sub(entry.last_seen_ns) > grace
+                        && out.get(&key.original_key(&entry), 0).is_err()
+                    {
+                        orphans.push(key);
+                    }
                 }
             }
         }
@@ -188,35 +249,6 @@ impl Sweeper {
             for key in &orphans {
                 let _ = inbound.remove(key);
             }
-        }
-        // A removed cursor key would make the next step start over: harmless but wasteful,
-        // so step back to a key that still exists when the cursor itself was removed.
-        if self
-            .out_cursor
-            .is_some_and(|c| expired.iter().any(|(k, _)| *k == c))
-        {
-            self.out_cursor = None;
-        }
-        if self
-            .in_cursor
-            .is_some_and(|c| orphans.contains(&c) || expired.iter().any(|(_, r)| *r == c))
-        {
-            self.in_cursor = None;
-        }
-        // Resuming from a removed key would make the kernel start over from the first key:
-        // resume from the last key that stays instead (none: start over, which skips only
-        // what was just removed).
-        if self
-            .out_cursor
-            .is_some_and(|c| expired.iter().any(|(k, _)| *k == c))
-        {
-            self.out_cursor = out_keep;
-        }
-        if self
-            .in_cursor
-            .is_some_and(|c| orphans.contains(&c) || expired.iter().any(|(_, r)| *r == c))
-        {
-            self.in_cursor = in_keep;
         }
         Ok(SweepReport {
             expired: expired.len() as u64,

@@ -45,6 +45,8 @@ pub struct UpOptions {
 const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Mappings the sweeper looks at per slice, in each table.
 const SWEEP_SLICE: usize = 32_768;
+/// Pause between two slices of a pass, in multiples of the last slice's duration.
+const SWEEP_PAUSE_FACTOR: u32 = 20;
 /// How often the bridges' ports are looked for.
 const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -269,8 +271,10 @@ async fn serve(
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
     // Expiry in slices (see `expiry::Sweeper`): a pass starts every sweep interval; while a
-    // pass is under way the next slice follows after four times the last slice's duration,
-    // so a huge table costs at most about a fifth of a core and never delays a signal long.
+    // pass is under way the next slice follows after SWEEP_PAUSE_FACTOR times the last
+    // slice's duration, so a huge table costs at most about 5 % of a core (a pass over a
+    // million mappings then takes some tens of seconds: expiry is that much late) and never
+    // delays a signal long.
     let mut sweeper = expiry::Sweeper::default();
     let mut next_sweep = tokio::time::Instant::now() + opts.sweep_interval;
     let mut status = tokio::time::interval(Duration::from_secs(1));
@@ -296,7 +300,7 @@ async fn serve(
                     Err(e) => warn!("expiry sweep failed: {e:#}"),
                 }
                 next_sweep = if sweeper.mid_pass() {
-                    tokio::time::Instant::now() + (started.elapsed() * 4).max(Duration::from_millis(50))
+                    tokio::time::Instant::now() + (started.elapsed() * SWEEP_PAUSE_FACTOR).max(Duration::from_millis(50))
                 } else {
                     started + opts.sweep_interval
                 };

@@ -353,6 +353,36 @@ fn measure_and_report(
         }
     }
 
+    // The per-program profile: where a packet's time in the datapath goes, tracing off and
+    // on (filtered out). Its own private topology; runs once (it repeats internally).
+    let profile = if selected.contains(&Arm::Bpfnat) {
+        println!("-- profile: each program per path, BPF_PROG_TEST_RUN");
+        let runs = if quick { "2000" } else { "20000" };
+        let out = cmd(Command::new(&ctx.bpfnat).args(["--json", "profile", "--runs", runs]))
+            .and_then(|text| Ok(serde_json::from_str::<Value>(&text)?));
+        match out {
+            Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => {
+                for case in v.as_array().into_iter().flatten() {
+                    println!(
+                        "   {:<18} trace {:<3} {:>6} ns",
+                        case["case"].as_str().unwrap_or("?"),
+                        if case["trace_on"].as_bool() == Some(true) {
+                            "on"
+                        } else {
+                            "off"
+                        },
+                        case["median_ns"]
+                    );
+                }
+                Some(v)
+            }
+            Ok(v) => bail!("bpfnat profile gave no cases: {v}"),
+            Err(e) => bail!("bpfnat profile failed: {e:#}"),
+        }
+    } else {
+        None
+    };
+
     let run_scale = !quick
         && !args.no_scale
         && records
@@ -386,6 +416,7 @@ fn measure_and_report(
             elapsed_s: started.elapsed().as_secs_f64(),
             memory_default,
             scale,
+            profile,
         },
         &records,
         &samples,

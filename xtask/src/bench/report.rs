@@ -137,6 +137,8 @@ pub struct Meta {
     pub elapsed_s: f64,
     pub memory_default: Option<Value>,
     pub scale: Option<Value>,
+    /// `bpfnat profile --json`: each program's cost per path, tracing off and on.
+    pub profile: Option<Value>,
 }
 
 pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Summary) -> Value {
@@ -242,6 +244,7 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
         "cpu_overhead_vs_routed_ns_per_packet": overhead,
         "bpfnat_map_memory_default_table": meta.memory_default,
         "scale": meta.scale,
+        "profile": meta.profile,
         "notes": notes,
         "failures": failures,
         "raw": raw,
@@ -419,6 +422,9 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
     }
     let _ = writeln!(md, "\n![ratios](CHART.svg)\n");
 
+    if let Some(profile) = results.get("profile").and_then(Value::as_array) {
+        profile_markdown(&mut md, profile);
+    }
     if let Some(scale) = results.get("scale").filter(|s| !s.is_null()) {
         scale_markdown(&mut md, scale);
     }
@@ -508,6 +514,46 @@ fn maps_line(mem: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The profile: per program and path, ns per run with tracing off and on (filtered out).
+fn profile_markdown(md: &mut String, cases: &[Value]) {
+    let _ = writeln!(
+        md,
+        "## Profile: where a packet's time in the datapath goes\n\n\
+         `bpfnat profile`: each program run on crafted 64-byte frames with BPF_PROG_TEST_RUN in \
+         a private copy of the topology (real FIB and neighbour lookups, one fresh frame per \
+         run), the kernel timing each run; median [p10–p90] ns per run. The first row is the \
+         floor (a device the program does not serve: one map lookup), mostly the kernel's \
+         timing of a run. \"trace on\": `bpfnat trace` running with a filter this traffic does \
+         not match; with tracing off the only trace work is one array read, part of every \
+         \"off\" figure.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| case | program | path | trace off | trace on (filtered out) | on − off |\n\
+         |---|---|---|---:|---:|---:|"
+    );
+    let range = |c: &Value| format!("{} [{}–{}]", c["median_ns"], c["p10_ns"], c["p90_ns"]);
+    for off in cases.iter().filter(|c| c["trace_on"] == Value::Bool(false)) {
+        let on = cases
+            .iter()
+            .find(|c| c["trace_on"] == Value::Bool(true) && c["case"] == off["case"]);
+        let delta = on
+            .and_then(|on| Some(on["median_ns"].as_i64()? - off["median_ns"].as_i64()?))
+            .map_or("–".to_owned(), |d| format!("{d:+}"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            off["case"].as_str().unwrap_or("?"),
+            off["program"].as_str().unwrap_or("?"),
+            off["path"].as_str().unwrap_or("?"),
+            range(off),
+            on.map_or("–".to_owned(), range),
+            delta
+        );
+    }
+    md.push('\n');
 }
 
 fn scale_markdown(md: &mut String, scale: &Value) {
