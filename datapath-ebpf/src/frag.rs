@@ -29,7 +29,7 @@ pub fn remember(key: &FragKey, addr: u32) {
         addr,
         pad: 0,
     };
-    let _ = FRAGS.insert(key, &entry, BPF_ANY as u64);
+    let _ = FRAGS.insert(key, entry, BPF_ANY as u64);
 }
 
 /// The address the datagram's later fragments get, if its first fragment was seen.

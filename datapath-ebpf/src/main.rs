@@ -156,7 +156,7 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let entry = match NAT_OUT.get_ptr_mut(&key) {
+    let entry = match NAT_OUT.get_ptr_mut(key) {
         Some(entry) => entry,
         None => {
             // Only traffic from the internal subnets is ours; the host's own traffic
@@ -267,7 +267,7 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         pkt.dst_port,
         pkt.proto,
     );
-    let entry = match NAT_IN.get_ptr_mut(&key) {
+    let entry = match NAT_IN.get_ptr_mut(key) {
         Some(entry) => entry,
         None => match published(pkt.proto, pkt.dst_addr, pkt.dst_port) {
             // A new connection to a published port (TCP/UDP only: ICMP has no ports).

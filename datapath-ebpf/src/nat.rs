@@ -311,7 +311,7 @@ pub fn create_published_mapping(
         flags: NAT_FLAG_PUBLISHED,
         ..NatEntry::default()
     };
-    match NAT_IN.insert(key, &inbound, BPF_NOEXIST as u64) {
+    match NAT_IN.insert(key, inbound, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU created it an instant earlier: use theirs.
         Err(e) if e == -EEXIST => return NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull),
