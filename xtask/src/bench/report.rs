@@ -421,6 +421,7 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
         }
     }
     let _ = writeln!(md, "\n![ratios](CHART.svg)\n");
+    targets_markdown(&mut md, sum, results.get("scale"));
 
     if let Some(profile) = results.get("profile").and_then(Value::as_array) {
         profile_markdown(&mut md, profile);
@@ -514,6 +515,97 @@ fn maps_line(mem: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Issue 5's targets, each with the figure that decides it: met or missed, and by how much.
+fn targets_markdown(md: &mut String, sum: &Summary, scale: Option<&Value>) {
+    let has = |a: Arm| {
+        sum.arms
+            .iter()
+            .any(|(x, s)| *x == a && matches!(s, ArmStatus::Ok))
+    };
+    if !has(Arm::Bpfnat) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Against the targets\n\nComputed from the medians above (ratios: bpfnat ÷ the other \
+         arm, higher is better).\n\n| target | figure | verdict |\n|---|---:|---|"
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let mut row = |what: String, figure: String, ok: Option<bool>| {
+        let v = ok.map_or("not measured", verdict);
+        let _ = writeln!(md, "| {what} | {figure} | {v} |");
+    };
+    for (base, title, need) in [
+        (Arm::Routed, "routed", 1.0),
+        (Arm::Iptables, "iptables", 1.15),
+    ] {
+        if !has(base) {
+            continue;
+        }
+        for m in [Metric::Stream1, Metric::Stream4, Metric::UdpPps] {
+            let r = sum.relative(m, Arm::Bpfnat, base);
+            row(
+                format!("{} ≥ {need:.2}× {title}", m.title()),
+                r.map_or("–".into(), |r| format!("{r:.2}×")),
+                r.map(|r| r >= need),
+            );
+        }
+    }
+    if has(Arm::Iptables) {
+        for m in [Metric::RrTps, Metric::CrrCps] {
+            let r = sum.relative(m, Arm::Bpfnat, Arm::Iptables);
+            row(
+                format!("{} ≥ iptables", m.title()),
+                r.map_or("–".into(), |r| format!("{r:.2}×")),
+                r.map(|r| r >= 1.0),
+            );
+        }
+        let ours = sum
+            .cpu_overhead
+            .get(&arm_index(Arm::Bpfnat))
+            .map(|s| s.median);
+        let theirs = sum
+            .cpu_overhead
+            .get(&arm_index(Arm::Iptables))
+            .map(|s| s.median);
+        if let (Some(o), Some(t)) = (ours, theirs) {
+            row(
+                "CPU per packet above routed ≤ ½ of iptables'".into(),
+                format!("{o:+.0} ns vs {t:+.0} ns ({:.2})", o / t),
+                Some(t > 0.0 && o <= t / 2.0),
+            );
+        }
+    }
+    // Scale: 1M entries against the empty table, same daemon.
+    let points: Vec<&Value> = scale
+        .and_then(|s| s["points"].as_array())
+        .into_iter()
+        .flatten()
+        .collect();
+    let median_at = |n: u64, m: Metric| {
+        let v: Vec<f64> = points
+            .iter()
+            .filter(|p| p["entries"].as_u64() == Some(n))
+            .filter_map(|p| p[m.id()].as_f64())
+            .collect();
+        Stat::of(&v).map(|s| s.median)
+    };
+    for m in [Metric::UdpPps, Metric::RrTps] {
+        if let (Some(empty), Some(full)) = (median_at(0, m), median_at(1_000_000, m)) {
+            let change = full / empty - 1.0;
+            row(
+                format!(
+                    "{} with 1,000,000 entries: at most 5 % below the empty table",
+                    m.title()
+                ),
+                format!("{:+.1} %", change * 100.0),
+                Some(change >= -0.05),
+            );
+        }
+    }
+    md.push('\n');
 }
 
 /// The profile: per program and path, ns per run with tracing off and on (filtered out).
