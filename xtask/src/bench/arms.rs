@@ -47,10 +47,6 @@ impl Arm {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Arm> {
-        Arm::ALL.into_iter().find(|a| a.name() == name)
-    }
-
     pub fn description(self) -> &'static str {
         match self {
             Arm::Routed => {

@@ -132,45 +132,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if cpu_rate == 0 {
         bail!("--cpu-rate must be positive");
     }
-    let selected: Vec<Arm> = if args.arms.is_empty() {
-        Arm::ALL.to_vec()
-    } else {
-        let mut v = Vec::new();
-        for name in &args.arms {
-            let arm = Arm::from_name(name).with_context(|| {
-                format!(
-                    "unknown arm {name:?} (arms: {})",
-                    Arm::ALL.map(Arm::name).join(", ")
-                )
-            })?;
-            if !v.contains(&arm) {
-                v.push(arm);
-            }
-        }
-        // Always in the canonical order.
-        Arm::ALL.into_iter().filter(|a| v.contains(a)).collect()
-    };
-
-    let workloads: Vec<Workload> = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
-    } else {
-        let mut v = Vec::new();
-        for name in &args.workloads {
-            let w = Workload::ALL
-                .into_iter()
-                .find(|w| w.name() == name)
-                .with_context(|| {
-                    format!(
-                        "unknown workload {name:?} (workloads: {})",
-                        Workload::ALL.map(Workload::name).join(", ")
-                    )
-                })?;
-            if !v.contains(&w) {
-                v.push(w);
-            }
-        }
-        v
-    };
+    let selected = choose(&args.arms, &Arm::ALL, Arm::name, "arm")?;
+    let workloads = choose(&args.workloads, &Workload::ALL, Workload::name, "workload")?;
 
     let (bpfnat, loadgen) = build_binaries()?;
     let _lock = topo::RunLock::acquire()?;
@@ -212,6 +175,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ),
     }
     result
+}
+
+/// The items named in `names` (all of them when none is named), always in `all`'s order;
+/// an unknown name is an error listing the valid ones.
+fn choose<T: Copy + PartialEq>(
+    names: &[String],
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    for n in names {
+        if !all.iter().any(|&x| name(x) == n) {
+            let valid: Vec<&str> = all.iter().map(|&x| name(x)).collect();
+            bail!("unknown {what} {n:?} ({what}s: {})", valid.join(", "));
+        }
+    }
+    Ok(all
+        .iter()
+        .copied()
+        .filter(|&x| names.is_empty() || names.iter().any(|n| name(x) == n))
+        .collect())
 }
 
 #[allow(clippy::too_many_arguments)]
