@@ -216,10 +216,11 @@ pub struct ScanReport {
 }
 
 impl PortWatcher {
-    pub fn new(bridges: &[Bridge], uplink: u32) -> Self {
-        // Ports always get TCX where the kernel has it (it needs no qdisc); clsact otherwise.
+    /// `mode`: how the uplink was attached (resolved); the ports are attached the same way, so
+    /// `--tc-mode clsact` means no TCX anywhere (and nothing pinned).
+    pub fn new(bridges: &[Bridge], uplink: u32, mode: TcMode) -> Self {
         Self {
-            mode: TcMode::Auto.resolve(),
+            mode: mode.resolve(),
             uplink,
             bridges: bridges
                 .iter()

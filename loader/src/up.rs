@@ -158,7 +158,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     for spec in &opts.publish {
         publish::add(&mut dp.publish_map()?, None, spec)?;
     }
-    let mut ports = PortWatcher::new(&bridges, uplink_index);
+    let mut ports = PortWatcher::new(&bridges, uplink_index, mode);
     ports.apply(&mut dp, &netlink, &links).await;
     if lock.adopted() {
         let uplink_pins: Vec<_> = [

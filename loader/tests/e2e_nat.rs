@@ -308,7 +308,8 @@ fn up_on_other_names_with_partial_and_full_checksums() {
     assert_eq!(tc_programs(&lab.spec.host_netns, "up0"), "");
 }
 
-/// The legacy attachment (clsact qdisc + cls_bpf) works too and leaves no qdisc behind.
+/// The legacy attachment (clsact qdisc + cls_bpf) works too, on the uplink and on the bridge
+/// ports (whose program forwards the container's traffic), and leaves no qdisc behind.
 #[test]
 fn clsact_mode_works_and_removes_its_qdisc() {
     if !is_root() {
@@ -351,7 +352,18 @@ fn clsact_mode_works_and_removes_its_qdisc() {
         attached.contains("cls_bpf/ingress") && attached.contains("nat_ingress"),
         "{attached}"
     );
+    let port = tc_programs("bnt-khost", "bnt-kv1");
+    assert!(
+        port.contains("cls_bpf/ingress") && port.contains("port_ingress"),
+        "{port}"
+    );
+    let forwarded = || support::cli::counter(&support::cli::stats_json("bnt-khost"), "forwarded");
+    let before = forwarded();
     assert!(ping("bnt-k1", lab.spec.remote_server));
+    assert!(
+        forwarded() > before,
+        "the port program (cls_bpf) forwarded nothing"
+    );
     let echo = udp_echo(
         "bnt-kwan",
         SocketAddrV4::new(lab.spec.remote_server, 7000),
@@ -374,4 +386,9 @@ fn clsact_mode_works_and_removes_its_qdisc() {
         &["tc", "filter", "show", "dev", "upk", "egress"],
     );
     assert!(filters.trim().is_empty(), "filters left behind: {filters}");
+    let (_, qdiscs) = ns_exec("bnt-khost", &["tc", "qdisc", "show", "dev", "bnt-kv1"]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "clsact left on the port: {qdiscs}"
+    );
 }

@@ -425,7 +425,8 @@ pub fn tc_programs(ns: &str, iface: &str) -> String {
         let (_, out) = ns_exec(ns, &["tc", "filter", "show", "dev", iface, hook]);
         lines.extend(
             out.lines()
-                .filter(|l| l.contains("nat_"))
+                // A cls_bpf filter in direct-action mode, as ours are, names its program.
+                .filter(|l| l.contains("direct-action"))
                 .map(|l| format!("cls_bpf/{hook} {}", l.trim())),
         );
     }
