@@ -1,13 +1,13 @@
 //! bpfnat with full tables: 0, 100,000 and 1,000,000 synthetic mappings written through the
-//! pinned `NAT_OUT`/`NAT_IN` maps (`bpftool batch`), then RR, CRR and UDP pps again, with the
-//! per-run time of our programs from `kernel.bpf_stats_enabled`, the daemon's CPU time (its
-//! sweeper walks the table) and the maps' memory.
+//! pinned `NAT_OUT`/`NAT_IN` maps (`BPF_MAP_UPDATE_BATCH`), then RR, CRR and UDP pps again, with
+//! the per-run time of our programs from `kernel.bpf_stats_enabled`, the daemon's CPU time (its
+//! sweeper walks the table) and the maps' memory. Every repetition measures all three sizes
+//! (the synthetic mappings are written and removed in a few seconds), so each full-table figure
+//! has an empty-table figure from the same minutes to be compared with.
 
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufWriter, Write as _},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -134,12 +134,6 @@ fn now_ns() -> anyhow::Result<u64> {
     Ok((secs * 1e9) as u64)
 }
 
-fn hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(out, " {b:02x}");
-    }
-}
-
 /// Mapping number `i`: internal 10.91.x.y:(1024+k) -> 198.18.x.y:443 over TCP, external
 /// UPLINK:(1024+k). None of it can match the benchmark's traffic (client 10.90.0.2, server
 /// 198.51.100.90).
@@ -204,79 +198,154 @@ fn check_layout() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write mappings `from..to` (both halves, reply half first as the datapath does) with
-/// `bpftool batch file -`, fed from a thread; bounded by `FILL_LIMIT`.
-fn fill(from: u64, to: u64) -> anyhow::Result<Duration> {
-    const FILL_LIMIT: Duration = Duration::from_secs(900);
+/// A bpf(2) command on a `BPF_MAP_*_BATCH` attribute block.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<()> {
+    // SAFETY: the caller passes a live attribute block of `size` bytes whose pointers refer to
+    // live buffers of the sizes the command reads and writes.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pinned map, opened with `BPF_OBJ_GET`.
+struct PinnedMap(std::os::fd::OwnedFd);
+
+impl PinnedMap {
+    fn open(name: &str) -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        const BPF_OBJ_GET: libc::c_long = 7;
+        #[repr(C)]
+        struct ObjAttr {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+            path_fd: i32,
+        }
+        let path = topo::pin_dir().join(name);
+        let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())?;
+        let mut attr = ObjAttr {
+            pathname: c_path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+            path_fd: 0,
+        };
+        // SAFETY: `attr` and the path it points to live across the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &mut attr as *mut ObjAttr,
+                std::mem::size_of::<ObjAttr>() as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("opening the pinned map {}", path.display()));
+        }
+        // SAFETY: the kernel just gave us this descriptor.
+        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    fn fd(&self) -> u32 {
+        use std::os::fd::AsRawFd as _;
+        self.0.as_raw_fd() as u32
+    }
+
+    /// Write `count` entries (keys and values packed back to back) in one syscall.
+    fn update_batch(&self, keys: &[u8], values: &[u8], count: usize) -> anyhow::Result<()> {
+        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: count as u32,
+            map_fd: self.fd(),
+            ..Default::default()
+        };
+        bpf(
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr as *mut libc::c_void,
+            std::mem::size_of::<BatchAttr>(),
+        )
+        .with_context(|| format!("BPF_MAP_UPDATE_BATCH: {} of {count} written", attr.count))
+    }
+
+    /// Delete `count` keys (packed back to back) in one syscall.
+    fn delete_batch(&self, keys: &[u8], count: usize) -> anyhow::Result<()> {
+        const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: count as u32,
+            map_fd: self.fd(),
+            ..Default::default()
+        };
+        bpf(
+            BPF_MAP_DELETE_BATCH,
+            &mut attr as *mut BatchAttr as *mut libc::c_void,
+            std::mem::size_of::<BatchAttr>(),
+        )
+        .with_context(|| format!("BPF_MAP_DELETE_BATCH: {} of {count} deleted", attr.count))
+    }
+}
+
+/// Mappings per batch syscall: bounds the buffers (about 3.5 MiB) and each call's time.
+const BATCH: u64 = 65_536;
+
+/// The synthetic mappings `from..to`, both halves, written (reply half first, as the datapath
+/// does) or removed in batches.
+fn synthetic(from: u64, to: u64, write: bool) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let now = now_ns()?;
-    let out_pin = topo::pin_dir().join("NAT_OUT");
-    let in_pin = topo::pin_dir().join("NAT_IN");
-    let mut child = Command::new("bpftool")
-        .args(["batch", "file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting bpftool batch")?;
-    let stdin = child.stdin.take().context("bpftool stdin")?;
-    let writer = std::thread::spawn(move || {
-        let mut w = BufWriter::with_capacity(1 << 20, stdin);
-        let mut line = String::with_capacity(512);
-        for i in from..to {
-            let (ok, ov, ik, iv) = entry(i, now);
-            for (pin, k, v) in [(&in_pin, &ik, &iv), (&out_pin, &ok, &ov)] {
-                line.clear();
-                let _ = write!(line, "map update pinned {} key hex", pin.display());
-                hex(&mut line, k);
-                line.push_str(" value hex");
-                hex(&mut line, v);
-                line.push_str(" noexist\n");
-                if w.write_all(line.as_bytes()).is_err() {
-                    return; // bpftool stopped reading: its error is on stderr
-                }
-            }
-            if crate::interrupted() {
-                return;
-            }
-        }
-        let _ = w.flush();
-    });
-    let mut stderr = child.stderr.take().context("bpftool stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if t0.elapsed() > FILL_LIMIT || crate::interrupted() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = writer.join();
-            proc::check_interrupt()?;
-            bail!("bpftool batch did not finish within {FILL_LIMIT:?} (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = writer.join();
-    let err = reader.join().unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "bpftool batch failed after {:.1} s: {}",
-            t0.elapsed().as_secs_f64(),
-            proc::tail(&err)
+    let out = PinnedMap::open("NAT_OUT")?;
+    let inbound = PinnedMap::open("NAT_IN")?;
+    let mut start = from;
+    while start < to {
+        proc::check_interrupt()?;
+        let end = (start + BATCH).min(to);
+        let n = (end - start) as usize;
+        let (mut ok, mut ov, mut ik, mut iv) = (
+            Vec::with_capacity(n * KEY_SIZE as usize),
+            Vec::with_capacity(n * VALUE_SIZE as usize),
+            Vec::with_capacity(n * KEY_SIZE as usize),
+            Vec::with_capacity(n * VALUE_SIZE as usize),
         );
+        for i in start..end {
+            let (k1, v1, k2, v2) = entry(i, now);
+            ok.extend_from_slice(&k1);
+            ov.extend_from_slice(&v1);
+            ik.extend_from_slice(&k2);
+            iv.extend_from_slice(&v2);
+        }
+        if write {
+            inbound.update_batch(&ik, &iv, n)?;
+            out.update_batch(&ok, &ov, n)?;
+        } else {
+            // Original half first, as `conntrack delete` does.
+            out.delete_batch(&ok, n)?;
+            inbound.delete_batch(&ik, n)?;
+        }
+        start = end;
     }
-    proc::check_interrupt()?;
     Ok(t0.elapsed())
 }
 
-/// The scale section: one daemon with room for 2M mappings, measured empty, then with 100k and
-/// with 1M synthetic mappings, `reps` times at each size. (Filling is what takes time, about
-/// 13k mappings/s with bpftool here, so the table is filled once rather than per repetition.)
+/// The scale section: one daemon with room for 2M mappings; each repetition measures it empty,
+/// with 100k and with 1M synthetic mappings, then removes them, so each size is measured
+/// `reps` times interleaved with the others.
 pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
     arms::check_clean()?;
     let _stats = BpfStats::enable()?;
@@ -287,34 +356,43 @@ pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
     workloads::translation_check(ctx, UPLINK_ADDR).context("bpfnat (scale) translation check")?;
     let memory = map_memory(&d.programs)?;
     let mut filled = 0;
-    for &n in &POINTS {
-        let fill_s = if n > filled {
-            let t = fill(filled, n)?.as_secs_f64();
-            filled = n;
-            Some(t)
-        } else {
-            None
-        };
-        // `bpfnat stats` walks both tables from userspace, as the sweeper does.
-        let walk = Instant::now();
-        let stats = d.stats(ctx)?;
-        let walk_s = walk.elapsed().as_secs_f64();
-        let occupancy = stats["table"]["nat_out"].as_u64().unwrap_or(0);
-        if occupancy < n {
-            bail!("after writing {n} mappings, NAT_OUT holds {occupancy}");
-        }
-        if let Some(f) = fill_s {
-            println!(
-                "   filled to {} mappings in {f:.1} s (NAT_OUT holds {}; `bpfnat stats` took {walk_s:.1} s)",
-                workloads::thousands(n as f64),
-                workloads::thousands(occupancy as f64)
-            );
-        }
-        for rep in 0..reps {
+    for rep in 0..reps {
+        for &n in &POINTS {
             proc::check_interrupt()?;
+            let fill_s = if n > filled {
+                let t = synthetic(filled, n, true)?.as_secs_f64();
+                filled = n;
+                Some(t)
+            } else {
+                None
+            };
+            // `bpfnat stats` walks both tables from userspace, as the sweeper does.
+            let walk = Instant::now();
+            let stats = d.stats(ctx)?;
+            let walk_s = walk.elapsed().as_secs_f64();
+            let occupancy = stats["table"]["nat_out"].as_u64().unwrap_or(0);
+            if occupancy < n {
+                bail!("after writing {n} mappings, NAT_OUT holds {occupancy}");
+            }
+            if let Some(f) = fill_s {
+                println!(
+                    "   filled to {} mappings in {f:.1} s (NAT_OUT holds {}; `bpfnat stats` took {walk_s:.1} s)",
+                    workloads::thousands(n as f64),
+                    workloads::thousands(occupancy as f64)
+                );
+            }
             let mut p = measure_point(ctx, d, n, rep, occupancy, fill_s)?;
             p["stats_walk_seconds"] = json!(walk_s);
             points.push(p);
+        }
+        if rep + 1 < reps {
+            let t = synthetic(0, filled, false)?;
+            println!(
+                "   removed the {} synthetic mappings in {:.1} s",
+                workloads::thousands(filled as f64),
+                t.as_secs_f64()
+            );
+            filled = 0;
         }
     }
     // Stopping with a full table can take long (the daemon finishes its sweep first).
@@ -348,7 +426,7 @@ fn measure_point(
         "rep": rep + 1,
         "entries": n,
         "nat_out_occupancy": occupancy,
-        "fill_seconds": if rep == 0 { fill_s } else { None },
+        "fill_seconds": fill_s,
     });
     let ticks0 = process_ticks(d.pid);
     let t0 = Instant::now();
