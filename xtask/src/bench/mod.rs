@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// udp-pps, cpu-fixed-rate); for quick comparisons while developing.
     #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
     pub workloads: Vec<String>,
+    /// Let the scheduler place the load generators (by default the client runs on CPU 0 and
+    /// the server on CPU 1, which narrows the spread between repetitions).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Skip the table-scale section (100k and 1M entries in bpfnat's maps).
     #[arg(long)]
     pub no_scale: bool,
@@ -72,6 +76,7 @@ impl BenchArgs {
             cpu_rate: None,
             arms: Vec::new(),
             workloads: Vec::new(),
+            no_pin: false,
             no_scale: true,
             out: None,
         }
@@ -90,6 +95,8 @@ pub struct Ctx {
     /// USER_HZ of /proc/stat.
     pub ticks: f64,
     pub cores: usize,
+    /// Pin the load generators (client CPU 0, server CPU 1).
+    pub pin: bool,
 }
 
 /// How an arm fared over the whole run.
@@ -161,6 +168,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         quick,
         ticks: workloads::clock_ticks(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pin: !args.no_pin,
     };
     let result = measure_and_report(
         args, &ctx, quick, reps, seconds, cpu_rate, &selected, &workloads, &date, &out_dir, started,
@@ -400,6 +408,7 @@ fn measure_and_report(
             elapsed_s: started.elapsed().as_secs_f64(),
             memory_default,
             scale,
+            pinned: ctx.pin && ctx.cores >= 2,
             profile,
         },
         &records,

@@ -137,6 +137,8 @@ pub struct Meta {
     pub elapsed_s: f64,
     pub memory_default: Option<Value>,
     pub scale: Option<Value>,
+    /// The load generators ran pinned (client CPU 0, server CPU 1).
+    pub pinned: bool,
     /// `bpfnat profile --json`: each program's cost per path, tracing off and on.
     pub profile: Option<Value>,
 }
@@ -230,6 +232,11 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
             "reps": meta.reps,
             "seconds_per_workload": meta.seconds,
             "cpu_rate_pps": meta.cpu_rate,
+            "load_generators": if meta.pinned {
+                "pinned: client on CPU 0, server on CPU 1"
+            } else {
+                "placed by the scheduler (--no-pin)"
+            },
             "order": "interleaved: every repetition runs every arm once, in the order of `arms`",
             "workloads": Workload::ALL.map(Workload::name),
             "udp": "64-byte UDP payload (106-byte frames), 4 flows (source ports) from 1 sender thread",
@@ -324,8 +331,10 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
     let _ = writeln!(
         md,
         "- run: {reps} repetition(s) of every arm, interleaved (each repetition runs every arm \
-         once, in the order below), {} s per workload, {} s in all",
-        set["seconds_per_workload"], set["elapsed_seconds"]
+         once, in the order below), {} s per workload, {} s in all; load generators {}",
+        set["seconds_per_workload"],
+        set["elapsed_seconds"],
+        set["load_generators"].as_str().unwrap_or("?")
     );
     let _ = writeln!(
         md,

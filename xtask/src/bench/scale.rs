@@ -258,7 +258,9 @@ impl PinnedMap {
                 .with_context(|| format!("opening the pinned map {}", path.display()));
         }
         // SAFETY: the kernel just gave us this descriptor.
-        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+        Ok(Self(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
     }
 
     fn fd(&self) -> u32 {

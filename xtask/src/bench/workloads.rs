@@ -198,9 +198,16 @@ pub struct Measured {
     pub notes: Vec<String>,
 }
 
-/// `bpfnat-loadgen --netns NS --duration CAP MODE`.
-pub fn loadgen(ctx: &Ctx, ns: &str, cap_secs: f64, mode: &str) -> Command {
-    let mut c = Command::new(&ctx.loadgen);
+/// `bpfnat-loadgen --netns NS --duration CAP MODE`, pinned to `cpu` when given (`taskset`).
+pub fn loadgen(ctx: &Ctx, ns: &str, cap_secs: f64, mode: &str, cpu: Option<usize>) -> Command {
+    let mut c = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&ctx.loadgen);
+            c
+        }
+        None => Command::new(&ctx.loadgen),
+    };
     c.args(["--netns", ns, "--duration", &format!("{cap_secs:.1}"), mode]);
     c
 }
@@ -279,12 +286,20 @@ fn pair(
 ) -> anyhow::Result<PairOutcome> {
     let ready = ctx.scratch.join(format!("{tag}.ready"));
     let _ = fs::remove_file(&ready);
-    let mut sc = loadgen(ctx, WAN_NS, secs + 30.0, server_mode);
+    // With two cores or more, the client runs on CPU 0 and the server on CPU 1 in every arm:
+    // the forwarding work of each direction then lands on its sender's core, and where the
+    // scheduler happens to put the processes stops adding to the spread between repetitions.
+    let (client_cpu, server_cpu) = if ctx.pin && ctx.cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let mut sc = loadgen(ctx, WAN_NS, secs + 30.0, server_mode, server_cpu);
     sc.args(server_args).arg("--ready-file").arg(&ready);
     let mut server = Proc::spawn(&format!("{tag}-server"), sc, &ctx.scratch)?;
     wait_file(&ready, Duration::from_secs(10), &mut server)?;
 
-    let mut cc = loadgen(ctx, CLIENT_NS, secs + 15.0, client_mode);
+    let mut cc = loadgen(ctx, CLIENT_NS, secs + 15.0, client_mode, client_cpu);
     cc.args(client_args);
     let before = if measure_cpu { Some(cpu_stat()?) } else { None };
     let t0 = Instant::now();
