@@ -14,10 +14,10 @@ pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 pub const IPV4_MIN_HLEN: usize = 20;
-const IPV4_MAX_HLEN: usize = 60;
 const ICMP_HLEN: usize = 8;
-/// Headers of an ordinary packet: IPv4 with the largest options, a full TCP header.
-const MAX_HEADERS: usize = ETH_HLEN + IPV4_MAX_HLEN + 20;
+/// The fixed TCP header (ports, flags, checksum: all the datapath reads).
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -309,7 +309,11 @@ fn parse_icmp_error(ctx: &TcContext, outer: &Ipv4, icmp_off: usize) -> Result<Pa
 /// comes back as `Parsed::Pass`.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, Counter> {
-    pull(ctx, MAX_HEADERS)?;
+    // Only the headers become linear, never payload: a TCP segment's payload sits in page
+    // fragments, and pulling any of it into the linear area would copy (and reallocate the
+    // head) for nothing. First the fixed part of the IPv4 header, then exactly the IP options
+    // and the L4 header fields the datapath reads; usually both are linear already.
+    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN)?;
     let direct = Direct(ctx);
     let ether_type: u16 = match direct.read::<u16>(12) {
         Some(t) => u16::from_be(t),
@@ -318,6 +322,21 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Counter> {
     if ether_type != ETH_P_IP {
         return Ok(Parsed::Pass(Counter::PassNotIpv4));
     }
+    let (Some(version_ihl), Some(proto)) =
+        (direct.read::<u8>(ETH_HLEN), direct.read::<u8>(ETH_HLEN + 9))
+    else {
+        return Err(Counter::DropMalformed);
+    };
+    let l4_needed = match proto {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_ICMP => ICMP_HLEN,
+        _ => 0,
+    };
+    pull(
+        ctx,
+        ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4 + l4_needed,
+    )?;
     let ip = parse_ipv4(&direct, ETH_HLEN)?;
     // A non-first fragment carries no L4 header; the first one does and is translated.
     if ip.frag & IP_OFFSET_MASK != 0 {
