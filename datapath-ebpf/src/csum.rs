@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use bpfnat_common::Counter;
 
-use crate::parse::{ptr_at, IP_CSUM_OFF, L4};
+use crate::parse::{ptr_at, IP_CSUM_OFF, IP_TTL_OFF, L4};
 
 const FAILED: Counter = Counter::DropRewriteFailed;
 
@@ -86,9 +86,9 @@ pub fn rewrite_ip_addr(
 /// Decrement the IPv4 TTL as a router does, fixing the header checksum. `Ok(false)`: the TTL
 /// is spent (the caller leaves the packet to the stack, which sends the ICMP time-exceeded).
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, ttl_off: usize) -> Result<bool, Counter> {
+pub fn decrement_ttl(ctx: &TcContext) -> Result<bool, Counter> {
     let (Some(word), Some(csum)) = (
-        ptr_at::<[u8; 2]>(ctx, ttl_off),
+        ptr_at::<[u8; 2]>(ctx, IP_TTL_OFF),
         ptr_at::<u16>(ctx, IP_CSUM_OFF),
     ) else {
         return Err(FAILED);

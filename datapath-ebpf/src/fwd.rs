@@ -13,14 +13,13 @@ use aya_ebpf::{
 use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL};
 
 use crate::{
-    csum,
+    csum::decrement_ttl,
     maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
-    parse::{ptr_at, ETH_HLEN},
+    parse::ptr_at,
     stats::count,
 };
 
 const AF_INET: u8 = 2;
-const IP_TTL_OFF: usize = ETH_HLEN + 8;
 
 /// The bridge an address lives on, if it is in an internal subnet.
 #[inline(always)]
@@ -35,11 +34,6 @@ pub fn is_on_internal_bridge(addr: u32) -> bool {
         Some(info) => (unsafe { (*info).flags } & BRIDGE_INTERNAL) != 0,
         None => false,
     }
-}
-
-#[inline(always)]
-fn decrement_ttl(ctx: &TcContext) -> Result<bool, Counter> {
-    csum::decrement_ttl(ctx, IP_TTL_OFF)
 }
 
 /// Set the Ethernet addresses for the next hop, in packet memory.

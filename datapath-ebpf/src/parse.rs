@@ -13,6 +13,8 @@ const ETH_P_IP: u16 = 0x0800;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
+/// The TTL, and the protocol after it: one 16-bit word of the IPv4 header.
+pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IPV4_MIN_HLEN: usize = 20;
 const ICMP_HLEN: usize = 8;
 /// The fixed TCP header (ports, flags, checksum: all the datapath reads).
@@ -49,14 +51,20 @@ trait Reader {
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 }
 
+/// A `T` at `offset` read in packet memory, if that part of the packet is linear. Unaligned:
+/// IP options and odd link headers do not keep fields aligned.
+#[inline(always)]
+pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
 /// Direct packet access with a bounds check.
 struct Direct<'a>(&'a TcContext);
 
 impl Reader for Direct<'_> {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        // Unaligned: IP options and odd link headers do not keep fields aligned.
-        ptr_at::<T>(self.0, offset).map(|p| unsafe { p.read_unaligned() })
+        read_at(self.0, offset)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     hairpin,
     maps::{BRIDGES, ENDPOINTS, PORTS},
     nat::{published, settings},
-    parse::{parse, ptr_at, pull, Parsed, ETH_HLEN, IPV4_MIN_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    parse::{parse, pull, read_at, Parsed, ETH_HLEN, IPV4_MIN_HLEN, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
 };
 
@@ -54,14 +54,6 @@ fn learn(port_ifindex: u32, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) 
     let _ = ENDPOINTS.insert(addr, ep, BPF_ANY as u64);
 }
 
-/// A header field in packet memory (the caller made the headers linear).
-#[inline(always)]
-fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Counter> {
-    ptr_at::<T>(ctx, offset)
-        .map(|p| unsafe { p.read_unaligned() })
-        .ok_or(Counter::DropMalformed)
-}
-
 #[inline(always)]
 pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::PortPackets);
@@ -75,9 +67,8 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     // Headers are read in packet memory (a helper call per field costs more than the rest
     // of the program); make them linear first. Rewrites below re-derive their pointers.
     pull(ctx, ETH_HLEN + IPV4_MIN_HLEN)?;
-    let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map(|p| unsafe { p.read_unaligned() }) else {
-        return Err(Counter::DropMalformed);
-    };
+    let malformed = Counter::DropMalformed;
+    let eth: [u8; ETH_HLEN] = read_at(ctx, 0).ok_or(malformed)?;
     let ether_type = u16::from_be_bytes([eth[12], eth[13]]);
     let src_mac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     if ether_type == ETH_P_ARP {
@@ -92,9 +83,9 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     if ether_type != ETH_P_IP {
         return Ok(TC_ACT_OK);
     }
-    let src: u32 = read_at(ctx, IP_SRC_OFF)?;
-    let dst: u32 = read_at(ctx, IP_DST_OFF)?;
-    let proto: u8 = read_at(ctx, ETH_HLEN + 9)?;
+    let src: u32 = read_at(ctx, IP_SRC_OFF).ok_or(malformed)?;
+    let dst: u32 = read_at(ctx, IP_DST_OFF).ok_or(malformed)?;
+    let proto: u8 = read_at(ctx, ETH_HLEN + 9).ok_or(malformed)?;
     account(HOOK_PORT_INGRESS, proto, ctx.len());
     learn(port_ifindex, bridge, info.gateway, src, src_mac);
 

@@ -13,7 +13,7 @@ use bpfnat_common::{
 
 use crate::{
     maps::{TRACE, TRACE_FILTER},
-    parse::{ptr_at, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    parse::{read_at, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
 };
 
 /// The filter, if tracing is on.
@@ -29,7 +29,7 @@ pub fn filter() -> Option<TraceFilter> {
 /// or copies: it must not change the packet, and it must stay cheap).
 #[inline(always)]
 fn field<T: Copy + Default>(ctx: &TcContext, offset: usize) -> T {
-    ptr_at::<T>(ctx, offset).map_or_else(T::default, |p| unsafe { p.read_unaligned() })
+    read_at(ctx, offset).unwrap_or_default()
 }
 
 /// The packet's tuple, protocol and TCP flags as they are now (zeros where unreadable).
