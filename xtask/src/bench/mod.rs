@@ -50,12 +50,14 @@ pub struct BenchArgs {
     /// Only these arms (comma-separated: routed, iptables, nftables, nftables-flowtable, bpfnat).
     #[arg(long, value_delimiter = ',', value_name = "ARMS")]
     pub arms: Vec<String>,
-    /// Only these workloads (comma-separated: tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
-    /// udp-pps, cpu-fixed-rate); for quick comparisons while developing.
+    /// Only these workloads (comma-separated: tcp-stream-1, tcp-stream-4, tcp-rr,
+    /// tcp-rr-cross-cpu, tcp-crr, udp-pps, cpu-fixed-rate); for quick comparisons while
+    /// developing.
     #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
     pub workloads: Vec<String>,
     /// Let the scheduler place the load generators (by default the client runs on CPU 0 and
-    /// the server on CPU 1, which narrows the spread between repetitions).
+    /// the server on CPU 1, both on CPU 0 for tcp-rr; this narrows the spread between
+    /// repetitions).
     #[arg(long)]
     pub no_pin: bool,
     /// Skip the table-scale section (100k and 1M entries in bpfnat's maps).

@@ -137,7 +137,7 @@ pub struct Meta {
     pub elapsed_s: f64,
     pub memory_default: Option<Value>,
     pub scale: Option<Value>,
-    /// The load generators ran pinned (client CPU 0, server CPU 1).
+    /// The load generators ran pinned (client CPU 0, server CPU 1; tcp-rr both on CPU 0).
     pub pinned: bool,
     /// `bpfnat profile --json`: each program's cost per path, tracing off and on.
     pub profile: Option<Value>,
@@ -233,7 +233,7 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
             "seconds_per_workload": meta.seconds,
             "cpu_rate_pps": meta.cpu_rate,
             "load_generators": if meta.pinned {
-                "pinned: client on CPU 0, server on CPU 1"
+                "pinned: client on CPU 0, server on CPU 1; for tcp-rr both on CPU 0"
             } else {
                 "placed by the scheduler (--no-pin)"
             },

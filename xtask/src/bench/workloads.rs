@@ -25,18 +25,20 @@ pub enum Metric {
     RrTps,
     RrP50,
     RrP99,
+    RrCrossTps,
     CrrCps,
     UdpPps,
     CpuNsPerPkt,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::Stream1,
         Metric::Stream4,
         Metric::RrTps,
         Metric::RrP50,
         Metric::RrP99,
+        Metric::RrCrossTps,
         Metric::CrrCps,
         Metric::UdpPps,
         Metric::CpuNsPerPkt,
@@ -49,6 +51,7 @@ impl Metric {
             Metric::RrTps => "tcp_rr_per_sec",
             Metric::RrP50 => "tcp_rr_p50_us",
             Metric::RrP99 => "tcp_rr_p99_us",
+            Metric::RrCrossTps => "tcp_rr_cross_cpu_per_sec",
             Metric::CrrCps => "tcp_crr_per_sec",
             Metric::UdpPps => "udp_pps_forwarded",
             Metric::CpuNsPerPkt => "cpu_ns_per_packet",
@@ -62,6 +65,7 @@ impl Metric {
             Metric::RrTps => "TCP_RR, 64 B, 1 connection",
             Metric::RrP50 => "TCP_RR latency p50",
             Metric::RrP99 => "TCP_RR latency p99",
+            Metric::RrCrossTps => "TCP_RR, client and server on separate CPUs",
             Metric::CrrCps => "TCP_CRR, 16 in parallel",
             Metric::UdpPps => "UDP 64 B, forwarded",
             Metric::CpuNsPerPkt => "CPU per packet at fixed rate",
@@ -76,6 +80,7 @@ impl Metric {
             Metric::RrTps => "RR/s",
             Metric::RrP50 => "RR p50",
             Metric::RrP99 => "RR p99",
+            Metric::RrCrossTps => "RR/s x-CPU",
             Metric::CrrCps => "CRR/s",
             Metric::UdpPps => "UDP pps",
             Metric::CpuNsPerPkt => "CPU/pkt",
@@ -85,7 +90,7 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Stream1 | Metric::Stream4 => "Gbit/s",
-            Metric::RrTps => "trans/s",
+            Metric::RrTps | Metric::RrCrossTps => "trans/s",
             Metric::RrP50 | Metric::RrP99 => "µs",
             Metric::CrrCps => "conn/s",
             Metric::UdpPps => "pkt/s",
@@ -104,7 +109,12 @@ impl Metric {
                 "bpfnat-loadgen tcp-stream (client: bytes acknowledged up to the server's FIN / time)"
             }
             Metric::RrTps | Metric::RrP50 | Metric::RrP99 => {
-                "bpfnat-loadgen tcp-rr (client: transactions and latency histogram)"
+                "bpfnat-loadgen tcp-rr (client: transactions and latency histogram); client and \
+                 server both on CPU 0"
+            }
+            Metric::RrCrossTps => {
+                "bpfnat-loadgen tcp-rr (client: transactions); client on CPU 0, server on CPU 1, \
+                 so every transaction waits for two cross-CPU wake-ups"
             }
             Metric::CrrCps => "bpfnat-loadgen tcp-crr (client: connect+request+response+close)",
             Metric::UdpPps => {
@@ -151,16 +161,18 @@ pub enum Workload {
     Stream1,
     Stream4,
     Rr,
+    RrCross,
     Crr,
     UdpPps,
     Cpu,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Stream1,
         Workload::Stream4,
         Workload::Rr,
+        Workload::RrCross,
         Workload::Crr,
         Workload::UdpPps,
         Workload::Cpu,
@@ -171,6 +183,7 @@ impl Workload {
             Workload::Stream1 => "tcp-stream-1",
             Workload::Stream4 => "tcp-stream-4",
             Workload::Rr => "tcp-rr",
+            Workload::RrCross => "tcp-rr-cross-cpu",
             Workload::Crr => "tcp-crr",
             Workload::UdpPps => "udp-pps",
             Workload::Cpu => "cpu-fixed-rate",
@@ -182,11 +195,34 @@ impl Workload {
             Workload::Stream1 => &[Metric::Stream1],
             Workload::Stream4 => &[Metric::Stream4],
             Workload::Rr => &[Metric::RrTps, Metric::RrP50, Metric::RrP99],
+            Workload::RrCross => &[Metric::RrCrossTps],
             Workload::Crr => &[Metric::CrrCps],
             Workload::UdpPps => &[Metric::UdpPps],
             Workload::Cpu => &[Metric::CpuNsPerPkt],
         }
     }
+
+    /// Where its two load generators run.
+    fn placement(self) -> Placement {
+        match self {
+            Workload::Rr => Placement::SharedCpu,
+            _ => Placement::SplitCpus,
+        }
+    }
+}
+
+/// Where the client and the server run (ignored with `--no-pin` or on one core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// Client on CPU 0, server on CPU 1. The forwarding work of each direction then lands on
+    /// its sender's core, and where the scheduler happens to put the processes stops adding to
+    /// the spread between repetitions.
+    SplitCpus,
+    /// Both on CPU 0. For one request/response connection: a transaction then costs two
+    /// context switches on one core instead of two cross-CPU wake-ups. On a nested VM such a
+    /// wake-up (an inter-processor interrupt through the hypervisor) takes about 60 µs and
+    /// varies threefold between runs, which buries the network path's few microseconds.
+    SharedCpu,
 }
 
 /// What one run of a workload produced.
@@ -283,16 +319,15 @@ fn pair(
     measure_cpu: bool,
     server_exits_by_itself: bool,
     strict: bool,
+    placement: Placement,
 ) -> anyhow::Result<PairOutcome> {
     let ready = ctx.scratch.join(format!("{tag}.ready"));
     let _ = fs::remove_file(&ready);
-    // With two cores or more, the client runs on CPU 0 and the server on CPU 1 in every arm:
-    // the forwarding work of each direction then lands on its sender's core, and where the
-    // scheduler happens to put the processes stops adding to the spread between repetitions.
-    let (client_cpu, server_cpu) = if ctx.pin && ctx.cores >= 2 {
-        (Some(0), Some(1))
-    } else {
-        (None, None)
+    // The same placement in every arm.
+    let (client_cpu, server_cpu) = match placement {
+        _ if !ctx.pin || ctx.cores < 2 => (None, None),
+        Placement::SplitCpus => (Some(0), Some(1)),
+        Placement::SharedCpu => (Some(0), Some(0)),
     };
     let mut sc = loadgen(ctx, WAN_NS, secs + 30.0, server_mode, server_cpu);
     sc.args(server_args).arg("--ready-file").arg(&ready);
@@ -371,6 +406,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 false,
                 true,
                 true,
+                w.placement(),
             )?;
             let gbps = num(&out.client, "gbit_per_sec")?;
             let metric = if flows == 1 {
@@ -393,7 +429,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 notes,
             })
         }
-        Workload::Rr => {
+        Workload::Rr | Workload::RrCross => {
             let port = 7202;
             let out = pair(
                 ctx,
@@ -415,13 +451,19 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 false,
                 true,
                 true,
+                w.placement(),
             )?;
-            Ok(Measured {
-                values: vec![
+            let values = if w == Workload::Rr {
+                vec![
                     (Metric::RrTps, num(&out.client, "per_sec")?),
                     (Metric::RrP50, num(&out.client, "p50_us")?),
                     (Metric::RrP99, num(&out.client, "p99_us")?),
-                ],
+                ]
+            } else {
+                vec![(Metric::RrCrossTps, num(&out.client, "per_sec")?)]
+            };
+            Ok(Measured {
+                values,
                 raw: json!({"client": out.client, "server": out.server}),
                 notes: vec![],
             })
@@ -448,6 +490,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 false,
                 false,
                 true,
+                w.placement(),
             )?;
             Ok(Measured {
                 values: vec![(Metric::CrrCps, num(&out.client, "per_sec")?)],
@@ -507,6 +550,7 @@ fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<M
         rate.is_some(),
         true,
         rate.is_none(),
+        w.placement(),
     )?;
     let sent = num(&out.client, "packets")?;
     let received = num(&out.server, "packets")?;
@@ -591,6 +635,7 @@ pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
         false,
         true,
         true,
+        Placement::SplitCpus,
     )
     .context("TCP connection from the client to the server through the host")?;
     let peers: Vec<String> = tcp.server["peer_ips"]
@@ -631,6 +676,7 @@ pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
         false,
         true,
         true,
+        Placement::SplitCpus,
     )
     .context("UDP echo from the client to the server through the host")?;
     let replies = udp.client["replies"].as_u64().unwrap_or(0);
