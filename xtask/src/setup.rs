@@ -26,6 +26,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "socat",
     "traceroute",
+    // perf: the bench samples where the stream's CPU time goes.
+    "linux-perf",
 ];
 
 pub fn ensure_all() -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 //! - [`report`]: statistics, JSON, markdown and the SVG chart.
 
 mod arms;
+mod cpu_profile;
 mod proc;
 mod report;
 mod scale;
@@ -377,6 +378,22 @@ fn measure_and_report(
         None
     };
 
+    // Where the 4-flow stream's CPU goes, per arm (not in --quick: 1-second runs are too
+    // short to sample, and perf is not what the smoke test checks).
+    let stream_cpu = if !quick && workloads.contains(&Workload::Stream4) {
+        let ok: Vec<Arm> = records
+            .iter()
+            .filter(|r| matches!(r.status, ArmStatus::Ok))
+            .map(|r| r.arm)
+            .collect();
+        Some(match cpu_profile::available() {
+            Ok(()) => cpu_profile::run(ctx, &ok),
+            Err(reason) => json!({ "unavailable": reason }),
+        })
+    } else {
+        None
+    };
+
     let run_scale = !quick
         && !args.no_scale
         && records
@@ -412,6 +429,7 @@ fn measure_and_report(
             scale,
             pinned: ctx.pin && ctx.cores >= 2,
             profile,
+            stream_cpu,
         },
         &records,
         &samples,

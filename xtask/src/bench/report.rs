@@ -141,6 +141,8 @@ pub struct Meta {
     pub pinned: bool,
     /// `bpfnat profile --json`: each program's cost per path, tracing off and on.
     pub profile: Option<Value>,
+    /// Where the 4-flow stream's CPU goes, per arm (`perf` sampling).
+    pub stream_cpu: Option<Value>,
 }
 
 pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Summary) -> Value {
@@ -252,6 +254,7 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
         "bpfnat_map_memory_default_table": meta.memory_default,
         "scale": meta.scale,
         "profile": meta.profile,
+        "stream_cpu": meta.stream_cpu,
         "notes": notes,
         "failures": failures,
         "raw": raw,
@@ -432,6 +435,9 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
     let _ = writeln!(md, "\n![ratios](CHART.svg)\n");
     targets_markdown(&mut md, sum, results.get("scale"));
 
+    if let Some(stream_cpu) = results.get("stream_cpu").filter(|v| !v.is_null()) {
+        super::cpu_profile::markdown(&mut md, stream_cpu);
+    }
     if let Some(profile) = results.get("profile").and_then(Value::as_array) {
         profile_markdown(&mut md, profile);
     }
