@@ -84,7 +84,14 @@ pub fn bucket(symbol: &str, user: bool) -> Bucket {
         return Bucket::Other;
     }
     if symbol.contains("safe_halt")
-        || starts(&["default_idle", "cpuidle", "poll_idle", "acpi_idle", "mwait_idle", "do_idle"])
+        || starts(&[
+            "default_idle",
+            "cpuidle",
+            "poll_idle",
+            "acpi_idle",
+            "mwait_idle",
+            "do_idle",
+        ])
     {
         Bucket::Idle
     } else if starts(&[
@@ -207,9 +214,7 @@ pub fn per_cpu(lines: &[Line]) -> BTreeMap<usize, BTreeMap<Bucket, f64>> {
 /// The busiest CPU's figures as JSON, plus every CPU's busy fraction.
 fn busiest_json(cpus: &BTreeMap<usize, BTreeMap<Bucket, f64>>) -> Option<Value> {
     let idle = |b: &BTreeMap<Bucket, f64>| b.get(&Bucket::Idle).copied().unwrap_or(0.0);
-    let (&cpu, buckets) = cpus
-        .iter()
-        .min_by(|a, b| idle(a.1).total_cmp(&idle(b.1)))?;
+    let (&cpu, buckets) = cpus.iter().min_by(|a, b| idle(a.1).total_cmp(&idle(b.1)))?;
     let mut shares = serde_json::Map::new();
     for b in Bucket::BUSY {
         shares.insert(
@@ -319,7 +324,17 @@ fn profile_arm(ctx: &Ctx, arm: Arm) -> anyhow::Result<Value> {
 /// Is `perf` there and able to sample the CPU clock?
 pub fn available() -> Result<(), String> {
     let out = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-a", "-q", "-o", "/dev/null", "--", "true"])
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-a",
+            "-q",
+            "-o",
+            "/dev/null",
+            "--",
+            "true",
+        ])
         .output()
         .map_err(|e| format!("perf: {e}"))?;
     if out.status.success() {
@@ -330,6 +345,19 @@ pub fn available() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// The share of its busiest CPU that `arm` spent on the NAT and forwarding path.
+fn path_share(v: &Value, arm: &str) -> Option<f64> {
+    v["arms"].as_array()?.iter().find(|a| a["arm"] == arm)?["path_share"].as_f64()
+}
+
+/// The most any NAT could reach against iptables on the 4-flow stream here: iptables' own
+/// throughput with its path's share of the busiest CPU taken away.
+pub fn ceiling_vs_iptables(v: &Value) -> Option<f64> {
+    path_share(v, "iptables")
+        .filter(|s| *s < 1.0)
+        .map(|s| 1.0 / (1.0 - s))
 }
 
 /// The report's section: a row per arm, then what it bounds.
@@ -352,8 +380,15 @@ pub fn markdown(md: &mut String, v: &Value) {
         let _ = write!(md, " {} |", b.title());
     }
     let _ = writeln!(md, " path |");
-    let _ = writeln!(md, "|---|---:|---:|{}---:|", "---:|".repeat(Bucket::BUSY.len()));
-    let pct = |x: &Value| x.as_f64().map_or("–".into(), |x| format!("{:.1} %", x * 100.0));
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|{}---:|",
+        "---:|".repeat(Bucket::BUSY.len())
+    );
+    let pct = |x: &Value| {
+        x.as_f64()
+            .map_or("–".into(), |x| format!("{:.1} %", x * 100.0))
+    };
     let arms = v["arms"].as_array().cloned().unwrap_or_default();
     for a in &arms {
         let name = a["arm"].as_str().unwrap_or("?");
@@ -373,20 +408,14 @@ pub fn markdown(md: &mut String, v: &Value) {
         }
         let _ = writeln!(md, " {} |", pct(&a["path_share"]));
     }
-    let share = |arm: &str| {
-        arms.iter()
-            .find(|a| a["arm"] == arm)
-            .and_then(|a| a["path_share"].as_f64())
-    };
-    if let Some(ipt) = share("iptables") {
+    if let (Some(ipt), Some(ceiling)) = (path_share(v, "iptables"), ceiling_vs_iptables(v)) {
         let _ = writeln!(
             md,
             "\nThe ceiling: iptables spends {:.1} % of its busiest CPU on the path, so a NAT \
              datapath costing nothing (no netfilter, no bridge, no routing lookup) could move \
-             this workload to at most {:.2}× iptables here{}.",
+             this workload to at most {ceiling:.2}× iptables here{}.",
             ipt * 100.0,
-            1.0 / (1.0 - ipt),
-            share("bpfnat").map_or(String::new(), |b| format!(
+            path_share(v, "bpfnat").map_or(String::new(), |b| format!(
                 "; bpfnat's path is {:.1} % of its busiest CPU",
                 b * 100.0
             ))
