@@ -20,6 +20,13 @@
 //! The reply half is removed only if it still points back at the deleted original (it may
 //! have been expired and claimed by another flow meanwhile).
 //!
+//! A packet of the flow arriving in that window usually finds its own old reply half and takes
+//! it back (the datapath keeps the flow's port rather than move it: the peer would reset a
+//! connection that changed ports). If that happens just before the reply half is deleted, the
+//! new original half is left without one and the flow's replies stop being translated. So every
+//! removal of reply halves ([`remove_reply_halves`]) checks afterwards whether an original half
+//! came back pointing at a removed one, and puts that one back.
+//!
 //! # Published ports
 //!
 //! A connection to a published port (`NAT_FLAG_PUBLISHED`) is started from outside: its
@@ -36,6 +43,9 @@ use bpfnat_common::{
     IPPROTO_UDP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
+
+/// `bpf(2)`'s update flag: create only, fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::Ipv4Net,
@@ -373,8 +383,30 @@ pub fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
         }
         if let Ok(back) = tables.inbound.get(&c.reply, 0) {
             if c.reply.original_key(&back) == c.original {
-                let _ = tables.inbound.remove(&c.reply);
+                remove_reply_halves(tables, &[(c.reply, back)]);
             }
+        }
+    }
+    removed
+}
+
+/// Delete reply halves (key and the value read before), then put back any that an original
+/// half points at again: the datapath took it back for a packet of its flow in the meantime
+/// (see the module documentation). Returns how many stayed deleted.
+pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEntry)]) -> u64 {
+    let mut removed = 0;
+    for (reply, back) in halves {
+        if tables.inbound.remove(reply).is_err() {
+            continue;
+        }
+        let original = reply.original_key(back);
+        let taken_back = tables
+            .out
+            .get(&original, 0)
+            .is_ok_and(|out| original.reply_key(&out) == *reply);
+        // BPF_NOEXIST: if the datapath has already made a new reply half, keep that one.
+        if !(taken_back && tables.inbound.insert(reply, back, BPF_NOEXIST).is_ok()) {
+            removed += 1;
         }
     }
     removed
@@ -385,7 +417,7 @@ pub fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
 /// reply half first).
 pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
     let grace = grace.as_nanos() as u64;
-    let orphans: Vec<FlowKey> = tables
+    let orphans: Vec<(FlowKey, NatEntry)> = tables
         .inbound
         .iter()
         .filter_map(Result::ok)
@@ -396,12 +428,8 @@ pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) 
                 .is_ok_and(|out| key.original_key(entry).reply_key(&out) == *key);
             !has_original && now_ns.saturating_sub(entry.last_seen_ns) > grace
         })
-        .map(|(key, _)| key)
         .collect();
-    orphans
-        .iter()
-        .filter(|k| tables.inbound.remove(k).is_ok())
-        .count() as u64
+    remove_reply_halves(tables, &orphans)
 }
 
 /// Remove the connections made through the published ports `publishes` (host port key and

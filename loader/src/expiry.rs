@@ -9,7 +9,7 @@ use bpfnat_common::{
     NAT_FLAG_PUBLISHED,
 };
 
-use crate::datapath::Datapath;
+use crate::{conntrack, datapath::Datapath};
 
 /// The TCP state of a mapping from its `NAT_OUT` half and its `NAT_IN` half (if any). The
 /// state is derived from the initiator's and the responder's flags: the `NAT_OUT` half
@@ -218,7 +218,7 @@ impl Sweeper {
                     let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
                         .as_nanos() as u64;
                     if now.saturating_sub(last) > timeout {
-                        expired.push((key, reply));
+                        expired.push((key, reply_entry.map(|r| (reply, r))));
                     }
                 }
             }
@@ -230,26 +230,23 @@ impl Sweeper {
                     if now.saturating_sub(entry.last_seen_ns) > grace
                         && out.get(&key.original_key(&entry), 0).is_err()
                     {
-                        orphans.push(key);
+                        orphans.push((key, entry));
                     }
                 }
             }
         }
-        {
-            let mut out = dp.nat_out_mut()?;
-            for (key, _) in &expired {
-                let _ = out.remove(key);
-            }
+        // Original halves first, then the reply halves, the way `conntrack` deletes (and
+        // with the same check for a reply half the datapath took back meanwhile).
+        let mut tables = dp.tables()?;
+        for (key, _) in &expired {
+            let _ = tables.out.remove(key);
         }
-        {
-            let mut inbound = dp.nat_in_mut()?;
-            for (_, reply) in &expired {
-                let _ = inbound.remove(reply);
-            }
-            for key in &orphans {
-                let _ = inbound.remove(key);
-            }
-        }
+        let halves: Vec<(FlowKey, NatEntry)> = expired
+            .iter()
+            .filter_map(|(_, half)| *half)
+            .chain(orphans.iter().copied())
+            .collect();
+        conntrack::remove_reply_halves(&mut tables, &halves);
         Ok(SweepReport {
             expired: expired.len() as u64,
             orphans: orphans.len() as u64,
