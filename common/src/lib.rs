@@ -38,7 +38,10 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub pad: [u8; 3],
+    // Two fields rather than `[u8; 3]`: the BPF backend zeroes a 3-byte array with a call to
+    // a byte-by-byte `memset` subprogram on every key built in the packet path.
+    pub pad: u8,
+    pub pad2: u16,
 }
 
 impl FlowKey {
@@ -56,7 +59,8 @@ impl FlowKey {
             src_port,
             dst_port,
             proto,
-            pad: [0; 3],
+            pad: 0,
+            pad2: 0,
         }
     }
 
