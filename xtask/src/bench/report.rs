@@ -473,7 +473,8 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
          connection (the server must see {} for the NAT arms, the client address for routed) \
          and a UDP echo (comes back only if translated back, or routed).\n- Scale section: \
          entries written with BPF_MAP_UPDATE_BATCH into the pinned NAT_OUT/NAT_IN and removed \
-         with BPF_MAP_DELETE_BATCH after each repetition; program run time \
+         with BPF_MAP_DELETE_BATCH, sizes in serpentine order (0, 100k, 1M, then 1M, 100k, 0, \
+         ...); program run time \
          from `kernel.bpf_stats_enabled` + `bpftool prog show` (run_time_ns / run_cnt); map \
          memory from `bpftool map show` (bytes_memlock); daemon CPU from /proc/PID/stat.",
         set["cpu_rate_pps"],

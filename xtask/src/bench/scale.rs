@@ -3,7 +3,10 @@
 //! the per-run time of our programs from `kernel.bpf_stats_enabled`, the daemon's CPU time (its
 //! sweeper walks the table) and the maps' memory. Every repetition measures all three sizes
 //! (the synthetic mappings are written and removed in a few seconds), so each full-table figure
-//! has an empty-table figure from the same minutes to be compared with.
+//! has an empty-table figure from the same minutes to be compared with. The sizes go up in one
+//! repetition and down in the next (0, 100k, 1M, then 1M, 100k, 0, ...): a machine that drifts
+//! during a repetition then favours the full table in one and the empty table in the other,
+//! instead of always the same one.
 
 use std::{
     fmt::Write as _,
@@ -346,7 +349,7 @@ fn synthetic(from: u64, to: u64, write: bool) -> anyhow::Result<Duration> {
 }
 
 /// The scale section: one daemon with room for 2M mappings; each repetition measures it empty,
-/// with 100k and with 1M synthetic mappings, then removes them, so each size is measured
+/// with 100k and with 1M synthetic mappings, in serpentine order, so each size is measured
 /// `reps` times interleaved with the others.
 pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
     arms::check_clean()?;
@@ -359,13 +362,27 @@ pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
     let memory = map_memory(&d.programs)?;
     let mut filled = 0;
     for rep in 0..reps {
-        for &n in &POINTS {
+        let mut order = POINTS;
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for n in order {
             proc::check_interrupt()?;
             let fill_s = if n > filled {
                 let t = synthetic(filled, n, true)?.as_secs_f64();
                 filled = n;
                 Some(t)
             } else {
+                if n < filled {
+                    let t = synthetic(n, filled, false)?;
+                    println!(
+                        "   removed mappings {}..{} in {:.1} s",
+                        workloads::thousands(n as f64),
+                        workloads::thousands(filled as f64),
+                        t.as_secs_f64()
+                    );
+                    filled = n;
+                }
                 None
             };
             // `bpfnat stats` walks both tables from userspace, as the sweeper does.
@@ -387,15 +404,12 @@ pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
             p["stats_walk_seconds"] = json!(walk_s);
             points.push(p);
         }
-        if rep + 1 < reps {
-            let t = synthetic(0, filled, false)?;
-            println!(
-                "   removed the {} synthetic mappings in {:.1} s",
-                workloads::thousands(filled as f64),
-                t.as_secs_f64()
-            );
-            filled = 0;
-        }
+    }
+    // The stop is measured with the table full.
+    let full = POINTS[POINTS.len() - 1];
+    if filled < full {
+        synthetic(filled, full, true)?;
+        filled = full;
     }
     // Stopping with a full table can take long (the daemon finishes its sweep first).
     let daemon = active.daemon.take().context("daemon")?;
