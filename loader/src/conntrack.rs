@@ -44,14 +44,14 @@ use bpfnat_common::{
 };
 use serde_json::{json, Value};
 
-/// `bpf(2)`'s update flag: create only, fail if the key exists.
-const BPF_NOEXIST: u64 = 1;
-
 use crate::{
     addr::Ipv4Net,
     datapath::NatTables,
     expiry::{idle_timeout, tcp_state_of},
 };
+
+/// `bpf(2)`'s update flag: create only, fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 /// ICMP echo request/reply types: an echo mapping's two directions.
 const ICMP_ECHO_REQUEST: u8 = 8;
