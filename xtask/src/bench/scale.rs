@@ -215,14 +215,22 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<()> {
-    // SAFETY: the caller passes a live attribute block of `size` bytes whose pointers refer to
-    // live buffers of the sizes the command reads and writes.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
+/// bpf(2) on the attribute block `attr`; its return value (a descriptor for `BPF_OBJ_GET`).
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a live attribute block of the command's layout, and its pointers
+    // refer to live buffers of the sizes the command reads and writes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(ret)
 }
 
 /// A pinned map, opened with `BPF_OBJ_GET`.
@@ -247,19 +255,8 @@ impl PinnedMap {
             file_flags: 0,
             path_fd: 0,
         };
-        // SAFETY: `attr` and the path it points to live across the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET,
-                &mut attr as *mut ObjAttr,
-                std::mem::size_of::<ObjAttr>() as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("opening the pinned map {}", path.display()));
-        }
+        let fd = bpf(BPF_OBJ_GET, &mut attr)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
         // SAFETY: the kernel just gave us this descriptor.
         Ok(Self(unsafe {
             std::os::fd::OwnedFd::from_raw_fd(fd as i32)
@@ -273,37 +270,33 @@ impl PinnedMap {
 
     /// Write `count` entries (keys and values packed back to back) in one syscall.
     fn update_batch(&self, keys: &[u8], values: &[u8], count: usize) -> anyhow::Result<()> {
-        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: count as u32,
-            map_fd: self.fd(),
-            ..Default::default()
-        };
-        bpf(
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr as *mut libc::c_void,
-            std::mem::size_of::<BatchAttr>(),
-        )
-        .with_context(|| format!("BPF_MAP_UPDATE_BATCH: {} of {count} written", attr.count))
+        self.batch(26, "BPF_MAP_UPDATE_BATCH", keys, Some(values), count)
     }
 
     /// Delete `count` keys (packed back to back) in one syscall.
     fn delete_batch(&self, keys: &[u8], count: usize) -> anyhow::Result<()> {
-        const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+        self.batch(27, "BPF_MAP_DELETE_BATCH", keys, None, count)
+    }
+
+    /// One batch command over `count` keys (and values, for an update).
+    fn batch(
+        &self,
+        cmd: libc::c_long,
+        name: &str,
+        keys: &[u8],
+        values: Option<&[u8]>,
+        count: usize,
+    ) -> anyhow::Result<()> {
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
+            values: values.map_or(0, |v| v.as_ptr() as u64),
             count: count as u32,
             map_fd: self.fd(),
             ..Default::default()
         };
-        bpf(
-            BPF_MAP_DELETE_BATCH,
-            &mut attr as *mut BatchAttr as *mut libc::c_void,
-            std::mem::size_of::<BatchAttr>(),
-        )
-        .with_context(|| format!("BPF_MAP_DELETE_BATCH: {} of {count} deleted", attr.count))
+        bpf(cmd, &mut attr)
+            .map(drop)
+            .with_context(|| format!("{name}: {} of {count} done", attr.count))
     }
 }
 
