@@ -139,15 +139,20 @@ extern "C" fn try_next_port(index: u32, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Whether the reply half at `reply` already points back to `key`: the flow's own reply half,
-/// left alone while its original half was removed (a flush or delete between the two
-/// removals, an orphan awaiting the sweeper). Taking it back keeps the flow on its port;
-/// picking another port would make the peer see a different connection and reset it.
+/// Whether the flow `key` can keep its own port, with `reply` as its reply tuple: claimed now,
+/// or already held by the flow's own reply half, left alone while its original half was
+/// removed (a flush or delete between the two removals, an orphan awaiting the sweeper).
+/// Keeping the port matters: with another one the peer would see a different connection and
+/// reset it.
 #[inline(always)]
-fn is_ours(reply: &FlowKey, key: &FlowKey) -> bool {
+fn keep_own_port(reply: &FlowKey, inbound: &NatEntry, key: &FlowKey) -> Result<bool, Counter> {
+    if claim(reply, inbound)? {
+        return Ok(true);
+    }
     match NAT_IN.get_ptr(reply) {
-        Some(e) => unsafe { (*e).addr == key.src_addr && (*e).port == key.src_port },
-        None => false,
+        Some(e) => Ok(unsafe { (*e).addr == key.src_addr && (*e).port == key.src_port }),
+        // Removed since the claim failed (that same flush or the sweeper): free again.
+        None => claim(reply, inbound),
     }
 }
 
@@ -174,7 +179,7 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
     };
 
     let in_range = (original_port as u32) >= lo && (original_port as u32) <= hi;
-    let mut claimed = in_range && (claim(&reply, &inbound)? || is_ours(&reply, key));
+    let mut claimed = in_range && keep_own_port(&reply, &inbound, key)?;
     if !claimed {
         let span = hi.wrapping_sub(lo).wrapping_add(1);
         if span == 0 || hi < lo {
