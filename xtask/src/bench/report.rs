@@ -143,6 +143,8 @@ pub struct Meta {
     pub profile: Option<Value>,
     /// Where the 4-flow stream's CPU goes, per arm (`perf` sampling).
     pub stream_cpu: Option<Value>,
+    /// The clock behind the CPU-per-packet figure, and what it counts.
+    pub cpu_time_source: String,
 }
 
 pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Summary) -> Value {
@@ -204,6 +206,14 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
                 for n in &m.notes {
                     notes.push(format!("rep {} {}: {n}", s.rep + 1, s.arm.name()));
                 }
+                for (metric, why) in &m.unresolved {
+                    notes.push(format!(
+                        "rep {} {}: no {} figure: {why}",
+                        s.rep + 1,
+                        s.arm.name(),
+                        metric.id()
+                    ));
+                }
                 json!({"rep": s.rep + 1, "arm": s.arm.name(), "workload": s.workload.name(),
                        "values": m.values.iter().map(|(k, v)| (k.id().to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
                        "raw": m.raw})
@@ -234,6 +244,7 @@ pub fn to_json(meta: &Meta, records: &[ArmRecord], samples: &[Sample], sum: &Sum
             "reps": meta.reps,
             "seconds_per_workload": meta.seconds,
             "cpu_rate_pps": meta.cpu_rate,
+            "cpu_time_source": meta.cpu_time_source,
             "load_generators": if meta.pinned {
                 "pinned: client on CPU 0, server on CPU 1; for tcp-rr both on CPU 0"
             } else {
@@ -469,7 +480,7 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
         md,
         "- CPU per packet: the offered rate is fixed ({} packets/s) so that every arm does the \
          same work; the figure includes the load generators' own (identical) cost, which the \
-         \"above routed\" row removes.\n- Translation check, before each arm's workloads: a TCP \
+         \"above routed\" row removes. The machine's busy time comes from {}.\n- Translation check, before each arm's workloads: a TCP \
          connection (the server must see {} for the NAT arms, the client address for routed) \
          and a UDP echo (comes back only if translated back, or routed).\n- Scale section: \
          entries written with BPF_MAP_UPDATE_BATCH into the pinned NAT_OUT/NAT_IN and removed \
@@ -478,6 +489,9 @@ pub fn markdown(results: &Value, sum: &Summary) -> String {
          from `kernel.bpf_stats_enabled` + `bpftool prog show` (run_time_ns / run_cnt); map \
          memory from `bpftool map show` (bytes_memlock); daemon CPU from /proc/PID/stat.",
         set["cpu_rate_pps"],
+        set["cpu_time_source"]
+            .as_str()
+            .unwrap_or("/proc/stat (runs before the field was recorded)"),
         super::topo::UPLINK_ADDR
     );
     let background: Vec<f64> = results["raw"]

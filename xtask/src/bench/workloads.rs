@@ -1,5 +1,5 @@
 //! The workloads, all with `bpfnat-loadgen` (client in the client namespace, server in the
-//! WAN namespace), and the machine CPU time from `/proc/stat`.
+//! WAN namespace); the fixed-rate one also measures the machine's CPU time ([`super::cpu_time`]).
 
 use std::{
     fs,
@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use super::{
+    cpu_time::CpuBusy,
     proc::{wait_file, Proc},
     topo::{CLIENT_NS, SERVER_ADDR, WAN_NS},
     Ctx,
@@ -122,8 +123,9 @@ impl Metric {
                  first to last packet); sender udp-flood, 1 thread, 4 flows"
             }
             Metric::CpuNsPerPkt => {
-                "/proc/stat (all CPUs, user+nice+system+irq+softirq) over the udp-flood run at a \
-                 fixed --rate, divided by the datagrams udp-sink received"
+                "the machine's busy CPU time (all CPUs: load generators, softirq, interrupts, \
+                 kernel threads; the clock is named below) over the udp-flood run at a fixed \
+                 --rate, divided by the datagrams udp-sink received"
             }
         }
     }
@@ -228,6 +230,8 @@ enum Placement {
 /// What one run of a workload produced.
 pub struct Measured {
     pub values: Vec<(Metric, f64)>,
+    /// Metrics measured but below the resolution of their source: no figure, and why.
+    pub unresolved: Vec<(Metric, String)>,
     /// The loadgen reports and derived figures, for the JSON.
     pub raw: Value,
     /// Caveats worth a line in the report (e.g. the arm did not keep up).
@@ -252,55 +256,10 @@ fn server_at(port: u16) -> String {
     format!("{SERVER_ADDR}:{port}")
 }
 
-/// Total machine CPU time, from the first line of /proc/stat.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuStat {
-    /// user + nice + system + irq + softirq, in clock ticks.
-    busy: u64,
-    /// Everything, in clock ticks.
-    total: u64,
-}
-
-pub fn cpu_stat() -> anyhow::Result<CpuStat> {
-    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = text.lines().next().context("empty /proc/stat")?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    if f.len() < 8 {
-        bail!("unexpected /proc/stat line {line:?}");
-    }
-    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
-    let total = f[..8].iter().sum();
-    Ok(CpuStat { busy, total })
-}
-
-/// Clock ticks per second of /proc/stat (USER_HZ).
-pub fn clock_ticks() -> f64 {
-    crate::cmd(Command::new("getconf").arg("CLK_TCK"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-impl CpuStat {
-    /// CPU nanoseconds busy between `self` (earlier) and `later`.
-    pub fn busy_ns_until(&self, later: &CpuStat, ticks_per_sec: f64) -> f64 {
-        later.busy.saturating_sub(self.busy) as f64 * 1e9 / ticks_per_sec
-    }
-
-    pub fn total_ns_until(&self, later: &CpuStat, ticks_per_sec: f64) -> f64 {
-        later.total.saturating_sub(self.total) as f64 * 1e9 / ticks_per_sec
-    }
-}
-
 struct PairOutcome {
     server: Value,
     client: Value,
-    cpu_busy_ns: Option<f64>,
+    cpu: Option<CpuBusy>,
     wall: Duration,
 }
 
@@ -336,13 +295,17 @@ fn pair(
 
     let mut cc = loadgen(ctx, CLIENT_NS, secs + 15.0, client_mode, client_cpu);
     cc.args(client_args);
-    let before = if measure_cpu { Some(cpu_stat()?) } else { None };
+    let before = if measure_cpu {
+        Some(ctx.cpu_clock.sample()?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     let client = Proc::spawn(&format!("{tag}-client"), cc, &ctx.scratch)?
         .finish(Duration::from_secs_f64(secs + 20.0))?;
     let wall = t0.elapsed();
-    let cpu_busy_ns = match before {
-        Some(b) => Some(b.busy_ns_until(&cpu_stat()?, ctx.ticks)),
+    let cpu = match before {
+        Some(b) => Some(ctx.cpu_clock.between(&b, &ctx.cpu_clock.sample()?)?),
         None => None,
     };
     let server = server.finish(if server_exits_by_itself {
@@ -366,7 +329,7 @@ fn pair(
     Ok(PairOutcome {
         server: server_json,
         client: client_json,
-        cpu_busy_ns,
+        cpu,
         wall,
     })
 }
@@ -424,6 +387,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 ));
             }
             Ok(Measured {
+                unresolved: vec![],
                 values: vec![(metric, gbps)],
                 raw: json!({"client": out.client, "server": out.server}),
                 notes,
@@ -463,6 +427,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 vec![(Metric::RrCrossTps, num(&out.client, "per_sec")?)]
             };
             Ok(Measured {
+                unresolved: vec![],
                 values,
                 raw: json!({"client": out.client, "server": out.server}),
                 notes: vec![],
@@ -493,6 +458,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 w.placement(),
             )?;
             Ok(Measured {
+                unresolved: vec![],
                 values: vec![(Metric::CrrCps, num(&out.client, "per_sec")?)],
                 raw: json!({"client": out.client, "server": out.server}),
                 notes: vec![],
@@ -510,10 +476,10 @@ fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<M
     // Idle machine CPU just before, to tell background load (other work on the machine)
     // apart from ours; reported, not subtracted.
     let background = if rate.is_some() && !ctx.quick {
-        let a = cpu_stat()?;
+        let a = ctx.cpu_clock.sample()?;
         super::proc::sleep(Duration::from_secs(1))?;
-        let b = cpu_stat()?;
-        Some(a.busy_ns_until(&b, ctx.ticks) / a.total_ns_until(&b, ctx.ticks).max(1.0))
+        let w = ctx.cpu_clock.between(&a, &ctx.cpu_clock.sample()?)?;
+        Some(w.busy_ns / w.total_ns.max(1.0))
     } else {
         None
     };
@@ -574,24 +540,26 @@ fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<M
                 ));
             }
             Ok(Measured {
+                unresolved: vec![],
                 values: vec![(Metric::UdpPps, forwarded / sink_secs.max(1e-3))],
                 raw,
                 notes,
             })
         }
         Some(r) => {
-            let cpu_ns = out.cpu_busy_ns.context("cpu time")?;
+            let cpu = out.cpu.context("cpu time")?;
             let wall_ns = out.wall.as_nanos() as f64;
-            raw["cpu_busy_ns"] = json!(cpu_ns);
+            raw["cpu_source"] = json!(ctx.cpu_clock.describe());
+            raw["cpu_resolution_ns"] = json!(cpu.resolution_ns);
+            raw["cpu_busy_ns"] = json!(cpu.busy_ns);
             raw["wall_ns"] = json!(wall_ns);
-            raw["cpu_cores_busy"] = json!(cpu_ns / wall_ns.max(1.0));
+            raw["cpu_cores_busy"] = json!(cpu.busy_ns / wall_ns.max(1.0));
             raw["background_busy_fraction_before"] = json!(background);
             if let Some(bg) = background {
                 // What the rest of the machine was doing (the other CPUs' share is
-                // included: /proc/stat is machine-wide), assumed to go on during the run.
-                let all_cpus_ns = wall_ns * ctx.cores as f64;
+                // included: the clock is machine-wide), assumed to go on during the run.
                 raw["cpu_ns_per_packet_net_of_background"] =
-                    json!(((cpu_ns - bg * all_cpus_ns) / received).max(0.0));
+                    json!(((cpu.busy_ns - bg * cpu.total_ns) / received).max(0.0));
             }
             raw["offered_pps"] = json!(r);
             if out.client["rate_achieved"] != json!(true) || received < 0.98 * sent {
@@ -602,12 +570,48 @@ fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<M
                     num(&out.client, "pps").unwrap_or(0.0)
                 ));
             }
-            Ok(Measured {
-                values: vec![(Metric::CpuNsPerPkt, cpu_ns / received)],
+            Ok(cpu_per_packet(
+                cpu,
+                received,
                 raw,
                 notes,
-            })
+                &ctx.cpu_clock.describe(),
+            ))
         }
+    }
+}
+
+/// The CPU-per-packet figure of a fixed-rate run, or, when the busy time is below what the
+/// clock can resolve, no figure and the reason (a run that short on a fast machine is not a
+/// failure, and a figure made of zero or one tick would be made up).
+pub fn cpu_per_packet(
+    cpu: CpuBusy,
+    received: f64,
+    raw: Value,
+    notes: Vec<String>,
+    source: &str,
+) -> Measured {
+    if cpu.resolved() {
+        return Measured {
+            values: vec![(Metric::CpuNsPerPkt, cpu.busy_ns / received)],
+            unresolved: vec![],
+            raw,
+            notes,
+        };
+    }
+    let why = format!(
+        "{:.3} ms of CPU over {received} packets is below the resolution of {source}: \
+         a figure needs at least {:.0} steps of {:.3} ms (a longer --seconds or a higher \
+         --cpu-rate gives one)",
+        cpu.busy_ns / 1e6,
+        super::cpu_time::MIN_RESOLUTION_STEPS,
+        cpu.resolution_ns / 1e6,
+    );
+    Measured {
+        values: vec![],
+        unresolved: vec![(Metric::CpuNsPerPkt, why)],
+        raw,
+        notes,
     }
 }
 
