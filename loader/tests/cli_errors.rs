@@ -3,13 +3,15 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{net::Ipv4Addr, process::Command};
 
 use bpfnat::{
     lab::{ContainerSpec, LabSpec},
     netns,
 };
-use support::e2e::{is_root, tc_programs, Daemon, Lab};
+use support::e2e::{tc_programs, Daemon, Lab};
 
 fn bpfnat(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
@@ -83,10 +85,9 @@ fn bad_arguments() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn not_root() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     // Drop to nobody for this one command.
     let out = Command::new("setpriv")
         .args([
@@ -109,10 +110,9 @@ fn not_root() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn unknown_names_and_unusable_interfaces() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = ScratchNs::new("bnt-cli");
     assert_one_line_error(
         &[
@@ -177,10 +177,9 @@ fn mini_lab(prefix: &str, third_octet: u8) -> LabSpec {
 /// bpffs missing: `up` mounts it. Run in a private mount namespace so the machine's own
 /// mounts are never touched.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn mounts_bpffs_when_missing() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(mini_lab("bnt-fs", 1));
     let script = format!(
         "umount /sys/fs/bpf 2>/dev/null; \
@@ -206,10 +205,9 @@ fn mounts_bpffs_when_missing() {
 
 /// Start and stop twice on the same uplink: attached while running, nothing left after.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn restart_on_same_uplink_leaves_nothing_behind() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(mini_lab("bnt-rs", 2));
     for _ in 0..2 {
         let d = Daemon::start(

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -15,8 +17,7 @@ use support::cli::{bpfnat, bpfnat_ok, conntrack_json, counter, stats_json};
 use bpfnat::{lab::LabSpec, netns};
 use serde_json::Value;
 use support::e2e::{
-    echo_peer, is_root, ns_exec, tcp_send, tcp_sink, udp_echo, udp_request_from, Daemon, HeldTcp,
-    Lab,
+    echo_peer, ns_exec, tcp_send, tcp_sink, udp_echo, udp_request_from, Daemon, HeldTcp, Lab,
 };
 
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 95);
@@ -92,10 +93,9 @@ fn pin_dir(instance: &str) -> PathBuf {
 /// list --json: both tuples, per-direction accounting, seconds left, TCP state; expiry on
 /// time and reuse of the freed port.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn list_shows_tuples_state_and_expires_on_time() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec("bnt-ct-a", 1));
     let host = lab.spec.host_netns.clone();
     let (c1, c2) = (
@@ -225,10 +225,9 @@ fn list_shows_tuples_state_and_expires_on_time() {
 
 /// flush empties the table (and new traffic works); delete removes only what matches.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn flush_and_delete() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec("bnt-ct-f", 2));
     let host = lab.spec.host_netns.clone();
     let c1 = lab.spec.containers[0].netns.clone();
@@ -292,10 +291,9 @@ fn flush_and_delete() {
 
 /// stats --json counts what was sent: N pings and M TCP connections.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn stats_count_pings_and_connections() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     const N: u64 = 5;
     const M: u64 = 3;
     let lab = Lab::up(spec("bnt-ct-s", 3));
@@ -393,10 +391,9 @@ fn stats_count_pings_and_connections() {
 /// The uplink address changes while running: new flows leave with the new address, the old
 /// mappings are forgotten; without an address nothing is translated.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn address_change_moves_new_flows_to_the_new_address() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec("bnt-ct-ad", 4));
     let host = lab.spec.host_netns.clone();
     let c1 = lab.spec.containers[0].netns.clone();
@@ -458,10 +455,9 @@ fn address_change_moves_new_flows_to_the_new_address() {
 /// Pins exist while running, go away on SIGINT; a second `up` on the same instance is
 /// refused; pins of a killed daemon are stale and replaced.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn pins_follow_the_daemon() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec("bnt-ct-p", 5));
     let host = lab.spec.host_netns.clone();
     let dir = pin_dir(&host);
@@ -539,10 +535,9 @@ fn pins_follow_the_daemon() {
 /// A TOML file equivalent to the flags starts the daemon; flags override it; unknown keys
 /// and missing interfaces fail with one line.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn config_file() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let tmp = std::env::temp_dir();
     let good = tmp.join(format!("bnt-ct-cf-{}.toml", std::process::id()));
     let bad = tmp.join(format!("bnt-ct-cf-bad-{}.toml", std::process::id()));

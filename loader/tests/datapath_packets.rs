@@ -12,6 +12,8 @@
 
 mod support;
 
+use support::require_root;
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use bpfnat::{
     addr::PortRange,
@@ -28,14 +30,6 @@ const NS1: &str = "172.18.0.2";
 const NS2: &str = "172.18.0.3";
 const SYN: u8 = 0x02;
 const SYN_ACK: u8 = 0x12;
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-    false
-}
 
 fn datapath(ports: Option<PortRange>) -> Datapath {
     let mut dp = Datapath::load(LoadOptions { table_size: 4096 }).expect("load datapath");
@@ -142,10 +136,9 @@ fn assert_frame(got: &[u8], want: &Frame, case: &str) {
 /// Outbound rows: the source becomes EXTERNAL with the original port kept, and the reply
 /// comes back to the container. Each row runs on a fresh datapath.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn outbound_and_reply_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     struct Row {
         name: &'static str,
         out: Frame,
@@ -299,10 +292,9 @@ fn outbound_and_reply_table() {
 
 /// Frames that are not ours pass untouched, each counted under its reason.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn untouched_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let host_own = Frame::new(
         EXTERNAL,
@@ -415,10 +407,9 @@ fn untouched_table() {
 
 /// Malformed headers are dropped and counted, never misread.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn malformed_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let good = Frame::new(
         NS1,
@@ -464,10 +455,9 @@ fn malformed_table() {
 /// Two containers, same source port, same destination: the second gets another external port
 /// (in the same class) and each reply finds its own container.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn port_conflict_picks_another_port_in_class() {
-    if !root() {
-        return;
-    }
+    require_root();
     for (sport, lo, hi) in [
         (40000u16, 1024u16, 65535u16),
         (123, 1, 511),
@@ -508,10 +498,9 @@ fn port_conflict_picks_another_port_in_class() {
 /// A configured range is honoured, and one external port serves many destinations; when the
 /// range is exhausted for a destination the packet is dropped and counted.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn port_range_and_exhaustion() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(Some("5000-5000".parse().unwrap()));
     let first = Frame::new(
         NS1,
@@ -593,10 +582,9 @@ fn port_range_and_exhaustion() {
 
 /// Per-flow accounting: packets, bytes and last-seen on both halves.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn per_flow_counters() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let f = Frame::new(
         NS1,
@@ -694,10 +682,9 @@ fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
 
 /// Every state transition, driven by real segments through both programs.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_state_transitions() {
-    if !root() {
-        return;
-    }
+    require_root();
     use bpfnat_common::TcpState::*;
     let handshake: [Step; 3] = [
         (true, SYN, SynSent),
@@ -770,10 +757,9 @@ fn tcp_state_transitions() {
 
 /// A new SYN on a mapping in TIME_WAIT (or CLOSE) reopens it on the same external port.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_time_wait_is_reused_by_a_new_syn() {
-    if !root() {
-        return;
-    }
+    require_root();
     use bpfnat_common::TcpState::*;
     let mut dp = run_conversation(
         "to time-wait",
@@ -820,10 +806,9 @@ fn tcp_time_wait_is_reused_by_a_new_syn() {
 /// dropped (the host would answer with a RST and kill a connection about to be picked up
 /// again); SYNs and RSTs still reach the host.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn stray_tcp_segments_are_dropped_not_reset() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     for (flags, verdict, counter) in [
         (ACK, TC_ACT_SHOT, Counter::DropStrayTcp),
@@ -897,10 +882,9 @@ fn assert_quote_ip_checksum(frame: &[u8], case: &str) {
 /// long quotes, translated back to the container: outer destination, quoted source address
 /// and port, quoted IP and L4 checksums, outer IP and ICMP checksums.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn inbound_icmp_errors_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     // (kind, code, rest of header): port unreachable, fragmentation needed (MTU 1400),
     // time exceeded in transit, parameter problem (pointer 20).
     let kinds: [(u8, u8, u32); 4] = [(3, 3, 0), (3, 4, 1400), (11, 0, 0), (12, 0, 20 << 24)];
@@ -980,10 +964,9 @@ fn inbound_icmp_errors_table() {
 /// A container's own ICMP error about a reply it received (e.g. port unreachable after its
 /// socket closed) leaves with the external address and port in the quote.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn outbound_icmp_errors_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     for (kind, code) in [(3u8, 3u8), (3, 1), (11, 0), (12, 0)] {
         let mut dp = datapath(None);
         let holder = Frame::new(
@@ -1035,10 +1018,9 @@ fn outbound_icmp_errors_table() {
 
 /// Errors that quote no flow of ours pass untouched (the host's own traffic).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn unrelated_icmp_errors_pass() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let host_packet = Frame::new(
         EXTERNAL,
@@ -1062,10 +1044,9 @@ fn unrelated_icmp_errors_pass() {
 /// (same source, destination, protocol and IP id) follow it, in both directions; a later
 /// fragment from a container whose first fragment was never seen is dropped and counted.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn fragments_follow_their_first_fragment() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
     let mut first = Frame::new(
@@ -1145,10 +1126,9 @@ fn fragments_follow_their_first_fragment() {
 /// A 100-port range serves exactly 100 flows to one destination: the search walks the whole
 /// range, so the last free port is always found, and the 101st flow is dropped and counted.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn small_range_is_searched_exhaustively() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(Some("20000-20099".parse().unwrap()));
     let mut ports = std::collections::BTreeSet::new();
     for i in 0..100u16 {
@@ -1181,10 +1161,9 @@ fn small_range_is_searched_exhaustively() {
 
 /// A full table drops new flows (counted) and never disturbs existing ones.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn full_table_drops_new_flows_only() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = Datapath::load(LoadOptions { table_size: 2 }).expect("load");
     dp.configure(
         EXTERNAL.parse().unwrap(),
@@ -1279,10 +1258,9 @@ fn publish(dp: &mut Datapath, proto: u8, host_port: u16, ctr: [u8; 4], ctr_port:
 /// the container's answers leave from the published port; unpublished ports and direct
 /// access to container addresses are dropped.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn published_ports_and_direct_access() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = bridged_datapath(0);
     publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
     publish(&mut dp, 17, 5353, [172, 18, 0, 3], 53);
@@ -1382,10 +1360,9 @@ fn published_ports_and_direct_access() {
 /// The port program: inter-container traffic off drops same-bridge traffic (but not the
 /// gateway), two bridges are isolated, an internal bridge keeps traffic in.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn bridge_policy_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     use bpfnat_common::{BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
     let rows: [(&str, u32, &str, u32, Counter); 6] = [
         (
@@ -1482,10 +1459,9 @@ fn assert_l3(got: &[u8], want: &Frame, case: &str) {
 /// the host and is turned back into the address it asked for; the published container can
 /// reach itself the same way.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn hairpin_table() {
-    if !root() {
-        return;
-    }
+    require_root();
     const GATEWAY: &str = "172.18.0.1";
     for (client, sport) in [(NS2, 45000u16), (NS1, 45001)] {
         let mut dp = bridged_datapath(0);
@@ -1547,10 +1523,9 @@ fn hairpin_table() {
 /// caught between its two removals) takes its own reply half back and keeps its port: with
 /// another port the peer would see a different connection and reset it.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn orphaned_reply_half_is_taken_back() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let f = Frame::new(
         NS1,
@@ -1580,10 +1555,9 @@ fn orphaned_reply_half_is_taken_back() {
 /// pointing at it again and put it back, or the flow's replies stop being translated (found
 /// by e2e_scale's flush under a running upload: the table ended with NAT_OUT 1, NAT_IN 0).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn reply_half_taken_back_during_a_flush_survives_it() {
-    if !root() {
-        return;
-    }
+    require_root();
     let mut dp = datapath(None);
     let f = Frame::new(
         NS1,
@@ -1644,10 +1618,9 @@ fn reply_half_taken_back_during_a_flush_survives_it() {
 /// host's own forwarding), hairpin to a container on another bridge is sourced from that
 /// bridge's gateway, and a published connection is reopened by a new client SYN.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn bridge_edge_cases() {
-    if !root() {
-        return;
-    }
+    require_root();
     use bpfnat_common::BRIDGE_INTERNAL;
     // A container claiming the gateway's address does not attract the host's traffic.
     let mut dp = bridged_datapath(0);
@@ -1752,10 +1725,9 @@ fn bridge_edge_cases() {
 /// removes every idle mapping (both halves) and every orphaned reply half by the end of a
 /// pass, while a live mapping stays.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn sweeper_walks_a_big_table_in_slices() {
-    if !root() {
-        return;
-    }
+    require_root();
     use bpfnat::expiry::Sweeper;
     let mut dp = Datapath::load(LoadOptions { table_size: 65_536 }).expect("load");
     dp.configure(

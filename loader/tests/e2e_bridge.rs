@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
@@ -28,7 +30,7 @@ use bpfnat::{
 };
 use serde_json::Value;
 use support::e2e::{
-    echo_peer, is_root, ns_exec, ping, spawn_in, tcp_send, tcp_sink, udp_echo, udp_request,
+    echo_peer, ns_exec, ping, spawn_in, tcp_send, tcp_sink, udp_echo, udp_request,
     udp_request_from, Daemon, Lab, Stream,
 };
 
@@ -407,10 +409,9 @@ fn daemon(lab: &Lab, extra: &[&str]) -> Daemon {
 /// outside and each other, because the datapath forwards their packets itself; with the
 /// daemon stopped, the same traffic is dropped.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn forward_drop_host_forwards_through_the_datapath() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(1));
     forward_drop(&lab.spec.host_netns);
     let host = lab.spec.host_netns.clone();
@@ -495,10 +496,9 @@ fn forward_drop_host_forwards_through_the_datapath() {
 /// Docker 28's direct-access protection: even with a route to the container subnet, the
 /// outside reaches no container (the same traffic gets through without the datapath).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn direct_access_from_outside_is_dropped() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(2));
     let (c1, a1) = c(&lab, 0);
     let wan = lab.spec.wan_netns.clone();
@@ -535,10 +535,9 @@ fn direct_access_from_outside_is_dropped() {
 /// a port range; `publish remove` cuts both at once (UDP too, from the same client port),
 /// while an unrelated transfer keeps running byte for byte.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn published_ports_and_their_removal() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(3));
     forward_drop(&lab.spec.host_netns);
     let host = lab.spec.host_netns.clone();
@@ -688,10 +687,9 @@ fn published_ports_and_their_removal() {
 /// A published TCP connection's state comes from the client's side: a SYN that gets no
 /// answer is SYN_SENT (not SYN_RECV), an open one ESTABLISHED.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn published_tcp_state_is_the_clients() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(4));
     let host = lab.spec.host_netns.clone();
     let wan = lab.spec.wan_netns.clone();
@@ -743,10 +741,9 @@ fn published_tcp_state_is_the_clients() {
 /// `--icc=false`: containers of a bridge cannot talk to each other (the datapath drops it
 /// before the bridge sees it), but still reach their gateway and the outside.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn icc_off_keeps_containers_apart() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(5));
     let host = lab.spec.host_netns.clone();
     let gateway = lab.spec.bridge_addr;
@@ -831,10 +828,9 @@ fn icc_off_keeps_containers_apart() {
 /// Two bridges: their containers cannot reach each other (the host would route it), and
 /// both reach the outside.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn two_bridges_are_isolated() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(6));
     let host = lab.spec.host_netns.clone();
     let external = lab.spec.uplink_addr;
@@ -881,10 +877,9 @@ fn two_bridges_are_isolated() {
 /// An internal bridge (from the config file): its containers reach their gateway and each
 /// other, nothing outside; the other bridge is unaffected; nothing can be published to it.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn internal_bridge_keeps_traffic_in() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(7));
     let host = lab.spec.host_netns.clone();
     let (c1, _) = c(&lab, 0);
@@ -987,10 +982,9 @@ fn port_names(status: &Value) -> Vec<String> {
 /// A container started after the daemon is served within a second or so; one that goes
 /// away is forgotten, its link released (no leak); `status` shows all of it.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn ports_follow_containers_and_status_shows_them() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(8));
     forward_drop(&lab.spec.host_netns);
     let host = lab.spec.host_netns.clone();
@@ -1104,10 +1098,9 @@ fn ports_follow_containers_and_status_shows_them() {
 /// another container and from the published one itself; the server sees the bridge's gateway
 /// (Docker's hairpin masquerade). Removing the publish cuts a running hairpin UDP flow too.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn hairpin_through_the_uplink_address() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(spec(9));
     let host = lab.spec.host_netns.clone();
     let (ext, gateway) = (lab.spec.uplink_addr, lab.spec.bridge_addr);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     process::Command,
@@ -70,10 +72,9 @@ fn traceroute(ns: &str, dst: Ipv4Addr, icmp: bool) -> Vec<(u32, String)> {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn traceroute_shows_every_hop_through_the_nat() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (lab, _srv) = lab_with_router("tr", 1);
     let c = &lab.spec.containers[0].netns;
     let server = ServerBehindRouter::ADDR;
@@ -107,10 +108,9 @@ fn traceroute_shows_every_hop_through_the_nat() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn path_mtu_discovery_works_through_the_nat() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (lab, srv) = lab_with_router("pm", 2);
     srv.set_router_mtu(1280);
     let c = lab.spec.containers[0].netns.clone();
@@ -138,10 +138,9 @@ fn path_mtu_discovery_works_through_the_nat() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn fragmented_udp_datagrams_cross_the_nat_both_ways() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (lab, _srv) = lab_with_router("fr", 3);
     let c = lab.spec.containers[0].netns.clone();
     let server = ServerBehindRouter::ADDR;

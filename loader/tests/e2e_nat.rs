@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
@@ -18,10 +20,9 @@ const MB: u64 = 1 << 20;
 
 /// The lab of `bpfnat lab up`: the acceptance scenario.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn lab_masquerades_ping_tcp_udp_and_detaching_breaks_it() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(LabSpec::default_lab());
     let remote = lab.spec.remote_server;
     let external = lab.spec.uplink_addr;
@@ -182,10 +183,9 @@ fn assert_unreachable(spec: &LabSpec, when: &str) {
 ///   container veths have TX offload off, so those are completed after the NAT and verified
 ///   by the containers.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn up_on_other_names_with_partial_and_full_checksums() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let mut c1 = ContainerSpec::new("bnt-c1", Ipv4Addr::new(10, 99, 0, 2));
     c1.host_veth = "bnt-v1".into();
     let mut c2 = ContainerSpec::new("bnt-c2", Ipv4Addr::new(10, 99, 0, 3));
@@ -311,10 +311,9 @@ fn up_on_other_names_with_partial_and_full_checksums() {
 /// The legacy attachment (clsact qdisc + cls_bpf) works too, on the uplink and on the bridge
 /// ports (whose program forwards the container's traffic), and leaves no qdisc behind.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn clsact_mode_works_and_removes_its_qdisc() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let mut c = ContainerSpec::new("bnt-k1", Ipv4Addr::new(10, 98, 0, 2));
     c.host_veth = "bnt-kv1".into();
     let spec = LabSpec {

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
@@ -56,10 +58,9 @@ fn stats(host: &str) -> Value {
 /// `trace` with a filter shows the SYN of a new connection before and after translation with
 /// its verdict, shows nothing of traffic outside the filter, and writes a pcap tcpdump reads.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn trace_shows_a_syn_translated_and_writes_pcap() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = lab("bnt-op-tr", 1);
     let host = lab.spec.host_netns.clone();
     let c = lab.spec.containers[0].clone();
@@ -200,10 +201,9 @@ fn metric(text: &str, name_and_labels: &str) -> u64 {
 /// The metrics endpoint serves valid Prometheus text whose values match `stats --json`, and
 /// the traffic counters count exactly what was sent.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn metrics_match_stats_and_traffic_is_counted() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let lab = lab("bnt-op-me", 2);
     let host = lab.spec.host_netns.clone();
     let c = lab.spec.containers[0].clone();

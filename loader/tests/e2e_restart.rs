@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::require_root;
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
@@ -26,7 +28,7 @@ use aya::maps::{HashMap, Map, MapData};
 use bpfnat::lab::LabSpec;
 use bpfnat_common::{Counter, FlowKey, NatEntry};
 use support::e2e::{
-    echo_peer, is_root, spawn_in, tcp_sink, udp_echo, udp_request_from, Daemon, Lab, Stream,
+    echo_peer, spawn_in, tcp_sink, udp_echo, udp_request_from, Daemon, Lab, Stream,
 };
 
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 88);
@@ -375,18 +377,16 @@ fn survive_restart(n: u8, how: Stop) {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn kill9_then_restart_adopts_the_running_datapath() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     survive_restart(1, Stop::Kill9);
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn keep_then_restart_adopts_the_running_datapath() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     survive_restart(2, Stop::KeepSigint);
 }
 
@@ -394,10 +394,9 @@ fn keep_then_restart_adopts_the_running_datapath() {
 /// misfit table size is refused without touching the state, and `down` after `--keep`
 /// removes links and maps.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn btf_dump_misfit_and_down() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let _serial = serial();
     let lab = Lab::up(spec(3));
     let host = lab.spec.host_netns.clone();

@@ -4,20 +4,16 @@
 //! Every test uses its own namespace names (prefix `bnt-tN-`) and its own
 //! addresses, so tests can run in parallel and alongside a user's default lab.
 
+mod support;
+
+use support::require_root;
+
 use std::{net::Ipv4Addr, process::Command};
 
 use bpfnat::{
     lab::{self, ContainerSpec, LabSpec},
     netns,
 };
-
-fn running_as_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipping: lab topology tests need root");
-    false
-}
 
 /// Tears the lab down when the test ends, pass or fail.
 struct LabGuard(LabSpec);
@@ -142,10 +138,9 @@ fn assert_connectivity(spec: &LabSpec) {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn up_builds_a_working_lab() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let guard = fresh_lab(test_spec(1));
     let spec = &guard.0;
     lab::up(spec).expect("lab up");
@@ -189,10 +184,9 @@ fn up_builds_a_working_lab() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn wan_has_no_route_back_to_the_containers() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let guard = fresh_lab(test_spec(2));
     let spec = &guard.0;
     lab::up(spec).expect("lab up");
@@ -224,10 +218,9 @@ fn wan_has_no_route_back_to_the_containers() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn up_is_idempotent_and_repairs_a_damaged_lab() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let guard = fresh_lab(test_spec(3));
     let spec = &guard.0;
     lab::up(spec).expect("first lab up");
@@ -298,10 +291,9 @@ fn up_is_idempotent_and_repairs_a_damaged_lab() {
 /// The default lab's exact interface names and addresses, in namespaces
 /// renamed so the test cannot collide with a user's real lab.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn default_lab_addressing_works() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let mut spec = LabSpec::default_lab();
     spec.host_netns = "bnt-t7-h".to_owned();
     spec.wan_netns = "bnt-t7-w".to_owned();
@@ -343,10 +335,9 @@ fn default_lab_addressing_works() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn down_removes_every_namespace() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let guard = fresh_lab(test_spec(4));
     let spec = &guard.0;
     lab::up(spec).expect("lab up");
@@ -363,10 +354,9 @@ fn down_removes_every_namespace() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tx_checksum_round_trip() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let mut spec = test_spec(5);
     spec.containers[0].tx_checksum = false;
     let guard = fresh_lab(spec);
@@ -404,10 +394,9 @@ fn tx_checksum_round_trip() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn netns_primitives() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let name = "bnt-t6-x";
     let spec = LabSpec {
         containers: Vec::new(),

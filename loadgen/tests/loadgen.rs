@@ -18,9 +18,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_bpfnat-loadgen");
 const CLIENT_IP: &str = "10.96.0.1";
 const SERVER_IP: &str = "10.96.0.2";
 
-fn is_root() -> bool {
+/// First line of every test marked `#[ignore = "needs root: ..."]`: `cargo xtask test` runs
+/// them (`--include-ignored`, as root); run by hand without root they fail with this message
+/// instead of passing empty.
+fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces): run `cargo xtask test` as root"
+    );
 }
 
 fn ip(args: &[&str]) -> bool {
@@ -51,12 +58,8 @@ struct Topo {
 }
 
 impl Topo {
-    /// `None` (test skipped) when not root.
-    fn new(tag: &str) -> Option<Topo> {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
+    fn new(tag: &str) -> Topo {
+        require_root();
         let topo = Topo {
             a: format!("bnt-lg-{tag}-a"),
             b: format!("bnt-lg-{tag}-b"),
@@ -80,7 +83,7 @@ impl Topo {
         for (ns, dev) in [(a, "lo"), (a, "veth0"), (b, "lo"), (b, "veth1")] {
             must_ip(&["-n", ns, "link", "set", dev, "up"]);
         }
-        Some(topo)
+        topo
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -258,7 +261,7 @@ fn server_addr(port: u16) -> String {
 /// Opens, verifies and holds `count` connections from one client process to
 /// one server process, then releases them; both sides must agree.
 fn hold(tag: &str, count: usize, check_while_held: bool, extra: &[&str]) {
-    let Some(topo) = Topo::new(tag) else { return };
+    let topo = Topo::new(tag);
     let count_s = count.to_string();
     let listen = server_addr(7000);
     let server = topo.server(
@@ -353,6 +356,7 @@ fn hold(tag: &str, count: usize, check_while_held: bool, extra: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn hold_2000_connections_across_the_veth() {
     // Source ports chosen by the kernel, as for any client.
     hold("hold", 2000, true, &[]);
@@ -367,6 +371,7 @@ fn hold_2000_connections_across_the_veth() {
 /// those are used for this destination, scans all of them on every further
 /// connect: 19,000 connections then take ~20 s instead of ~2.5 s.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn hold_19000_connections_from_one_process() {
     let mut hard = libc::rlimit {
         rlim_cur: 0,
@@ -385,10 +390,9 @@ fn hold_19000_connections_from_one_process() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn hold_clients_report_refused_connections() {
-    let Some(topo) = Topo::new("refused") else {
-        return;
-    };
+    let topo = Topo::new("refused");
     // Nobody listens on the server side: every connect is refused.
     let c = topo.client(
         "clients",
@@ -410,10 +414,9 @@ fn hold_clients_report_refused_connections() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_stream_moves_bytes_and_both_sides_agree() {
-    let Some(topo) = Topo::new("stream") else {
-        return;
-    };
+    let topo = Topo::new("stream");
     let listen = server_addr(7001);
     let server = topo.server(
         "server",
@@ -454,10 +457,9 @@ fn tcp_stream_moves_bytes_and_both_sides_agree() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_stream_bytes_limit() {
-    let Some(topo) = Topo::new("bytes") else {
-        return;
-    };
+    let topo = Topo::new("bytes");
     let listen = server_addr(7001);
     let server = topo.server(
         "server",
@@ -494,8 +496,9 @@ fn tcp_stream_bytes_limit() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_rr_reports_rate_and_latency() {
-    let Some(topo) = Topo::new("rr") else { return };
+    let topo = Topo::new("rr");
     let listen = server_addr(7002);
     let server = topo.server(
         "server",
@@ -541,8 +544,9 @@ fn tcp_rr_reports_rate_and_latency() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn tcp_crr_server_closes_first_so_the_client_keeps_no_time_wait() {
-    let Some(topo) = Topo::new("crr") else { return };
+    let topo = Topo::new("crr");
     let listen = server_addr(7002);
     let server = topo.server(
         "server",
@@ -580,8 +584,9 @@ fn tcp_crr_server_closes_first_so_the_client_keeps_no_time_wait() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn udp_flood_at_a_fixed_rate_reaches_the_sink() {
-    let Some(topo) = Topo::new("udp") else { return };
+    let topo = Topo::new("udp");
     let listen = server_addr(7003);
     let sink = topo.server(
         "sink",
@@ -624,10 +629,9 @@ fn udp_flood_at_a_fixed_rate_reaches_the_sink() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn udp_sink_replies_to_every_flow() {
-    let Some(topo) = Topo::new("udprr") else {
-        return;
-    };
+    let topo = Topo::new("udprr");
     let listen = server_addr(7004);
     let sink = topo.server(
         "sink",
@@ -670,8 +674,9 @@ fn udp_sink_replies_to_every_flow() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn duration_caps_a_server_waiting_for_clients() {
-    let Some(topo) = Topo::new("cap") else { return };
+    let topo = Topo::new("cap");
     let started = Instant::now();
     let s = topo
         .spawn(
@@ -697,10 +702,9 @@ fn duration_caps_a_server_waiting_for_clients() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn missing_namespace_is_an_error_with_json() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let out = Command::new(BIN)
         .args([
             "--netns",

@@ -198,7 +198,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // loader's build.rs builds it, and its tests run the object in the kernel.
     let status = Command::new("cargo")
         .args(["test", "--workspace", "--exclude", "datapath-ebpf"])
-        .args(extra)
+        .args(with_ignored_tests(extra))
         .current_dir(&root)
         .status()
         .context("running cargo test")?;
@@ -206,6 +206,18 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         bail!("tests failed");
     }
     check_no_new_leftovers(&before, "the tests")
+}
+
+/// `extra` with `--include-ignored` for the test binaries: the tests that need root are
+/// marked `#[ignore = "needs root: ..."]` so that a plain `cargo test` without root shows them
+/// as ignored instead of passing them empty; this command runs as root and runs them all.
+fn with_ignored_tests(extra: &[String]) -> Vec<String> {
+    let mut args = extra.to_vec();
+    match args.iter().position(|a| a == "--") {
+        Some(i) => args.insert(i + 1, "--include-ignored".to_owned()),
+        None => args.extend(["--".to_owned(), "--include-ignored".to_owned()]),
+    }
+    args
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -232,4 +244,23 @@ pub fn cmd(c: &mut Command) -> anyhow::Result<String> {
 /// Whether a command runs and exits 0 (its output is discarded).
 pub fn cmd_ok(c: &mut Command) -> bool {
     c.output().is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_ignored_tests;
+
+    #[test]
+    fn root_only_tests_are_included_whatever_the_extra_arguments() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(with_ignored_tests(&[]), v(&["--", "--include-ignored"]));
+        assert_eq!(
+            with_ignored_tests(&v(&["e2e_nat"])),
+            v(&["e2e_nat", "--", "--include-ignored"])
+        );
+        assert_eq!(
+            with_ignored_tests(&v(&["-p", "bpfnat", "--", "--nocapture"])),
+            v(&["-p", "bpfnat", "--", "--include-ignored", "--nocapture"])
+        );
+    }
 }

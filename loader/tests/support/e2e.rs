@@ -14,14 +14,6 @@ use std::{
 
 use bpfnat::{lab, netns};
 
-pub fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: end-to-end tests need root");
-    false
-}
-
 /// A lab that is built on creation and removed on drop, even when the test panics.
 pub struct Lab {
     pub spec: lab::LabSpec,
