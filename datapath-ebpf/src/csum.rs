@@ -76,6 +76,8 @@ pub fn rewrite_ip_addr(
     ) else {
         return Err(FAILED);
     };
+    // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+    // checked that every byte lies between data and data_end; unaligned access is allowed.
     unsafe {
         csum.write_unaligned(csum_update32(csum.read_unaligned(), old, new));
         addr.write_unaligned(new);
@@ -93,6 +95,8 @@ pub fn decrement_ttl(ctx: &TcContext) -> Result<bool, Counter> {
     ) else {
         return Err(FAILED);
     };
+    // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+    // checked that every byte lies between data and data_end; unaligned access is allowed.
     unsafe {
         // TTL and protocol share one 16-bit word of the header.
         let old = word.read_unaligned();
@@ -125,6 +129,8 @@ pub fn rewrite_port(
             .map_err(|_| FAILED)?;
     }
     match ptr_at::<u16>(ctx, port_off) {
+        // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+        // checked that every byte lies between data and data_end; unaligned access is allowed.
         Some(port) => unsafe { port.write_unaligned(new) },
         // Beyond the linear part (only in an ICMP error's quote): the helper copies it in.
         None => ctx.store(port_off, &new, 0).map_err(|_| FAILED)?,

@@ -25,6 +25,7 @@ pub fn key(src_addr: u32, dst_addr: u32, id: u16, proto: u8, direction: u8) -> F
 #[inline(always)]
 pub fn remember(key: &FragKey, addr: u32) {
     let entry = FragEntry {
+        // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
         addr,
         pad: 0,
@@ -35,5 +36,7 @@ pub fn remember(key: &FragKey, addr: u32) {
 /// The address the datagram's later fragments get, if its first fragment was seen.
 #[inline(always)]
 pub fn lookup(key: &FragKey) -> Option<u32> {
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
 }

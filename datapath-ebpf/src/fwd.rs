@@ -33,6 +33,8 @@ pub fn bridge_of(addr: u32) -> Option<u32> {
 #[inline(always)]
 pub fn is_on_internal_bridge(addr: u32) -> bool {
     match bridge_of(addr).and_then(|b| BRIDGES.get_ptr(b)) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         Some(info) => (unsafe { (*info).flags } & BRIDGE_INTERNAL) != 0,
         None => false,
     }
@@ -44,6 +46,8 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Counter
     let Some(eth) = ptr_at::<[[u8; 6]; 2]>(ctx, 0) else {
         return Err(Counter::DropRewriteFailed);
     };
+    // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+    // checked that every byte lies between data and data_end; unaligned access is allowed.
     unsafe { eth.write_unaligned([*dst, *src]) };
     Ok(())
 }
@@ -54,6 +58,8 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Counter
 /// side's transmit path and backlog queue. Bridge ports are veths on a container host.
 #[inline(always)]
 pub fn to_port(port_ifindex: u32) -> i32 {
+    // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
+    // allowed); it only records where the packet goes next.
     unsafe { bpf_redirect_peer(port_ifindex, 0) as i32 }
 }
 
@@ -76,11 +82,17 @@ pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
     }
     count(Counter::Forwarded);
     if let Some(ep) = ENDPOINTS.get_ptr(dst) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         let ep: Endpoint = unsafe { *ep };
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         let bridge_mac = unsafe { (*info).mac };
         set_macs(ctx, &ep.mac, &bridge_mac)?;
         return Ok(to_port(ep.port_ifindex));
     }
+    // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
+    // allowed); it only records where the packet goes next.
     Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
 }
 
@@ -122,6 +134,8 @@ pub fn to_uplink(
     params.ifindex = bridge;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the context is this program's skb, and `params` a live, exclusive bpf_fib_lookup
+    // of exactly the size given.
     let ret = unsafe {
         fib_lookup(
             ctx.as_ptr(),
@@ -139,6 +153,8 @@ pub fn to_uplink(
         }
         set_macs(ctx, &params.dmac, &params.smac)?;
         count(Counter::Forwarded);
+        // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
+        // allowed); it only records where the packet goes next.
         return Ok(Some(unsafe { bpf_redirect(uplink, 0) } as i32));
     }
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
@@ -147,6 +163,8 @@ pub fn to_uplink(
         }
         count(Counter::Forwarded);
         return Ok(Some(
+            // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters
+            // are allowed); it only records where the packet goes next.
             unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) } as i32,
         ));
     }

@@ -37,6 +37,8 @@ fn key_of(pkt: &Packet) -> FlowKey {
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Option<HairpinEntry> {
     let entry = HAIRPIN.get_ptr_mut(key_of(pkt))?;
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         Some(*entry)
@@ -47,6 +49,7 @@ pub fn lookup(pkt: &Packet) -> Option<HairpinEntry> {
 /// `target`, sourced from `gateway`. Returns the rewrite of this first packet.
 #[inline(always)]
 pub fn create(pkt: &Packet, target: &PublishTarget, gateway: u32) -> Result<HairpinEntry, Counter> {
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut gw_port = pkt.src_port;
     let mut i = 0;
@@ -76,6 +79,7 @@ pub fn create(pkt: &Packet, target: &PublishTarget, gateway: u32) -> Result<Hair
             }
             return Ok(out);
         }
+        // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
         gw_port = ((1024 + unsafe { bpf_get_prandom_u32() } % 64512) as u16).to_be();
         i += 1;
     }

@@ -28,6 +28,8 @@ pub fn translate_inbound(ctx: &TcContext, err: &IcmpError) -> Result<Option<u32>
     let Some(entry) = NAT_IN.get_ptr(quoted_key(err).reversed()) else {
         return Ok(None);
     };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     let q = &err.inner;
     rewrite_ip_addr(ctx, IP_DST_OFF, err.dst_addr, addr)?;
@@ -53,6 +55,8 @@ pub fn translate_outbound(ctx: &TcContext, err: &IcmpError) -> Result<bool, Coun
     let Some(entry) = NAT_OUT.get_ptr(quoted_key(err).reversed()) else {
         return Ok(false);
     };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     let q = &err.inner;
     rewrite_ip_addr(ctx, IP_SRC_OFF, err.src_addr, addr)?;
@@ -73,7 +77,10 @@ pub fn translate_outbound(ctx: &TcContext, err: &IcmpError) -> Result<bool, Coun
 /// Rewrite one address and one port of the quoted packet, with the quoted IP header checksum,
 /// the quoted L4 checksum (when quoted) and the outer ICMP checksum.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the offsets and values of one rewrite; a struct would cost stack in a BPF program"
+)]
 fn rewrite_quoted(
     ctx: &TcContext,
     err: &IcmpError,

@@ -6,7 +6,10 @@
 #![no_main]
 // For `atomic_xadd` (see nat::touch); this crate is built with nightly only.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics is an internal feature; nightly is required anyway"
+)]
 
 mod csum;
 mod frag;
@@ -94,7 +97,10 @@ fn log_allowed() -> bool {
     let Some(last) = LOG_RATE.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `last` is this CPU's slot of a per-CPU array, from a successful lookup; no other
+    // program run touches it meanwhile.
     unsafe {
         if now.wrapping_sub(*last) < 1_000_000_000 {
             return false;
@@ -173,8 +179,12 @@ fn try_nat_egress(ctx: &TcContext) -> Result<i32, Counter> {
         }
     };
     touch(entry, ctx.len());
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         let reply = unsafe { key.reply_key(&*entry) };
         reopen_if_closed(entry, pkt.tcp_flags, &NAT_IN, &reply);
         track_tcp(entry, pkt.tcp_flags, &NAT_IN, &reply);
@@ -282,9 +292,15 @@ fn try_nat_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         },
     };
     touch(entry, ctx.len());
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
     if pkt.proto == IPPROTO_TCP {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         let original = unsafe { key.original_key(&*entry) };
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         if unsafe { (*entry).flags } & NAT_FLAG_PUBLISHED != 0 {
             // For a published connection the client opens: its half is this one.
             reopen_if_closed(entry, pkt.tcp_flags, &NAT_OUT, &original);
@@ -326,6 +342,7 @@ fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
     if pkt.proto != IPPROTO_TCP || pkt.tcp_flags & SYN_OR_RST != 0 {
         return false;
     }
+    // SAFETY: bpf_sock_tuple is plain data (integers in unions), valid when zeroed.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     tuple.__bindgen_anon_1.ipv4.saddr = pkt.src_addr;
     tuple.__bindgen_anon_1.ipv4.daddr = pkt.dst_addr;
@@ -333,6 +350,8 @@ fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
     tuple.__bindgen_anon_1.ipv4.dport = pkt.dst_port;
     // The IPv4 part of the tuple: two addresses and two ports.
     const IPV4_TUPLE_LEN: u32 = 12;
+    // SAFETY: the context is this program's skb and `tuple` a live stack value of the length
+    // given; the returned socket, if any, is released below.
     let sk = unsafe {
         bpf_skc_lookup_tcp(
             ctx.as_ptr(),
@@ -345,6 +364,7 @@ fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
     if sk.is_null() {
         return true;
     }
+    // SAFETY: `sk` is the non-null socket bpf_skc_lookup_tcp returned, released exactly once.
     unsafe { bpf_sk_release(sk as *mut _) };
     false
 }

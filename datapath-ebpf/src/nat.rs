@@ -60,6 +60,9 @@ pub fn is_internal(addr: u32) -> bool {
 /// the counters use atomic adds; `last_seen_ns` is a plain store (any recent value will do).
 #[inline(always)]
 pub fn touch(entry: *mut NatEntry, len: u32) {
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use). The atomic
+    // add targets a u64 field inside that value.
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         // The BPF target has no compare-and-swap, so core's atomics lack fetch_add; the
@@ -118,6 +121,8 @@ struct PortSearch {
 /// to stop the loop.
 #[inline(never)]
 extern "C" fn try_next_port(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the `ctx` pointer given by search_port: a live, exclusive
+    // &mut PortSearch on its stack.
     let search = unsafe { &mut *(ctx as *mut PortSearch) };
     let span = search.span;
     if span == 0 {
@@ -150,6 +155,8 @@ fn keep_own_port(reply: &FlowKey, inbound: &NatEntry, key: &FlowKey) -> Result<b
         return Ok(true);
     }
     match NAT_IN.get_ptr(reply) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         Some(e) => Ok(unsafe { (*e).addr == key.src_addr && (*e).port == key.src_port }),
         // Removed since the claim failed (that same flush or the sweeper): free again.
         None => claim(reply, inbound),
@@ -159,6 +166,7 @@ fn keep_own_port(reply: &FlowKey, inbound: &NatEntry, key: &FlowKey) -> Result<b
 /// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
 #[inline(always)]
 pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Counter> {
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let original_port = u16::from_be(key.src_port);
     let (lo, hi) = port_range(key.proto, original_port, cfg);
@@ -201,9 +209,12 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
             inbound,
             lo,
             span,
+            // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
             start: unsafe { bpf_get_prandom_u32() } % span,
             outcome: SEARCH_EXHAUSTED,
         };
+        // SAFETY: the callback has the signature bpf_loop expects, and `search` outlives the
+        // call (bpf_loop returns after the last iteration).
         unsafe {
             bpf_loop(
                 tries,
@@ -260,6 +271,8 @@ const TCP_ACK: u8 = 0x10;
 /// costs no extra lookup.
 #[inline(always)]
 pub fn track_tcp(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other: &FlowKey) {
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let seen = unsafe { (*entry).tcp_flags };
     let mut bits = flags & (TCP_SEEN_FIN | TCP_SEEN_SYN | TCP_SEEN_RST | TCP_SEEN_ACK);
     if flags & TCP_ACK != 0 && seen & TCP_SEEN_PEER_FIN != 0 {
@@ -268,10 +281,14 @@ pub fn track_tcp(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other:
     // Plain stores: a direction is normally handled by one CPU at a time; a lost bit only
     // shortens or lengthens one idle timeout.
     if bits & !seen != 0 {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         unsafe { (*entry).tcp_flags = seen | bits };
     }
     if flags & TCP_FIN != 0 && seen & TCP_SEEN_FIN == 0 {
         if let Some(peer) = other_table.get_ptr_mut(other) {
+            // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for
+            // the whole program run (the verifier checks the lookup's result before any use).
             unsafe { (*peer).tcp_flags |= TCP_SEEN_PEER_FIN };
         }
     }
@@ -289,8 +306,12 @@ pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, other_table: &NatTable,
     let Some(peer) = other_table.get_ptr_mut(other) else {
         return;
     };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let state = unsafe { tcp_state((*entry).tcp_flags, (*peer).tcp_flags) };
     if state.reusable() || state == TcpState::LastAck {
+        // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+        // checked that every byte lies between data and data_end; unaligned access is allowed.
         unsafe {
             (*entry).tcp_flags = 0;
             (*peer).tcp_flags = 0;
@@ -307,6 +328,7 @@ pub fn create_published_mapping(
     key: &FlowKey,
     target: &PublishTarget,
 ) -> Result<*mut NatEntry, Counter> {
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let inbound = NatEntry {
         last_seen_ns: now,
@@ -356,6 +378,8 @@ pub fn published(proto: u8, host_addr: u32, host_port: u16) -> Option<PublishTar
         pad: 0,
     };
     if let Some(t) = PUBLISH.get_ptr(exact) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         return Some(unsafe { *t });
     }
     let any = PublishKey {
@@ -364,5 +388,7 @@ pub fn published(proto: u8, host_addr: u32, host_port: u16) -> Option<PublishTar
         proto,
         pad: 0,
     };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     PUBLISH.get_ptr(any).map(|t| unsafe { *t })
 }

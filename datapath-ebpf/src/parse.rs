@@ -55,6 +55,8 @@ trait Reader {
 /// IP options and odd link headers do not keep fields aligned.
 #[inline(always)]
 pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
+    // checked that every byte lies between data and data_end; unaligned access is allowed.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 

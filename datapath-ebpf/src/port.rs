@@ -28,6 +28,8 @@ const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;
 #[inline(always)]
 fn learn(port_ifindex: u32, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
     if let Some(known) = ENDPOINTS.get_ptr(addr) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
         let known = unsafe { *known };
         if known.port_ifindex != port_ifindex {
             // The address belongs to a container on another port: first come, first served.
@@ -57,10 +59,15 @@ fn learn(port_ifindex: u32, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) 
 #[inline(always)]
 pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::PortPackets);
+    // SAFETY: the context's skb pointer is valid for the whole program run.
     let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let Some(bridge) = PORTS.get_ptr(port_ifindex).map(|b| unsafe { *b }) else {
         return Ok(TC_ACT_OK);
     };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
     let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
         return Ok(TC_ACT_OK);
     };
@@ -114,6 +121,9 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             }
             if let Some(ep) = ENDPOINTS.get_ptr(dst) {
                 count(Counter::Forwarded);
+                // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid
+                // for the whole program run (the verifier checks the lookup's result before any
+                // use).
                 return Ok(to_port(unsafe { (*ep).port_ifindex }));
             }
             Ok(TC_ACT_OK)
@@ -162,6 +172,9 @@ fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
             // comes back to the host even when the asking container is on another bridge.
             let Some(gateway) = bridge_of(target.addr)
                 .and_then(|b| BRIDGES.get_ptr(b))
+                // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid
+                // for the whole program run (the verifier checks the lookup's result before any
+                // use).
                 .map(|i| unsafe { (*i).gateway })
             else {
                 return Ok(TC_ACT_OK);

@@ -96,6 +96,8 @@ pub fn emit(
     } else {
         TRACE_CAPTURE
     };
+    // SAFETY: `e` points at the ring-buffer record reserved above (submitted or discarded
+    // below), the context's skb is valid for the run, and `before` is a live reference.
     unsafe {
         (*e).ts_ns = bpf_ktime_get_ns();
         (*e).ifindex = (*ctx.skb.skb).ifindex;

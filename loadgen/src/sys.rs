@@ -336,8 +336,8 @@ impl Epoll {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscall; we own the returned descriptor.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: fd is a fresh valid descriptor.
         Ok(Epoll {
+            // SAFETY: fd is a fresh valid descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

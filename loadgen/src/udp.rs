@@ -74,6 +74,7 @@ impl Batch {
                 // SAFETY: k < n for both arrays.
                 m.msg_hdr.msg_iov = unsafe { iovs.as_mut_ptr().add(k) };
                 m.msg_hdr.msg_iovlen = 1;
+                // SAFETY: k < n, the length of addrs.
                 m.msg_hdr.msg_name = unsafe { addrs.as_mut_ptr().add(k) } as *mut libc::c_void;
                 m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 m

@@ -35,8 +35,9 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Run every test: unit, crafted packets through the kernel, end to end in namespaces,
-    /// then `bench --quick` (without extra arguments).
+    /// Run every test: fmt and clippy (host and eBPF crates), unit, crafted packets through
+    /// the kernel, end to end in namespaces, then `cargo xtask run` and `bench --quick` (the
+    /// lints and the two smoke tests only without extra arguments).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -69,6 +70,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test { args } => {
             require_root("cargo xtask test")?;
             setup::ensure_all()?;
+            if args.is_empty() {
+                lint()?;
+            }
             test(&args)?;
             if args.is_empty() {
                 // The main job, as a user runs it, bounded in time: it must work and leave
@@ -188,6 +192,58 @@ fn check_no_new_leftovers(before: &Leftovers, what: &str) -> anyhow::Result<()> 
         bail!("{what} left things behind: namespaces {namespaces:?}, program ids {programs:?}, pins {}", now.pins);
     }
     println!("{what}: no namespace, program or pin left behind");
+    Ok(())
+}
+
+/// The lint gates: formatting, and clippy with warnings as errors on the host crates and on
+/// the eBPF crate (built for its own target with nightly, as the loader's build does). The
+/// lints themselves are the workspace's (`[workspace.lints]` in Cargo.toml).
+fn lint() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let steps: [(&str, Vec<&str>); 3] = [
+        ("cargo fmt --check", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "clippy (host crates)",
+            vec![
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "datapath-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "clippy (eBPF crate, bpfel)",
+            vec![
+                "+nightly",
+                "clippy",
+                "--package",
+                "datapath-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    for (what, args) in steps {
+        println!("== {what}");
+        let status = Command::new("cargo")
+            .args(&args)
+            .current_dir(&root)
+            .status()
+            .with_context(|| format!("running {what}"))?;
+        if !status.success() {
+            bail!("{what} failed (cargo {})", args.join(" "));
+        }
+    }
     Ok(())
 }
 

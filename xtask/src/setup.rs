@@ -31,37 +31,52 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 pub fn ensure_all() -> anyhow::Result<()> {
-    ensure_nightly()?;
+    ensure_toolchains()?;
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
     Ok(())
 }
 
-fn ensure_nightly() -> anyhow::Result<()> {
+fn ensure_toolchains() -> anyhow::Result<()> {
     if !cmd_ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
         bail!(
             "the nightly toolchain is missing (the eBPF crate needs it): install it with \
              `rustup toolchain install nightly --profile minimal`"
         );
     }
-    let installed = cmd(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    ensure_components(Some("nightly"), &["rust-src", "clippy"])?;
+    // The host toolchain (the one active here) lints and formats in `cargo xtask test`.
+    ensure_components(None, &["clippy", "rustfmt"])
+}
+
+/// Add the rustup components of `toolchain` (None: the active one) that are missing.
+fn ensure_components(toolchain: Option<&str>, wanted: &[&str]) -> anyhow::Result<()> {
+    let on = |c: &mut Command| {
+        if let Some(t) = toolchain {
+            c.args(["--toolchain", t]);
+        }
+    };
+    let mut list = Command::new("rustup");
+    list.args(["component", "list", "--installed"]);
+    on(&mut list);
+    let installed = cmd(&mut list)?;
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| !installed.lines().any(|l| l.starts_with(w)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    eprintln!(
+        "setup: adding {} to the {} toolchain",
+        missing.join(", "),
+        toolchain.unwrap_or("active")
+    );
+    let mut add = Command::new("rustup");
+    add.args(["component", "add"]).args(&missing);
+    on(&mut add);
+    run(&mut add)
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {

@@ -1,5 +1,8 @@
 //! Running the `bpfnat` CLI from tests, and reading its JSON.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes the shared support and uses a part of it"
+)]
 
 use std::process::Command;
 

@@ -1,7 +1,10 @@
 //! End-to-end helpers: a lab that removes itself, the `bpfnat up` daemon, and traffic
 //! generators that run inside namespaces (sockets are opened on threads that entered the
 //! namespace, so no external tool is needed to move or check data).
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes the shared support and uses a part of it"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -1,5 +1,8 @@
 //! Topology pieces shared by end-to-end tests.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes the shared support and uses a part of it"
+)]
 
 use std::net::Ipv4Addr;
 

@@ -214,7 +214,10 @@ fn choose<T: Copy + PartialEq>(
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the run's settings, resolved once in run() and passed down"
+)]
 fn measure_and_report(
     args: &BenchArgs,
     ctx: &Ctx,

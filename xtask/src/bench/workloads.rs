@@ -266,7 +266,10 @@ struct PairOutcome {
 /// Start a server in the WAN namespace, wait until it listens, run the client in the client
 /// namespace, then collect both reports. Every process is capped by loadgen's --duration and
 /// by our own deadline.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per workload, each naming every choice; a struct would only rename them"
+)]
 fn pair(
     ctx: &Ctx,
     tag: &str,
