@@ -12,7 +12,7 @@ pub struct Ipv4Net {
 }
 
 impl Ipv4Net {
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
+    pub(crate) fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
         if prefix_len > 32 {
             bail!("prefix length {prefix_len} is larger than 32");
         }
@@ -31,7 +31,7 @@ impl Ipv4Net {
         }
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & Self::mask_of(self.prefix_len) == u32::from(self.addr)
     }
 }

@@ -39,7 +39,7 @@ pub struct BridgeSpec {
 }
 
 impl BridgeSpec {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
             icc: None,
@@ -99,7 +99,7 @@ impl FromStr for BridgeSpec {
 
 /// A served bridge, resolved in the current network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     pub name: String,
     pub ifindex: u32,
     /// Its own address in its subnets: the containers' gateway (None if it has none).
@@ -112,7 +112,7 @@ pub struct Bridge {
 
 impl Bridge {
     /// What the datapath keeps about it.
-    pub fn info(&self) -> BridgeInfo {
+    pub(crate) fn info(&self) -> BridgeInfo {
         let mut flags = 0;
         if !self.icc {
             flags |= BRIDGE_ICC_OFF;
@@ -130,7 +130,7 @@ impl Bridge {
 
     /// Look the bridge up: index and MAC (rtnetlink), gateway and subnets (its IPv4
     /// addresses unless subnets are given). A spec without an `icc` setting gets icc on.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         handle: &rtnetlink::Handle,
         links: &[Link],
         spec: &BridgeSpec,
@@ -193,7 +193,7 @@ struct Port {
 
 /// Finds the ports of the served bridges and keeps the port program attached to exactly
 /// those.
-pub struct PortWatcher {
+pub(crate) struct PortWatcher {
     /// TCX, or clsact on kernels without it.
     mode: TcMode,
     uplink: u32,
@@ -208,17 +208,10 @@ pub struct PortWatcher {
     missing: HashSet<u32>,
 }
 
-/// What a scan changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScanReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-}
-
 impl PortWatcher {
     /// `mode`: how the uplink was attached (resolved); the ports are attached the same way, so
     /// `--tc-mode clsact` means no TCX anywhere (and nothing pinned).
-    pub fn new(bridges: &[Bridge], uplink: u32, mode: TcMode) -> Self {
+    pub(crate) fn new(bridges: &[Bridge], uplink: u32, mode: TcMode) -> Self {
         Self {
             mode: mode.resolve(),
             uplink,
@@ -234,29 +227,13 @@ impl PortWatcher {
     }
 
     /// How many ports are served.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ports.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
-    }
-
-    /// Served ports: name and bridge name.
-    pub fn ports(&self) -> Vec<(String, String)> {
-        self.ports
-            .values()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    self.bridges.get(&p.bridge).cloned().unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
-
-    /// Look for new and vanished ports; errors are logged (once) and retried next time.
-    pub async fn rescan(&mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) -> ScanReport {
+    /// Look for new and vanished ports; changes and errors are logged (errors once) and
+    /// retried next time.
+    pub(crate) async fn rescan(&mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) {
         match iface::links(handle).await {
             Ok(links) => {
                 self.scan_failing = false;
@@ -267,19 +244,17 @@ impl PortWatcher {
                     warn!("cannot list interfaces to find bridge ports: {e:#}");
                     self.scan_failing = true;
                 }
-                ScanReport::default()
             }
         }
     }
 
     /// Bring the attached ports in line with `links`.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &mut self,
         dp: &mut Datapath,
         handle: &rtnetlink::Handle,
         links: &[Link],
-    ) -> ScanReport {
-        let mut report = ScanReport::default();
+    ) {
         for (index, name) in &self.bridges {
             let present = links.iter().any(|l| l.index == *index);
             if !present && self.missing.insert(*index) {
@@ -309,9 +284,7 @@ impl PortWatcher {
         for index in gone {
             if let Some(port) = self.ports.remove(&index) {
                 let still_there = links.iter().any(|l| l.index == index);
-                report
-                    .removed
-                    .push(Self::release(dp, handle, index, port, still_there).await);
+                Self::release(dp, handle, index, port, still_there).await;
             }
         }
         self.failed.retain(|i| wanted.contains_key(i));
@@ -351,7 +324,6 @@ impl PortWatcher {
                     );
                     self.failed.remove(&index);
                     self.ports.insert(index, port);
-                    report.added.push(name.to_owned());
                 }
                 Err(e) => {
                     if self.failed.insert(index) {
@@ -360,7 +332,6 @@ impl PortWatcher {
                 }
             }
         }
-        report
     }
 
     async fn attach(
@@ -427,7 +398,7 @@ impl PortWatcher {
         index: u32,
         port: Port,
         still_there: bool,
-    ) -> String {
+    ) {
         let Port {
             name,
             link,
@@ -458,13 +429,12 @@ impl PortWatcher {
                 "is gone"
             }
         );
-        name
     }
 
     /// After adopting pinned state: unpin the links of ports (and interfaces) that are no
     /// longer served, and forget ports listed in `PORTS` that this watcher does not serve,
     /// with the containers learned behind them. `keep` names the uplink's pins.
-    pub fn prune(&self, dp: &mut Datapath, keep: &[std::path::PathBuf]) {
+    pub(crate) fn prune(&self, dp: &mut Datapath, keep: &[std::path::PathBuf]) {
         if let Some(dir) = dp.pin_dir().map(|d| d.join(crate::datapath::LINKS_DIR)) {
             let ours: HashSet<&std::path::Path> = self
                 .ports
@@ -502,7 +472,12 @@ impl PortWatcher {
 
     /// Detach from every port (before the datapath itself is dropped). With `keep` the
     /// pinned links stay (and the port programs with them) and `PORTS` is left as it is.
-    pub async fn shutdown(mut self, dp: &mut Datapath, handle: &rtnetlink::Handle, keep: bool) {
+    pub(crate) async fn shutdown(
+        mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        keep: bool,
+    ) {
         let ports = std::mem::take(&mut self.ports);
         for (index, port) in ports {
             let Port {

@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// Timeout names accepted by `--timeout NAME=SECONDS`, with their field.
-pub const TIMEOUT_NAMES: [&str; 12] = [
+pub(crate) const TIMEOUT_NAMES: [&str; 12] = [
     "tcp_syn_sent",
     "tcp_syn_recv",
     "tcp_established",
@@ -73,7 +73,7 @@ fn timeout_field<'a>(t: &'a mut Timeouts, name: &str) -> Option<&'a mut u32> {
 }
 
 /// Set one timeout by name.
-pub fn set_timeout(t: &mut Timeouts, name: &str, secs: u32) -> anyhow::Result<()> {
+pub(crate) fn set_timeout(t: &mut Timeouts, name: &str, secs: u32) -> anyhow::Result<()> {
     if secs == 0 {
         bail!("timeout {name} must be at least 1 second");
     }
@@ -85,15 +85,6 @@ pub fn set_timeout(t: &mut Timeouts, name: &str, secs: u32) -> anyhow::Result<()
     })?;
     *field = secs;
     Ok(())
-}
-
-/// The kernel's defaults overridden by `NAME=SECONDS` items.
-pub fn parse_timeouts(items: &[String]) -> anyhow::Result<Timeouts> {
-    let mut t = Timeouts::KERNEL;
-    for item in items {
-        apply_timeout_item(&mut t, item)?;
-    }
-    Ok(t)
 }
 
 /// Apply one `NAME=SECONDS` item.
@@ -109,7 +100,7 @@ fn apply_timeout_item(t: &mut Timeouts, item: &str) -> anyhow::Result<()> {
 }
 
 /// Default of `sweep_interval`, seconds.
-pub const DEFAULT_SWEEP_INTERVAL: u64 = 5;
+pub(crate) const DEFAULT_SWEEP_INTERVAL: u64 = 5;
 
 /// The contents of a `--config` file. Every key is optional; unknown keys are an error.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -165,7 +156,7 @@ fn parse_subnets(items: &[String]) -> anyhow::Result<Vec<Ipv4Net>> {
 
 impl FileConfig {
     /// Parse TOML text; errors are one line naming `origin` and the line.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -564,7 +555,9 @@ icc = true
 
     #[test]
     fn timeouts_override_kernel_defaults() {
-        let t = parse_timeouts(&["udp_one_way=3".into(), "tcp_time_wait=2".into()]).unwrap();
+        let mut t = Timeouts::KERNEL;
+        apply_timeout_item(&mut t, "udp_one_way=3").unwrap();
+        apply_timeout_item(&mut t, " tcp_time_wait = 2").unwrap();
         assert_eq!(
             (t.udp_one_way, t.tcp_time_wait, t.tcp_established),
             (3, 2, 432_000)
@@ -575,7 +568,8 @@ icc = true
             assert_ne!(t, Timeouts::KERNEL, "{name} is not wired to a field");
         }
         for bad in ["udp=3", "udp_one_way", "udp_one_way=x", "icmp=0"] {
-            assert!(parse_timeouts(&[bad.into()]).is_err(), "{bad}");
+            let mut t = Timeouts::KERNEL;
+            assert!(apply_timeout_item(&mut t, bad).is_err(), "{bad}");
         }
     }
 }

@@ -78,7 +78,7 @@ pub struct Connection {
 }
 
 /// Name of an IP protocol number, as conntrack prints it.
-pub fn proto_name(proto: u8) -> &'static str {
+pub(crate) fn proto_name(proto: u8) -> &'static str {
     match proto {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
@@ -120,18 +120,18 @@ impl Connection {
         }
     }
 
-    pub fn proto(&self) -> u8 {
+    pub(crate) fn proto(&self) -> u8 {
         self.original.proto
     }
 
     /// Made through a published port (the outside initiated it).
-    pub fn published(&self) -> bool {
+    pub(crate) fn published(&self) -> bool {
         self.out.flags & NAT_FLAG_PUBLISHED != 0
     }
 
     /// The original tuple as conntrack shows it: the initiator's direction (client ->
     /// host:port for a published port).
-    pub fn orig_tuple(&self) -> FlowKey {
+    pub(crate) fn orig_tuple(&self) -> FlowKey {
         if self.published() {
             self.reply
         } else {
@@ -140,7 +140,7 @@ impl Connection {
     }
 
     /// The reply tuple as conntrack shows it (container -> client for a published port).
-    pub fn reply_tuple(&self) -> FlowKey {
+    pub(crate) fn reply_tuple(&self) -> FlowKey {
         if self.published() {
             self.original
         } else {
@@ -149,7 +149,7 @@ impl Connection {
     }
 
     /// Packets and bytes of the initiator's direction.
-    pub fn orig_counts(&self) -> (u64, u64) {
+    pub(crate) fn orig_counts(&self) -> (u64, u64) {
         if self.published() {
             self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
         } else {
@@ -158,7 +158,7 @@ impl Connection {
     }
 
     /// Packets and bytes of the answering direction.
-    pub fn reply_counts(&self) -> (u64, u64) {
+    pub(crate) fn reply_counts(&self) -> (u64, u64) {
         if self.published() {
             (self.out.packets, self.out.bytes)
         } else {
@@ -167,41 +167,37 @@ impl Connection {
     }
 
     /// TCP state from both halves' flag bits; None for other protocols.
-    pub fn state(&self) -> Option<TcpState> {
+    pub(crate) fn state(&self) -> Option<TcpState> {
         (self.proto() == IPPROTO_TCP).then(|| tcp_state_of(&self.out, self.reply_entry.as_ref()))
     }
 
     /// Whole seconds until the mapping may expire (0 once it is due; the sweeper removes it
     /// at its next pass).
-    pub fn seconds_left(&self) -> u64 {
+    pub(crate) fn seconds_left(&self) -> u64 {
         self.timeout.saturating_sub(self.idle).as_secs()
     }
 
-    pub fn reply_packets(&self) -> u64 {
+    pub(crate) fn reply_packets(&self) -> u64 {
         self.reply_counts().0
     }
 
-    pub fn reply_bytes(&self) -> u64 {
-        self.reply_counts().1
-    }
-
     /// No answer seen yet (`[UNREPLIED]`).
-    pub fn unreplied(&self) -> bool {
+    pub(crate) fn unreplied(&self) -> bool {
         self.reply_packets() == 0
     }
 
     /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
-    pub fn assured(&self) -> bool {
+    pub(crate) fn assured(&self) -> bool {
         !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
     }
 
     /// The external address the mapping uses (for a published port: the host address).
-    pub fn external_addr(&self) -> Ipv4Addr {
+    pub(crate) fn external_addr(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.out.addr.to_ne_bytes())
     }
 
     /// The external port (ICMP: identifier), host order.
-    pub fn external_port(&self) -> u16 {
+    pub(crate) fn external_port(&self) -> u16 {
         u16::from_be(self.out.port)
     }
 
@@ -368,7 +364,7 @@ pub fn list(tables: &NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Con
 
 /// Delete mappings, original half first (see the module documentation). Returns how many
 /// mappings were deleted.
-pub fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
     let mut removed = 0;
     for c in conns {
         // Only the mapping we listed: if it was expired and re-created meanwhile, the new one
@@ -415,7 +411,7 @@ pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEn
 /// Delete reply halves whose original half is gone and that have been idle for `grace`
 /// (younger ones may belong to a mapping the datapath is creating right now: it inserts the
 /// reply half first).
-pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
+pub(crate) fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
     let grace = grace.as_nanos() as u64;
     let orphans: Vec<(FlowKey, NatEntry)> = tables
         .inbound
@@ -441,7 +437,7 @@ pub fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) 
 /// the container's answers are still translated until the `NAT_OUT` half goes. (The other
 /// order would let an answer in between miss `NAT_OUT` and be masqueraded as a new outbound
 /// flow from the container's port.)
-pub fn remove_published(
+pub(crate) fn remove_published(
     tables: &mut NatTables<'_>,
     publishes: &[(PublishKey, PublishTarget)],
 ) -> u64 {
@@ -491,10 +487,10 @@ pub struct FlushReport {
 
 /// How long a lone reply half is left alone by a flush: the datapath inserts the reply half
 /// an instant before the original half.
-pub const FLUSH_ORPHAN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const FLUSH_ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 /// Delete every mapping whose connection satisfies `pred`.
-pub fn remove_where(
+pub(crate) fn remove_where(
     tables: &mut NatTables<'_>,
     timeouts: &Timeouts,
     now_ns: u64,

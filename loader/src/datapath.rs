@@ -22,7 +22,7 @@ use bpfnat_common::{
 use crate::addr::{Ipv4Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
-pub static DATAPATH_OBJECT: &[u8] =
+pub(crate) static DATAPATH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath"));
 
 /// How programs are attached to an interface.
@@ -37,7 +37,7 @@ pub enum TcMode {
 }
 
 impl TcMode {
-    pub fn resolve(self) -> Self {
+    pub(crate) fn resolve(self) -> Self {
         match self {
             TcMode::Auto
                 if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) =>
@@ -75,11 +75,11 @@ pub struct Datapath {
 }
 
 /// The directory of an instance's pinned TCX links.
-pub const LINKS_DIR: &str = "links";
+pub(crate) const LINKS_DIR: &str = "links";
 
 /// Where the link of `hook` on `iface` is pinned in instance directory `dir` (a `.` in the
 /// name becomes `_`: bpffs refuses dots).
-pub fn link_pin_path(dir: &Path, iface: &str, hook: TcAttachType) -> std::path::PathBuf {
+pub(crate) fn link_pin_path(dir: &Path, iface: &str, hook: TcAttachType) -> std::path::PathBuf {
     let hook = match hook {
         TcAttachType::Ingress => "ingress",
         TcAttachType::Egress => "egress",
@@ -91,7 +91,7 @@ pub fn link_pin_path(dir: &Path, iface: &str, hook: TcAttachType) -> std::path::
 
 /// How a program came to hang on a hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attached {
+pub(crate) enum Attached {
     /// A new link (pinned if there is a pin directory).
     New,
     /// The program behind an existing pinned link was replaced (atomically).
@@ -125,7 +125,11 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
 
 /// Refuse to adopt the maps pinned in `dir` unless each has the type, key and value size and
 /// capacity this datapath object (with `opts`) creates: one line naming the first misfit.
-pub fn check_pinned_maps(opts: LoadOptions, dir: &Path, instance: &str) -> anyhow::Result<()> {
+pub(crate) fn check_pinned_maps(
+    opts: LoadOptions,
+    dir: &Path,
+    instance: &str,
+) -> anyhow::Result<()> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
@@ -230,7 +234,7 @@ impl Datapath {
     /// `pin_dir` (which must exist, on bpffs). A map already pinned at its path is opened and
     /// used as it is instead of being created (aya's pinning-by-path): that is how a restart
     /// adopts the connection table. TCX links are pinned there too (`links/`).
-    pub fn load_pinned(opts: LoadOptions, pin_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load_pinned(opts: LoadOptions, pin_dir: &Path) -> anyhow::Result<Self> {
         Self::load_with(opts, Some(pin_dir))
     }
 
@@ -268,13 +272,13 @@ impl Datapath {
     }
 
     /// Where the maps and links are pinned (None: not pinned).
-    pub fn pin_dir(&self) -> Option<&Path> {
+    pub(crate) fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
     }
 
     /// Start forwarding the datapath's log records (rare events only) to the `log` crate.
     /// Must be called inside a tokio runtime.
-    pub fn start_logging(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start_logging(&mut self) -> anyhow::Result<()> {
         let logger = aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")?;
         // SAFETY: the logger owns its ring-buffer fd and keeps it open, unchanged, for as long as
         // the AsyncFd (which owns the logger) lives.
@@ -317,13 +321,13 @@ impl Datapath {
     }
 
     /// The configuration currently in the datapath.
-    pub fn config(&self) -> anyhow::Result<NatConfig> {
+    pub(crate) fn config(&self) -> anyhow::Result<NatConfig> {
         read_config(self.map(names::MAP_CONFIG)?)
     }
 
     /// Change the external address (None: the uplink has none; translate nothing), keeping
     /// the rest of the configuration.
-    pub fn set_external(&mut self, external: Option<Ipv4Addr>) -> anyhow::Result<()> {
+    pub(crate) fn set_external(&mut self, external: Option<Ipv4Addr>) -> anyhow::Result<()> {
         let mut cfg = self.config()?;
         cfg.external_addr = external.map_or(0, |a| bpfnat_common::addr_to_map(a.octets()));
         let mut config: Array<&mut MapData, NatConfig> =
@@ -372,7 +376,7 @@ impl Datapath {
     }
 
     /// Forget a port (its interface went away or left the bridge).
-    pub fn remove_port(&mut self, port_ifindex: u32) -> anyhow::Result<()> {
+    pub(crate) fn remove_port(&mut self, port_ifindex: u32) -> anyhow::Result<()> {
         let mut ports: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(self.map_mut(names::MAP_PORTS)?)?;
         match ports.remove(&port_ifindex) {
@@ -393,7 +397,7 @@ impl Datapath {
     /// the caller's: dropping it detaches the program (and is harmless once the port is gone),
     /// unless it is pinned (TCX with a pin directory: `links/<port>-ingress`, whose program
     /// is replaced in place when the pin exists already).
-    pub fn attach_port(
+    pub(crate) fn attach_port(
         &mut self,
         port: &str,
         mode: TcMode,
@@ -425,7 +429,7 @@ impl Datapath {
 
     /// Forget the containers learned behind a port that went away (so a new port given their
     /// addresses is not passed over for a dead one). Returns how many.
-    pub fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+    pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
         let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
             HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
         let doomed: Vec<u32> = endpoints
@@ -441,14 +445,14 @@ impl Datapath {
     }
 
     /// The published ports, writable.
-    pub fn publish_map(
+    pub(crate) fn publish_map(
         &mut self,
     ) -> anyhow::Result<HashMap<&mut MapData, PublishKey, PublishTarget>> {
         Ok(HashMap::try_from(self.map_mut(names::MAP_PUBLISH)?)?)
     }
 
     /// Bridges, ports and learned containers.
-    pub fn topology(&self) -> anyhow::Result<Topology> {
+    pub(crate) fn topology(&self) -> anyhow::Result<Topology> {
         read_topology(
             self.map(names::MAP_INTERNAL_NETS)?,
             self.map(names::MAP_BRIDGES)?,
@@ -474,7 +478,7 @@ impl Datapath {
     /// Netlink filters go away when this `Datapath` is dropped; TCX links too unless they are
     /// pinned (with a pin directory: `links/<uplink>-<hook>`, whose programs are replaced in
     /// place when the pins exist already).
-    pub fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
+    pub(crate) fn attach(&mut self, uplink: &str, mode: TcMode) -> anyhow::Result<TcMode> {
         self.set_uplink_ifindex(crate::iface::ifindex(uplink)?)?;
         let mode = mode.resolve();
         if mode == TcMode::Clsact {
@@ -519,7 +523,7 @@ impl Datapath {
 
     /// Tell the datapath which interface is the uplink: the bridge-port program forwards
     /// routed traffic straight to it.
-    pub fn set_uplink_ifindex(&mut self, uplink_ifindex: u32) -> anyhow::Result<()> {
+    pub(crate) fn set_uplink_ifindex(&mut self, uplink_ifindex: u32) -> anyhow::Result<()> {
         let mut config: Array<&mut MapData, NatConfig> =
             Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
         let mut cfg = config.get(&0, 0)?;
@@ -530,7 +534,10 @@ impl Datapath {
     }
 
     /// Turn packet tracing on with `filter` (or off with a zeroed one).
-    pub fn set_trace_filter(&mut self, filter: bpfnat_common::TraceFilter) -> anyhow::Result<()> {
+    pub(crate) fn set_trace_filter(
+        &mut self,
+        filter: bpfnat_common::TraceFilter,
+    ) -> anyhow::Result<()> {
         let mut map: Array<&mut MapData, bpfnat_common::TraceFilter> =
             Array::try_from(self.map_mut(names::MAP_TRACE_FILTER)?)?;
         map.set(0, filter, 0).context("writing the trace filter")
@@ -558,7 +565,7 @@ impl Datapath {
 
     /// Raw descriptors of `NAT_OUT` and `NAT_IN`, for walks that must resume from a key
     /// (aya's iterator always starts at the beginning).
-    pub fn nat_fds(&self) -> anyhow::Result<(std::os::fd::RawFd, std::os::fd::RawFd)> {
+    pub(crate) fn nat_fds(&self) -> anyhow::Result<(std::os::fd::RawFd, std::os::fd::RawFd)> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let fd = |name: &str| -> anyhow::Result<std::os::fd::RawFd> {
             match self.map(name)? {
@@ -599,7 +606,7 @@ impl Datapath {
     }
 
     /// Counters summed over all CPUs, in `Counter::ALL` order.
-    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+    pub(crate) fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
         read_counters(self.map(names::MAP_COUNTERS)?)
     }
 
@@ -622,7 +629,7 @@ pub struct NatTables<'a> {
 }
 
 impl<'a> NatTables<'a> {
-    pub fn new(
+    pub(crate) fn new(
         out: &'a mut aya::maps::Map,
         inbound: &'a mut aya::maps::Map,
     ) -> anyhow::Result<Self> {
@@ -634,7 +641,7 @@ impl<'a> NatTables<'a> {
 }
 
 /// The subnets of an `INTERNAL_NETS` trie with their bridge's ifindex.
-pub fn read_nets(map: &aya::maps::Map) -> anyhow::Result<Vec<(Ipv4Net, u32)>> {
+pub(crate) fn read_nets(map: &aya::maps::Map) -> anyhow::Result<Vec<(Ipv4Net, u32)>> {
     let nets: LpmTrie<&MapData, u32, u32> = LpmTrie::try_from(map)?;
     let mut out: Vec<(Ipv4Net, u32)> = nets
         .iter()
@@ -649,13 +656,13 @@ pub fn read_nets(map: &aya::maps::Map) -> anyhow::Result<Vec<(Ipv4Net, u32)>> {
 }
 
 /// The bridges of a `BRIDGES` map.
-pub fn read_bridges(map: &aya::maps::Map) -> anyhow::Result<BTreeMap<u32, BridgeInfo>> {
+pub(crate) fn read_bridges(map: &aya::maps::Map) -> anyhow::Result<BTreeMap<u32, BridgeInfo>> {
     let bridges: HashMap<&MapData, u32, BridgeInfo> = HashMap::try_from(map)?;
     Ok(bridges.iter().filter_map(Result::ok).collect())
 }
 
 /// What publishes are checked against, from the pinned (or loaded) maps.
-pub fn read_served(
+pub(crate) fn read_served(
     nets: &aya::maps::Map,
     bridges: &aya::maps::Map,
     config: &aya::maps::Map,
@@ -670,7 +677,7 @@ pub fn read_served(
 
 /// The bridges the datapath serves, their ports and the containers it has seen.
 #[derive(Clone, Debug, Default)]
-pub struct Topology {
+pub(crate) struct Topology {
     /// Subnet -> bridge ifindex.
     pub nets: Vec<(Ipv4Net, u32)>,
     pub bridges: BTreeMap<u32, BridgeInfo>,
@@ -680,7 +687,7 @@ pub struct Topology {
     pub endpoints: Vec<(Ipv4Addr, Endpoint)>,
 }
 
-pub fn read_topology(
+pub(crate) fn read_topology(
     nets: &aya::maps::Map,
     bridges: &aya::maps::Map,
     ports: &aya::maps::Map,
@@ -703,7 +710,7 @@ pub fn read_topology(
 }
 
 /// The configuration in a `CONFIG` map.
-pub fn read_config(map: &aya::maps::Map) -> anyhow::Result<NatConfig> {
+pub(crate) fn read_config(map: &aya::maps::Map) -> anyhow::Result<NatConfig> {
     let config: Array<&MapData, NatConfig> = Array::try_from(map)?;
     Ok(config.get(&0, 0)?)
 }

@@ -14,7 +14,7 @@ use crate::{conntrack, datapath::Datapath};
 /// The TCP state of a mapping from its `NAT_OUT` half and its `NAT_IN` half (if any). The
 /// state is derived from the initiator's and the responder's flags: the `NAT_OUT` half
 /// initiates a masqueraded flow, the `NAT_IN` half a connection to a published port.
-pub fn tcp_state_of(out: &NatEntry, inbound: Option<&NatEntry>) -> TcpState {
+pub(crate) fn tcp_state_of(out: &NatEntry, inbound: Option<&NatEntry>) -> TcpState {
     let in_flags = inbound.map_or(0, |r| r.tcp_flags);
     if out.flags & NAT_FLAG_PUBLISHED != 0 {
         tcp_state(in_flags, out.tcp_flags)
@@ -24,7 +24,7 @@ pub fn tcp_state_of(out: &NatEntry, inbound: Option<&NatEntry>) -> TcpState {
 }
 
 /// How long a mapping may stay idle, from its protocol and (TCP) the state both halves show.
-pub fn idle_timeout(
+pub(crate) fn idle_timeout(
     timeouts: &Timeouts,
     proto: u8,
     out: &NatEntry,

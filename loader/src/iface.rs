@@ -9,14 +9,14 @@ use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlag};
 use crate::addr::Ipv4Net;
 
 /// The interface index of `name`, or a one-line error naming the interface.
-pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+pub(crate) fn ifindex(name: &str) -> anyhow::Result<u32> {
     nix::net::if_::if_nametoindex(name)
         .map_err(|_| anyhow!("unknown interface {name:?} (not found in this network namespace)"))
 }
 
 /// One IPv4 address of an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InterfaceAddr {
+pub(crate) struct InterfaceAddr {
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
     /// The kernel marks all but the first address of a subnet as secondary.
@@ -24,7 +24,7 @@ pub struct InterfaceAddr {
 }
 
 impl InterfaceAddr {
-    pub fn network(&self) -> Ipv4Net {
+    pub(crate) fn network(&self) -> Ipv4Net {
         // prefix_len comes from the kernel and is always <= 32.
         Ipv4Net::new(self.addr, self.prefix_len.min(32)).unwrap_or(Ipv4Net {
             addr: self.addr,
@@ -34,7 +34,7 @@ impl InterfaceAddr {
 }
 
 /// The IPv4 addresses of interface `name`, in the kernel's order.
-pub async fn ipv4_addrs(
+pub(crate) async fn ipv4_addrs(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> anyhow::Result<Vec<InterfaceAddr>> {
@@ -72,7 +72,7 @@ pub async fn ipv4_addrs(
 }
 
 /// The address MASQUERADE would use: the interface's primary IPv4 address.
-pub async fn primary_ipv4(
+pub(crate) async fn primary_ipv4(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> anyhow::Result<Option<Ipv4Addr>> {
@@ -85,14 +85,14 @@ pub async fn primary_ipv4(
 }
 
 /// Open an rtnetlink connection in the current network namespace.
-pub fn netlink() -> anyhow::Result<rtnetlink::Handle> {
+pub(crate) fn netlink() -> anyhow::Result<rtnetlink::Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     tokio::spawn(conn);
     Ok(handle)
 }
 
 /// Remove the clsact qdisc of `ifindex` (used when we added it for netlink-mode attachment).
-pub async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Result<()> {
+pub(crate) async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Result<()> {
     use netlink_packet_route::tc::TcHandle;
     let mut req = handle.qdisc().del(ifindex as i32);
     let msg = req.message_mut();
@@ -105,7 +105,7 @@ pub async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::
 }
 
 /// Whether interface `ifindex` has a clsact qdisc (one we did not add must survive us).
-pub async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Result<bool> {
+pub(crate) async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Result<bool> {
     use netlink_packet_route::tc::TcAttribute;
     let mut stream = handle.qdisc().get().execute();
     while let Some(msg) = stream.try_next().await.context("listing qdiscs")? {
@@ -123,7 +123,7 @@ pub async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyhow::Res
 
 /// What the datapath needs to know of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
+pub(crate) struct Link {
     pub index: u32,
     pub name: String,
     /// The bridge (or other master device) it is enslaved to.
@@ -134,7 +134,7 @@ pub struct Link {
 
 /// Every interface of the current network namespace, by rtnetlink (sysfs would show the
 /// namespace it was mounted in, not the one `--netns` entered).
-pub async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
+pub(crate) async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
     use netlink_packet_route::link::LinkAttribute;
     let mut stream = handle.link().get().execute();
     let mut out = Vec::new();
@@ -161,7 +161,7 @@ pub async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link>> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
+pub(crate) fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -49,11 +49,11 @@ use bpfnat_common::{names, PublishKey, PublishTarget};
 use log::{info, warn};
 
 /// Where every instance directory lives.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfnat";
+pub(crate) const PIN_ROOT: &str = "/sys/fs/bpf/bpfnat";
 /// The owner record inside an instance directory.
-pub const OWNER_PIN: &str = "OWNER";
+pub(crate) const OWNER_PIN: &str = "OWNER";
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub const PINNED_MAPS: [&str; 14] = [
+pub(crate) const PINNED_MAPS: [&str; 14] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -70,7 +70,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     names::MAP_TRAFFIC,
 ];
 /// Instance used without `--instance` and without `--netns`.
-pub const DEFAULT_INSTANCE: &str = "default";
+pub(crate) const DEFAULT_INSTANCE: &str = "default";
 
 /// The instance name: `--instance`, else the `--netns` name, else `default`.
 pub fn resolve_name(instance: Option<&str>, netns: Option<&str>) -> anyhow::Result<String> {
@@ -87,7 +87,7 @@ pub fn resolve_name(instance: Option<&str>, netns: Option<&str>) -> anyhow::Resu
 
 /// An instance name is one directory name under [`PIN_ROOT`]: 1-64 characters, no `/`, no
 /// `..`, not starting with a dot, no whitespace or control characters.
-pub fn validate_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_name(name: &str) -> anyhow::Result<()> {
     let bad = |why: &str| anyhow!("bad instance name {name:?}: {why}");
     if name.is_empty() {
         return Err(bad("it is empty"));
@@ -135,7 +135,7 @@ const OWNER_VERSION: u32 = 1;
 
 impl Owner {
     /// The record for this process.
-    pub fn current() -> anyhow::Result<Self> {
+    pub(crate) fn current() -> anyhow::Result<Self> {
         let pid = std::process::id();
         Ok(Self {
             pid,
@@ -147,7 +147,7 @@ impl Owner {
     }
 
     /// The owner recorded in `dir`, or None if there is no record (yet).
-    pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = dir.join(OWNER_PIN);
         let data = match MapData::from_pin(&path) {
             Ok(data) => data,
@@ -313,7 +313,7 @@ pub fn require_running(name: &str) -> anyhow::Result<PathBuf> {
 
 /// The claim of an instance by this process. Dropping it removes the pinned state (when this
 /// process still owns it).
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     name: String,
     dir: PathBuf,
     owner: Owner,
@@ -329,14 +329,10 @@ const CLAIM_DIR: &str = "CLAIM";
 
 impl InstanceLock {
     /// Claim instance `name`: create its directory and record this process as owner. A live
-    /// owner makes this fail with one line; a stale directory is removed with a warning.
-    pub fn acquire(name: &str) -> anyhow::Result<Self> {
-        Self::acquire_or_adopt(name, false)
-    }
-
-    /// Like [`InstanceLock::acquire`], but with `adopt` a stale directory is taken over, its
-    /// pins kept (see the module documentation); [`InstanceLock::adopted`] tells.
-    pub fn acquire_or_adopt(name: &str, adopt: bool) -> anyhow::Result<Self> {
+    /// owner makes this fail with one line. A stale directory is removed with a warning, or
+    /// with `adopt` taken over, its pins kept (see the module documentation);
+    /// [`InstanceLock::adopted`] tells.
+    pub(crate) fn acquire_or_adopt(name: &str, adopt: bool) -> anyhow::Result<Self> {
         validate_name(name)?;
         let dir = dir(name);
         let owner = Owner::current()?;
@@ -442,13 +438,13 @@ impl InstanceLock {
     }
 
     /// Whether the pinned state was taken over from a daemon that is gone.
-    pub fn adopted(&self) -> bool {
+    pub(crate) fn adopted(&self) -> bool {
         self.adopted
     }
 
     /// Leave the pinned state (maps, links, owner record) in place: the datapath keeps
     /// running; the next `up` adopts it, `bpfnat down` removes it.
-    pub fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.released = true;
         info!(
             "kept pinned state {} (the datapath keeps running)",
@@ -456,17 +452,13 @@ impl InstanceLock {
         );
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Remove the pinned state (the maps live on while a process holds them) and the root
     /// directory if no other instance is left in it.
-    pub fn release(mut self) -> anyhow::Result<()> {
+    pub(crate) fn release(mut self) -> anyhow::Result<()> {
         self.released = true;
         self.remove()
     }
@@ -586,7 +578,7 @@ impl PinnedMaps {
     }
 
     /// Packets and bytes by hook and protocol, summed over CPUs.
-    pub fn traffic(&self) -> anyhow::Result<Vec<TrafficRow>> {
+    pub(crate) fn traffic(&self) -> anyhow::Result<Vec<TrafficRow>> {
         let arr: aya::maps::PerCpuArray<&MapData, bpfnat_common::Traffic> =
             aya::maps::PerCpuArray::try_from(&self.traffic)?;
         let mut rows = Vec::new();
@@ -647,7 +639,7 @@ impl PinnedMaps {
     }
 
     /// Bridges, ports and learned containers.
-    pub fn topology(&self) -> anyhow::Result<crate::datapath::Topology> {
+    pub(crate) fn topology(&self) -> anyhow::Result<crate::datapath::Topology> {
         crate::datapath::read_topology(&self.nets, &self.bridges, &self.ports, &self.endpoints)
     }
 
@@ -655,12 +647,12 @@ impl PinnedMaps {
         crate::datapath::read_config(&self.config)
     }
 
-    pub fn counters(&self) -> anyhow::Result<Vec<(bpfnat_common::Counter, u64)>> {
+    pub(crate) fn counters(&self) -> anyhow::Result<Vec<(bpfnat_common::Counter, u64)>> {
         crate::datapath::read_counters(&self.counters)
     }
 
     /// Entries in NAT_OUT and NAT_IN, and the capacity of each.
-    pub fn occupancy(&self) -> anyhow::Result<Occupancy> {
+    pub(crate) fn occupancy(&self) -> anyhow::Result<Occupancy> {
         let count = |map: &Map| -> anyhow::Result<u64> {
             let table: aya::maps::HashMap<
                 &MapData,

@@ -120,7 +120,7 @@ impl LabSpec {
 
     /// Rejects specs that would collide with themselves or make no sense,
     /// before anything is created.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let mut seen_netns = HashSet::new();
         for name in self.namespaces() {
             netns::netns_path(name)?;

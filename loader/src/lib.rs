@@ -10,6 +10,9 @@
 //!   [`status`]: what a running instance serves.
 //! - [`packet`]: IPv4 frames built from scratch (tests and [`profile`], the per-program cost
 //!   measurement with BPF_PROG_TEST_RUN).
+//!
+//! The modules are public for the `bpfnat` binary and the integration tests; inside them, an
+//! item neither of those uses is `pub(crate)`, so the compiler's dead-code lint sees it.
 pub mod addr;
 pub mod bridge;
 pub mod config;

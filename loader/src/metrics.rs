@@ -13,7 +13,7 @@ use tokio::{
 use crate::{instance::PinnedMaps, stats::Stats};
 
 /// Render `stats` in the Prometheus text exposition format (version 0.0.4).
-pub fn render(stats: &Stats) -> String {
+pub(crate) fn render(stats: &Stats) -> String {
     let mut out = String::new();
     let inst = &stats.instance;
     let _ = writeln!(out, "# HELP bpfnat_packets_total Datapath events by counter (packets, mappings, drops by reason).");
@@ -85,7 +85,7 @@ pub fn render(stats: &Stats) -> String {
 }
 
 /// Bind the metrics address (before the daemon reports ready, so a busy port is an error).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics on {addr}"))?;
@@ -94,7 +94,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serve `/metrics` (any path, in fact) until the task is aborted.
-pub async fn serve(listener: TcpListener, instance: String) -> anyhow::Result<()> {
+pub(crate) async fn serve(listener: TcpListener, instance: String) -> anyhow::Result<()> {
     loop {
         let (mut conn, _) = match listener.accept().await {
             Ok(c) => c,

@@ -40,7 +40,7 @@ use nix::{
 use rtnetlink::Handle;
 
 /// Where `ip netns` keeps its namespace bind mounts.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Linux `IFNAMSIZ` minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
@@ -77,7 +77,7 @@ pub fn netns_path(name: &str) -> Result<PathBuf> {
 }
 
 /// Checks that `name` is usable as a Linux interface name.
-pub fn validate_ifname(name: &str) -> Result<()> {
+pub(crate) fn validate_ifname(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > MAX_IFNAME_LEN
         || name == "."
@@ -456,7 +456,7 @@ where
 }
 
 /// The kernel errno carried by a netlink error reply, if any.
-pub fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(message) => message.code.map(|code| -code.get()),
         _ => None,
@@ -473,7 +473,7 @@ fn netlink_error(err: rtnetlink::Error) -> anyhow::Error {
 }
 
 /// Index of interface `name` in the handle's namespace, `None` if absent.
-pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     validate_ifname(name)?;
     let found = handle
         .link()
@@ -490,7 +490,7 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
 }
 
 /// Like [`link_index`] but an absent interface is an error.
-pub async fn require_link_index(handle: &Handle, name: &str) -> Result<u32> {
+pub(crate) async fn require_link_index(handle: &Handle, name: &str) -> Result<u32> {
     link_index(handle, name)
         .await?
         .ok_or_else(|| anyhow!("no interface named {name}"))
@@ -530,7 +530,7 @@ pub async fn set_link_mac(handle: &Handle, name: &str, mac: [u8; 6]) -> Result<(
 }
 
 /// `ip link set NAME name NEW_NAME` (the link must be down).
-pub async fn rename_link(handle: &Handle, name: &str, new_name: &str) -> Result<()> {
+pub(crate) async fn rename_link(handle: &Handle, name: &str, new_name: &str) -> Result<()> {
     validate_ifname(new_name)?;
     let index = require_link_index(handle, name).await?;
     handle
@@ -545,7 +545,7 @@ pub async fn rename_link(handle: &Handle, name: &str, new_name: &str) -> Result<
 
 /// `ip link del NAME`; absent is fine. Deleting one end of a veth pair
 /// deletes both ends, wherever the peer is.
-pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
     let Some(index) = link_index(handle, name).await? else {
         return Ok(());
     };
@@ -584,28 +584,6 @@ pub async fn set_bridge_port(handle: &Handle, port: &str, bridge: &str) -> Resul
         .await
         .map_err(netlink_error)
         .with_context(|| format!("enslaving {port} to bridge {bridge}"))
-}
-
-/// Whether `addr/prefix_len` is configured on interface `ifname`.
-pub async fn has_address(
-    handle: &Handle,
-    ifname: &str,
-    addr: IpAddr,
-    prefix_len: u8,
-) -> Result<bool> {
-    let index = require_link_index(handle, ifname).await?;
-    let matching = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .set_address_filter(addr)
-        .set_prefix_length_filter(prefix_len)
-        .execute()
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(netlink_error)
-        .with_context(|| format!("listing addresses of {ifname}"))?;
-    Ok(!matching.is_empty())
 }
 
 /// `ip addr add ADDR/PREFIX dev IFNAME`; already present is fine.
@@ -689,7 +667,7 @@ pub async fn replace_default_route_v4(handle: &Handle, gateway: Ipv4Addr) -> Res
 }
 
 /// Whether interface `ifname` exists in the named namespace.
-pub fn link_exists(netns: &str, ifname: &str) -> Result<bool> {
+pub(crate) fn link_exists(netns: &str, ifname: &str) -> Result<bool> {
     let ifname = ifname.to_owned();
     with_netlink(netns, move |handle| async move {
         Ok(link_index(&handle, &ifname).await?.is_some())

@@ -40,12 +40,8 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn len(&self) -> u32 {
+    pub(crate) fn len(&self) -> u32 {
         u32::from(self.hi) - u32::from(self.lo) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     fn parse(s: &str, what: &str) -> anyhow::Result<Self> {
@@ -95,7 +91,7 @@ pub const SYNTAX: &str = "[HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp
 
 impl PublishSpec {
     /// Parse a full spec (host and container part).
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(s: &str) -> anyhow::Result<Self> {
         let spec = Self::parse_any(s)?;
         if spec.target.is_none() {
             bail!("bad publish spec {s:?}: no container address; expected {SYNTAX}");
@@ -105,7 +101,7 @@ impl PublishSpec {
 
     /// Parse a full spec, or host ports alone (`[HOST_IP:]HOST_PORT[-END][/tcp|udp]`, for
     /// removal).
-    pub fn parse_any(s: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse_any(s: &str) -> anyhow::Result<Self> {
         Self::parse_inner(s).map_err(|e| anyhow!("bad publish spec {s:?}: {e}; expected {SYNTAX}"))
     }
 
@@ -175,7 +171,7 @@ impl PublishSpec {
 
     /// The datapath entries, one per host port. Host-only specs give the keys with a zero
     /// target.
-    pub fn entries(&self) -> Vec<(PublishKey, PublishTarget)> {
+    pub(crate) fn entries(&self) -> Vec<(PublishKey, PublishTarget)> {
         (self.host_ports.lo..=self.host_ports.hi)
             .map(|port| {
                 let key = PublishKey {
@@ -304,7 +300,7 @@ pub struct Served {
 
 impl Served {
     /// The most specific served subnet holding `addr`, and its bridge.
-    pub fn subnet_of(&self, addr: Ipv4Addr) -> Option<(Ipv4Net, u32)> {
+    pub(crate) fn subnet_of(&self, addr: Ipv4Addr) -> Option<(Ipv4Net, u32)> {
         self.nets
             .iter()
             .filter(|(n, _)| n.contains(addr))
@@ -352,7 +348,7 @@ impl Served {
 }
 
 /// Every entry of a `PUBLISH` map.
-pub fn read<T: Borrow<MapData>>(
+pub(crate) fn read<T: Borrow<MapData>>(
     map: &HashMap<T, PublishKey, PublishTarget>,
 ) -> Vec<(PublishKey, PublishTarget)> {
     map.iter().filter_map(Result::ok).collect()
@@ -379,7 +375,7 @@ pub struct Flows<'a> {
 
 impl Flows<'_> {
     /// Remove the connections made through `publishes` (host port and the target it led to).
-    pub fn remove(&mut self, publishes: &[(PublishKey, PublishTarget)]) -> u64 {
+    pub(crate) fn remove(&mut self, publishes: &[(PublishKey, PublishTarget)]) -> u64 {
         if publishes.is_empty() {
             return 0;
         }
@@ -391,7 +387,7 @@ impl Flows<'_> {
 /// Remove the hairpin connections made through `publishes`: each is two entries, the asking
 /// container's direction (to the host address and port, rewritten to the target) and the
 /// target's answers (to the gateway). Returns how many connections.
-pub fn remove_hairpin<T: BorrowMut<MapData>>(
+pub(crate) fn remove_hairpin<T: BorrowMut<MapData>>(
     hairpin: &mut HashMap<T, FlowKey, HairpinEntry>,
     publishes: &[(PublishKey, PublishTarget)],
 ) -> u64 {
@@ -504,7 +500,7 @@ pub fn remove<T: BorrowMut<MapData>>(
 }
 
 /// Host ports published more than once in `specs` (refused: the last one would silently win).
-pub fn duplicates(specs: &[PublishSpec]) -> Option<String> {
+pub(crate) fn duplicates(specs: &[PublishSpec]) -> Option<String> {
     let mut seen = HashSet::new();
     for spec in specs {
         for (key, _) in spec.entries() {

@@ -32,13 +32,6 @@ impl Stats {
         })
     }
 
-    pub fn counter(&self, which: Counter) -> u64 {
-        self.counters
-            .iter()
-            .find(|(c, _)| *c == which)
-            .map_or(0, |(_, v)| *v)
-    }
-
     pub fn to_json(&self) -> Value {
         let counters: Map<String, Value> = self
             .counters

@@ -19,7 +19,7 @@ use crate::{
 
 /// One interface as the status shows it.
 #[derive(Clone, Debug)]
-pub struct Iface {
+pub(crate) struct Iface {
     pub ifindex: u32,
     /// None: no such interface in this network namespace.
     pub name: Option<String>,
@@ -67,14 +67,14 @@ impl Iface {
 }
 
 #[derive(Clone, Debug)]
-pub struct PortStatus {
+pub(crate) struct PortStatus {
     pub iface: Iface,
     /// Containers learned behind it.
     pub containers: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug)]
-pub struct BridgeStatus {
+pub(crate) struct BridgeStatus {
     pub iface: Iface,
     pub gateway: Option<Ipv4Addr>,
     pub mac: [u8; 6],
@@ -86,7 +86,7 @@ pub struct BridgeStatus {
 
 /// Everything `status` shows.
 #[derive(Clone, Debug)]
-pub struct Status {
+pub(crate) struct Status {
     pub instance: String,
     pub pid: Option<u32>,
     pub uplink: Iface,
@@ -112,7 +112,7 @@ fn in_other_netns(pid: u32) -> bool {
 }
 
 impl Status {
-    pub fn read(maps: &PinnedMaps) -> anyhow::Result<Self> {
+    pub(crate) fn read(maps: &PinnedMaps) -> anyhow::Result<Self> {
         let pid = instance::Owner::read(&maps.dir)?.map(|o| o.pid);
         let other_netns = pid.is_some_and(in_other_netns);
         let names: BTreeMap<u32, String> = if other_netns {
@@ -177,7 +177,7 @@ impl Status {
         })
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let o = &self.occupancy;
         json!({
             "instance": self.instance,
@@ -209,7 +209,7 @@ impl Status {
         })
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,

@@ -15,12 +15,12 @@ pub fn require_root() -> anyhow::Result<()> {
 }
 
 /// Whether bpffs is mounted at /sys/fs/bpf.
-pub fn bpffs_mounted() -> bool {
+pub(crate) fn bpffs_mounted() -> bool {
     nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Mount bpffs at /sys/fs/bpf if it is not there (pinned state lives there).
-pub fn ensure_bpffs() -> anyhow::Result<()> {
+pub(crate) fn ensure_bpffs() -> anyhow::Result<()> {
     if bpffs_mounted() {
         return Ok(());
     }

@@ -37,7 +37,7 @@ pub struct TraceOptions {
 
 impl TraceOptions {
     /// The kernel-side filter (tracing on).
-    pub fn filter(&self) -> TraceFilter {
+    pub(crate) fn filter(&self) -> TraceFilter {
         let net = |n: Option<Ipv4Net>| match n {
             Some(n) => {
                 let mask = if n.prefix_len == 0 {
@@ -234,7 +234,7 @@ fn tcp_flags_text(flags: u8) -> String {
 }
 
 /// One line per event: time, hook, protocol, tuple before -> after, flags, verdict.
-pub fn event_line(e: &TraceEvent) -> String {
+pub(crate) fn event_line(e: &TraceEvent) -> String {
     let secs = e.ts_ns as f64 / 1e9;
     let mut line = format!(
         "{secs:.6} if{} {} {} {}",
@@ -256,7 +256,7 @@ pub fn event_line(e: &TraceEvent) -> String {
     line
 }
 
-pub fn event_json(e: &TraceEvent) -> serde_json::Value {
+pub(crate) fn event_json(e: &TraceEvent) -> serde_json::Value {
     let tuple = |t: &TraceTuple| {
         json!({
             "src": Ipv4Addr::from(t.src_addr.to_ne_bytes()).to_string(),

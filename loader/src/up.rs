@@ -390,7 +390,7 @@ impl AddressWatch {
 }
 
 /// One line: flows, translated packets each way, drops.
-pub fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> {
+pub(crate) fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> {
     let flows = dp.nat_out()?.keys().filter(Result::is_ok).count();
     let counters = dp.counters()?;
     let get = |c: Counter| {
