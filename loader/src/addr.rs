@@ -1,8 +1,32 @@
-//! Parsing of the user's address arguments: IPv4 CIDRs and port ranges, with one-line errors.
+//! Parsing of the user's address arguments: IPv4 CIDRs, port ranges and protocol names, with
+//! one-line errors.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{borrow::Cow, fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{anyhow, bail, Context as _};
+use bpfnat_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+/// `tcp`, `udp`, `icmp` (in any case) or a protocol number: every command's protocol argument.
+pub fn parse_proto(s: &str) -> anyhow::Result<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(IPPROTO_TCP),
+        "udp" => Ok(IPPROTO_UDP),
+        "icmp" => Ok(IPPROTO_ICMP),
+        other => other
+            .parse::<u8>()
+            .map_err(|_| anyhow!("bad protocol {s:?}: expected tcp, udp, icmp or a number")),
+    }
+}
+
+/// The name of a protocol number as the CLI prints it: `tcp`, `udp`, `icmp`, else the number.
+pub(crate) fn proto_name(proto: u8) -> Cow<'static, str> {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        n => n.to_string().into(),
+    }
+}
 
 /// An IPv4 network, normalised so that host bits are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +116,18 @@ impl fmt::Display for PortRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_names_in_any_case_and_numbers() {
+        assert_eq!(parse_proto("tcp").unwrap(), IPPROTO_TCP);
+        assert_eq!(parse_proto("UDP").unwrap(), IPPROTO_UDP);
+        assert_eq!(parse_proto("Icmp").unwrap(), IPPROTO_ICMP);
+        assert_eq!(parse_proto("47").unwrap(), 47);
+        assert!(parse_proto("sctp").is_err());
+        assert!(parse_proto("300").is_err());
+        assert_eq!(proto_name(IPPROTO_UDP), "udp");
+        assert_eq!(proto_name(47), "47");
+    }
 
     #[test]
     fn cidr_parses_and_masks_host_bits() {

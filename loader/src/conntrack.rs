@@ -40,12 +40,12 @@ use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
 use anyhow::{anyhow, bail};
 use bpfnat_common::{
     FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
+    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
-    addr::Ipv4Net,
+    addr::{proto_name, Ipv4Net},
     datapath::NatTables,
     expiry::{idle_timeout, tcp_state_of},
 };
@@ -75,28 +75,6 @@ pub struct Connection {
     pub idle: Duration,
     /// Time since the mapping was created.
     pub age: Duration,
-}
-
-/// Name of an IP protocol number, as conntrack prints it.
-pub(crate) fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        IPPROTO_ICMP => "icmp",
-        _ => "unknown",
-    }
-}
-
-/// `tcp`, `udp`, `icmp` or a protocol number.
-pub fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(IPPROTO_TCP),
-        "udp" => Ok(IPPROTO_UDP),
-        "icmp" => Ok(IPPROTO_ICMP),
-        other => other
-            .parse::<u8>()
-            .map_err(|_| anyhow!("bad protocol {s:?}: expected tcp, udp, icmp or a number")),
-    }
 }
 
 impl Connection {
@@ -528,7 +506,7 @@ pub fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpfnat_common::{addr_to_map, port_to_map, NAT_FLAG_ORIGINAL};
+    use bpfnat_common::{addr_to_map, port_to_map, IPPROTO_UDP, NAT_FLAG_ORIGINAL};
 
     fn conn(proto: u8, sport: u16, out_pkts: u64, reply_pkts: Option<u64>) -> Connection {
         let original = FlowKey::new(
@@ -691,7 +669,7 @@ mod tests {
         let c = conn(IPPROTO_UDP, 40001, 1, Some(1));
         assert!(Filter::default().matches(&c));
         let f = Filter {
-            proto: Some(parse_proto("udp").unwrap()),
+            proto: Some(crate::addr::parse_proto("udp").unwrap()),
             sport: Some(40001),
             src: Some(parse_net("10.95.1.0/24").unwrap()),
             dst: Some(parse_net("198.51.100.95").unwrap()),
@@ -718,8 +696,6 @@ mod tests {
         ] {
             assert!(!miss.matches(&c), "{miss:?}");
         }
-        assert!(parse_proto("sctp").is_err());
-        assert_eq!(parse_proto("47").unwrap(), 47);
         assert!(parse_net("10.0.0").is_err());
     }
 }

@@ -161,7 +161,7 @@ impl FilterArgs {
             proto: self
                 .proto
                 .as_deref()
-                .map(conntrack::parse_proto)
+                .map(bpfnat::addr::parse_proto)
                 .transpose()?,
             src: self.src.as_deref().map(conntrack::parse_net).transpose()?,
             dst: self.dst.as_deref().map(conntrack::parse_net).transpose()?,
@@ -511,7 +511,7 @@ fn trace_cmd(cli: &Cli, name: &str, args: &TraceArgs) -> anyhow::Result<()> {
         proto: args
             .proto
             .as_deref()
-            .map(bpfnat::trace::parse_proto)
+            .map(bpfnat::addr::parse_proto)
             .transpose()?,
         pcap: args.pcap.clone(),
         count: args.count,

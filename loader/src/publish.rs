@@ -30,7 +30,10 @@ use bpfnat_common::{
 };
 use serde_json::{json, Value};
 
-use crate::{addr::Ipv4Net, conntrack::proto_name, datapath::NatTables};
+use crate::{
+    addr::{proto_name, Ipv4Net},
+    datapath::NatTables,
+};
 
 /// An inclusive port range; `lo == hi` for one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

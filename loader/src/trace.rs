@@ -14,11 +14,11 @@ use anyhow::{bail, Context as _};
 use aya::maps::{Array, Map, MapData, RingBuf};
 use bpfnat_common::{
     names, Counter, TraceEvent, TraceFilter, TraceTuple, HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS,
-    HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TRACE_NOT_DROPPED,
+    HOOK_UPLINK_INGRESS, IPPROTO_TCP, TRACE_NOT_DROPPED,
 };
 use serde_json::json;
 
-use crate::addr::Ipv4Net;
+use crate::addr::{proto_name, Ipv4Net};
 
 /// What to trace, from the command line.
 #[derive(Clone, Debug, Default)]
@@ -62,18 +62,6 @@ impl TraceOptions {
             dst_mask,
         }
     }
-}
-
-/// A protocol name or number.
-pub fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    Ok(match s {
-        "tcp" => IPPROTO_TCP,
-        "udp" => IPPROTO_UDP,
-        "icmp" => IPPROTO_ICMP,
-        n => n.parse().map_err(|_| {
-            anyhow::anyhow!("bad protocol {s:?}: expected tcp, udp, icmp or a number")
-        })?,
-    })
 }
 
 /// Turns tracing off when dropped, whatever way `run` ends.
@@ -176,15 +164,6 @@ fn hook_name(hook: u8) -> &'static str {
         HOOK_UPLINK_INGRESS => "uplink-ingress",
         HOOK_PORT_INGRESS => "port-ingress",
         _ => "?",
-    }
-}
-
-fn proto_name(proto: u8) -> String {
-    match proto {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        n => n.to_string(),
     }
 }
 

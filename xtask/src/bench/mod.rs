@@ -637,12 +637,24 @@ mod tests {
     use super::*;
     use cpu_time::CpuBusy;
 
-    fn record(arm: Arm) -> ArmRecord {
-        ArmRecord {
+    /// The quick check of one arm that ran one workload once.
+    fn check_one(
+        arm: Arm,
+        workload: Workload,
+        m: workloads::Measured,
+    ) -> (Vec<String>, Vec<String>) {
+        let record = ArmRecord {
             arm,
             status: ArmStatus::Ok,
             reps: vec![],
-        }
+        };
+        let sample = Sample {
+            rep: 0,
+            arm,
+            workload,
+            result: Ok(m),
+        };
+        quick_check(&[record], &[sample])
     }
 
     /// A fixed-rate run on a machine so fast that /proc/stat saw no tick: the quick check
@@ -656,13 +668,7 @@ mod tests {
         };
         let cpu = workloads::cpu_per_packet(zero_ticks, 10_000.0, json!({}), vec![], "/proc/stat");
         assert!(cpu.values.is_empty(), "no made-up figure");
-        let samples = vec![Sample {
-            rep: 0,
-            arm: Arm::Routed,
-            workload: Workload::Cpu,
-            result: Ok(cpu),
-        }];
-        let (problems, unresolved) = quick_check(&[record(Arm::Routed)], &samples);
+        let (problems, unresolved) = check_one(Arm::Routed, Workload::Cpu, cpu);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(unresolved.len(), 1);
         assert!(
@@ -686,13 +692,7 @@ mod tests {
             raw: json!({}),
             notes: vec![],
         };
-        let samples = vec![Sample {
-            rep: 0,
-            arm: Arm::Bpfnat,
-            workload: Workload::UdpPps,
-            result: Ok(empty),
-        }];
-        let (problems, _) = quick_check(&[record(Arm::Bpfnat)], &samples);
+        let (problems, _) = check_one(Arm::Bpfnat, Workload::UdpPps, empty);
         assert_eq!(
             problems,
             vec!["bpfnat udp-pps: no number for udp_pps_forwarded".to_owned()]
