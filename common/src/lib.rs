@@ -10,10 +10,41 @@
 //! [`FlowKey::src_ip`] and friends.
 #![no_std]
 
+#[cfg(feature = "syscall")]
+pub mod batch;
+
 /// IP protocol numbers the datapath translates.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+
+/// Wire and kernel constants that the datapath, the loader, the bench and the tests all use
+/// (the datapath takes the `TC_ACT_*` and `BPF_*` ones from aya's kernel bindings).
+pub mod wire {
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+
+    pub const ICMP_ECHO_REPLY: u8 = 0;
+    pub const ICMP_DEST_UNREACH: u8 = 3;
+    pub const ICMP_ECHO_REQUEST: u8 = 8;
+    pub const ICMP_TIME_EXCEEDED: u8 = 11;
+    pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+    /// TCP header flags.
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+
+    /// A TC program's verdicts (what BPF_PROG_TEST_RUN reports as its return value).
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const TC_ACT_REDIRECT: u32 = 7;
+
+    /// Map update flags.
+    pub const BPF_ANY: u64 = 0;
+    pub const BPF_NOEXIST: u64 = 1;
+}
 
 /// Default size of each connection-tracking map: the kernel's `nf_conntrack_max` on a 64-bit
 /// host with more than 4 GiB of memory.
@@ -293,135 +324,93 @@ pub struct NatConfig {
     pub timeouts: Timeouts,
 }
 
-/// Indexes of the per-CPU `COUNTERS` array. Every verdict the datapath takes bumps exactly one
-/// `Drop*` or `Pass*`/`Translated*` counter, so the sum explains every packet.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares the counters once: the enum, `Counter::ALL` in index order and each counter's
+/// name come from this one list.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Indexes of the per-CPU `COUNTERS` array. Every verdict the datapath takes bumps
+        /// exactly one `Drop*` or `Pass*`/`Translated*` counter, so the sum explains every
+        /// packet.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+            /// Number of counters; keep last.
+            Count,
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: [Counter; Counter::Count as usize] = [$(Counter::$variant,)*];
+
+            /// Stable snake_case name used by the CLI, JSON and metrics output.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                    Counter::Count => "count",
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Packets seen by the uplink egress program.
-    EgressPackets = 0,
+    EgressPackets => "egress_packets",
     /// Egress packets rewritten (source address/port).
-    EgressTranslated,
+    EgressTranslated => "egress_translated",
     /// Ingress packets seen by the uplink ingress program.
-    IngressPackets,
+    IngressPackets => "ingress_packets",
     /// Ingress packets rewritten (destination address/port).
-    IngressTranslated,
+    IngressTranslated => "ingress_translated",
     /// Mappings created.
-    NewMappings,
+    NewMappings => "new_mappings",
     /// Extra ports tried because the preferred one was taken.
-    PortRetries,
+    PortRetries => "port_retries",
     /// Packets passed untouched: not IPv4 (ARP, IPv6, ...).
-    PassNotIpv4,
+    PassNotIpv4 => "pass_not_ipv4",
     /// Packets passed untouched: source/destination not ours to translate.
-    PassNoMatch,
+    PassNoMatch => "pass_no_match",
     /// Packets passed untouched: a protocol the NAT does not handle (or ICMP not echo).
-    PassUnsupportedProto,
+    PassUnsupportedProto => "pass_unsupported_proto",
     /// Non-first IP fragments passed untouched (they carry no ports).
-    PassFragment,
+    PassFragment => "pass_fragment",
     /// Dropped: no free external port for this destination.
-    DropNoPort,
+    DropNoPort => "drop_no_port",
     /// Dropped: connection table full.
-    DropTableFull,
+    DropTableFull => "drop_table_full",
     /// Dropped: header truncated or inconsistent.
-    DropMalformed,
+    DropMalformed => "drop_malformed",
     /// Dropped: a helper that rewrites the packet failed.
-    DropRewriteFailed,
+    DropRewriteFailed => "drop_rewrite_failed",
     /// ICMP errors about a translated flow, translated (either direction).
-    IcmpErrorsTranslated,
+    IcmpErrorsTranslated => "icmp_errors_translated",
     /// Non-first fragments translated by the flow their first fragment set up.
-    FragmentsTranslated,
+    FragmentsTranslated => "fragments_translated",
     /// Dropped: a non-first fragment from an internal host whose first fragment was not seen.
-    DropFragmentUnknown,
+    DropFragmentUnknown => "drop_fragment_unknown",
     /// Dropped: a mid-stream TCP segment to the uplink address that matches no mapping and
     /// no local socket (instead of letting the host answer it with a RST, which would kill a
     /// connection whose mapping is about to be picked up again).
-    DropStrayTcp,
+    DropStrayTcp => "drop_stray_tcp",
     /// TCP mappings in TIME_WAIT/CLOSE reopened by a new SYN.
-    TcpReopened,
+    TcpReopened => "tcp_reopened",
     /// Packets seen by the bridge-port program (frames from containers).
-    PortPackets,
+    PortPackets => "port_packets",
     /// Packets the datapath forwarded itself (redirect), bypassing the host's FORWARD path.
-    Forwarded,
+    Forwarded => "forwarded",
     /// Published-port mappings created (inbound connections to a container).
-    PublishedMappings,
+    PublishedMappings => "published_mappings",
     /// Dropped: unsolicited packet from outside to a container address (direct access).
-    DropDirectAccess,
+    DropDirectAccess => "drop_direct_access",
     /// Dropped: container-to-container traffic on a bridge with inter-container traffic off.
-    DropIcc,
+    DropIcc => "drop_icc",
     /// Dropped: traffic between two bridges.
-    DropIsolation,
+    DropIsolation => "drop_isolation",
     /// Dropped: traffic leaving an internal bridge.
-    DropInternal,
+    DropInternal => "drop_internal",
     /// Packets of hairpin connections translated (container -> host address -> container).
-    HairpinTranslated,
-    /// Number of counters; keep last.
-    Count,
-}
-
-impl Counter {
-    pub const ALL: [Counter; Counter::Count as usize] = [
-        Counter::EgressPackets,
-        Counter::EgressTranslated,
-        Counter::IngressPackets,
-        Counter::IngressTranslated,
-        Counter::NewMappings,
-        Counter::PortRetries,
-        Counter::PassNotIpv4,
-        Counter::PassNoMatch,
-        Counter::PassUnsupportedProto,
-        Counter::PassFragment,
-        Counter::DropNoPort,
-        Counter::DropTableFull,
-        Counter::DropMalformed,
-        Counter::DropRewriteFailed,
-        Counter::IcmpErrorsTranslated,
-        Counter::FragmentsTranslated,
-        Counter::DropFragmentUnknown,
-        Counter::DropStrayTcp,
-        Counter::TcpReopened,
-        Counter::PortPackets,
-        Counter::Forwarded,
-        Counter::PublishedMappings,
-        Counter::DropDirectAccess,
-        Counter::DropIcc,
-        Counter::DropIsolation,
-        Counter::DropInternal,
-        Counter::HairpinTranslated,
-    ];
-
-    /// Stable snake_case name used by the CLI and JSON output.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::EgressPackets => "egress_packets",
-            Counter::EgressTranslated => "egress_translated",
-            Counter::IngressPackets => "ingress_packets",
-            Counter::IngressTranslated => "ingress_translated",
-            Counter::NewMappings => "new_mappings",
-            Counter::PortRetries => "port_retries",
-            Counter::PassNotIpv4 => "pass_not_ipv4",
-            Counter::PassNoMatch => "pass_no_match",
-            Counter::PassUnsupportedProto => "pass_unsupported_proto",
-            Counter::PassFragment => "pass_fragment",
-            Counter::DropNoPort => "drop_no_port",
-            Counter::DropTableFull => "drop_table_full",
-            Counter::DropMalformed => "drop_malformed",
-            Counter::DropRewriteFailed => "drop_rewrite_failed",
-            Counter::IcmpErrorsTranslated => "icmp_errors_translated",
-            Counter::FragmentsTranslated => "fragments_translated",
-            Counter::DropFragmentUnknown => "drop_fragment_unknown",
-            Counter::DropStrayTcp => "drop_stray_tcp",
-            Counter::TcpReopened => "tcp_reopened",
-            Counter::PortPackets => "port_packets",
-            Counter::Forwarded => "forwarded",
-            Counter::PublishedMappings => "published_mappings",
-            Counter::DropDirectAccess => "drop_direct_access",
-            Counter::DropIcc => "drop_icc",
-            Counter::DropIsolation => "drop_isolation",
-            Counter::DropInternal => "drop_internal",
-            Counter::HairpinTranslated => "hairpin_translated",
-            Counter::Count => "count",
-        }
-    }
+    HairpinTranslated => "hairpin_translated",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.
@@ -548,10 +537,23 @@ pub const fn traffic_index(hook: u8, proto: u8) -> u32 {
 
 /// Bytes of each traced packet copied into its event (enough for every header).
 pub const TRACE_CAPTURE: usize = 128;
-/// `TraceEvent::hook` values.
+/// `TraceEvent::hook` values (and the hook index of `TRAFFIC`).
 pub const HOOK_UPLINK_EGRESS: u8 = 0;
 pub const HOOK_UPLINK_INGRESS: u8 = 1;
 pub const HOOK_PORT_INGRESS: u8 = 2;
+/// Every hook, in index order.
+pub const HOOKS: [u8; TRAFFIC_HOOKS as usize] =
+    [HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, HOOK_PORT_INGRESS];
+
+/// The name of a `HOOK_*` value in every output (trace, stats, metrics).
+pub const fn hook_name(hook: u8) -> &'static str {
+    match hook {
+        HOOK_UPLINK_EGRESS => "uplink_egress",
+        HOOK_UPLINK_INGRESS => "uplink_ingress",
+        HOOK_PORT_INGRESS => "port_ingress",
+        _ => "unknown",
+    }
+}
 /// `TraceEvent::reason` when the packet was not dropped.
 pub const TRACE_NOT_DROPPED: u32 = u32::MAX;
 
@@ -621,7 +623,8 @@ pub mod names {
     pub const MAP_NAT_OUT: &str = "NAT_OUT";
     pub const MAP_NAT_IN: &str = "NAT_IN";
     pub const MAP_CONFIG: &str = "CONFIG";
-    /// LPM trie of internal (container) subnets: key prefix/address, value unused (0).
+    /// LPM trie of internal (container) subnets: key prefix/address, value the ifindex of the
+    /// subnet's bridge.
     pub const MAP_INTERNAL_NETS: &str = "INTERNAL_NETS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// LRU table of fragmented datagrams in flight.

@@ -29,10 +29,16 @@ pub fn bridge_of(addr: u32) -> Option<u32> {
     INTERNAL_NETS.get(&Key::new(32, addr)).copied()
 }
 
-/// Whether `addr` is on a bridge marked internal.
+/// Whether `addr` is in one of the served bridges' subnets (a container's address).
 #[inline(always)]
-pub fn is_on_internal_bridge(addr: u32) -> bool {
-    match bridge_of(addr).and_then(|b| BRIDGES.get_ptr(b)) {
+pub fn is_internal(addr: u32) -> bool {
+    bridge_of(addr).is_some()
+}
+
+/// Whether bridge `bridge` (an ifindex from [`bridge_of`]) is marked internal.
+#[inline(always)]
+pub fn is_internal_bridge(bridge: u32) -> bool {
+    match BRIDGES.get_ptr(bridge) {
         // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
         // whole program run (the verifier checks the lookup's result before any use).
         Some(info) => (unsafe { (*info).flags } & BRIDGE_INTERNAL) != 0,

@@ -11,17 +11,18 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    btf_maps::lpm_trie::Key,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
 };
 use bpfnat_common::{
-    tcp_state, Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_ICMP,
+    tcp_state,
+    wire::{TCP_ACK, TCP_FIN, TCP_SYN},
+    Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_ICMP,
     NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
     TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
 };
 
 use crate::{
-    maps::{NatTable, CONFIG, INTERNAL_NETS, NAT_IN, NAT_OUT, PUBLISH},
+    maps::{NatTable, CONFIG, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
 
@@ -49,11 +50,6 @@ pub fn settings() -> Option<Settings> {
         }),
         _ => None,
     }
-}
-
-#[inline(always)]
-pub fn is_internal(addr: u32) -> bool {
-    INTERNAL_NETS.get(&Key::new(32, addr)).is_some()
 }
 
 /// Record one packet of `len` bytes on an entry. Several CPUs may carry the same flow, so
@@ -261,10 +257,6 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
     }
     NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)
 }
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// Record a TCP segment's flags on the entry of its direction. The other half (`other` in
 /// `other_table`) is only looked up when a FIN must be announced to it, so the common case

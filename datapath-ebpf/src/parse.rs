@@ -5,10 +5,15 @@
 //! goes through helpers that may move the packet, after which old pointers are invalid.
 
 use aya_ebpf::programs::TcContext;
-use bpfnat_common::{Counter, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use bpfnat_common::{
+    wire::{
+        ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+        ICMP_TIME_EXCEEDED,
+    },
+    Counter, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
 /// IPv4 header checksum field, relative to the frame start.
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
@@ -20,12 +25,6 @@ const ICMP_HLEN: usize = 8;
 /// The fixed TCP header (ports, flags, checksum: all the datapath reads).
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
@@ -161,6 +160,20 @@ pub enum Parsed {
     IcmpError(IcmpError),
     /// Not for the NAT: pass it untouched and count why.
     Pass(Counter),
+}
+
+impl Packet {
+    /// The packet's tuple, as the connection tables key it.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
 }
 
 impl Parsed {

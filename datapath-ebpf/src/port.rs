@@ -7,6 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bpfnat_common::{
+    wire::{ETH_P_ARP, ETH_P_IP},
     Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
 };
 
@@ -19,8 +20,6 @@ use crate::{
     stats::{account, count},
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
 /// ARP for IPv4 over Ethernet: sender MAC at 8, sender IP at 14 of the ARP header.
 const ARP_SENDER_MAC_OFF: usize = ETH_HLEN + 8;
 const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;

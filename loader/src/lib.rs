@@ -1,34 +1,25 @@
 //! bpfnat: the userspace side of the eBPF NAT datapath.
 //!
-//! - [`datapath`]: load, configure and attach the eBPF programs; read their maps.
-//! - [`up`]: the daemon behind `bpfnat up`.
-//! - [`expiry`]: removal of idle mappings (userspace owns expiry).
-//! - [`iface`], [`system`]: questions about the host (interfaces, addresses, root, bpffs).
-//! - [`netns`], [`lab`]: named network namespaces and the self-contained lab topology.
-//! - [`addr`]: parsing of CIDRs and port ranges.
-//! - [`bridge`]: the bridges served and their ports; [`publish`]: published ports;
-//!   [`status`]: what a running instance serves.
-//! - [`packet`]: IPv4 frames built from scratch (tests and [`profile`], the per-program cost
-//!   measurement with BPF_PROG_TEST_RUN).
+//! The modules stand in layers; a module uses only modules of its own layer or of layers
+//! below it, and no two modules import each other (see `docs/architecture.md`):
+//!
+//! | layer | what | modules |
+//! |---|---|---|
+//! | [`cmd`] | one module per CLI verb, like bpftool's `do_<verb>` | `up`, `down`, `status`, `stats`, `conntrack`, `publish`, `trace`, `profile`, `lab` |
+//! | [`daemon`] | the running instance behind `bpfnat up` | `serve`, `settings`, `bridge`, `metrics` |
+//! | [`table`] | the connection table and what it holds | `conntrack`, `expiry`, `timeouts`, `publish` |
+//! | [`bpf`] | the loaded object, its maps and pins | `datapath`, `instance`, `stats` |
+//! | [`host`] | the machine: namespaces, interfaces, privileges, the lab | `netns`, `iface`, `system`, `lab` |
+//! | [`util`] | parsing and frames, no state | `addr`, `packet` |
 //!
 //! The modules are public for the `bpfnat` binary and the integration tests; inside them, an
 //! item neither of those uses is `pub(crate)`, so the compiler's dead-code lint sees it.
-pub mod addr;
-pub mod bridge;
-pub mod config;
-pub mod conntrack;
-pub mod datapath;
-pub mod expiry;
-pub mod iface;
-pub mod instance;
-pub mod lab;
-pub mod metrics;
-pub mod netns;
-pub mod packet;
-pub mod profile;
-pub mod publish;
-pub mod stats;
-pub mod status;
-pub mod system;
-pub mod trace;
-pub mod up;
+pub mod bpf;
+pub mod cmd;
+pub mod daemon;
+pub mod host;
+pub mod table;
+pub mod util;
+
+#[cfg(test)]
+mod layering;

@@ -28,7 +28,6 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -47,21 +46,11 @@ use crate::{
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "IP:PORT")]
-    listen: SocketAddr,
-    /// Exit once N connections have been accepted and all closed.
-    #[arg(long, value_name = "N")]
-    expect: Option<u64>,
+    #[command(flatten)]
+    server: server::ListenArgs,
     /// Server threads (SO_REUSEPORT listeners); default: one per CPU.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Created (containing "listening IP:PORT") once listening.
-    #[arg(long, value_name = "PATH")]
-    ready_file: Option<PathBuf>,
-    /// listen() backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096)]
-    backlog: i32,
 }
 
 #[derive(Serialize)]
@@ -87,17 +76,7 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
     let threads = args
         .threads
         .unwrap_or_else(|| runtime::default_threads(usize::MAX));
-    let totals = server::run(
-        &server::Config {
-            listen: args.listen,
-            threads,
-            behavior: Behavior::EchoFramed,
-            expect: args.expect,
-            ready_file: args.ready_file.clone(),
-            backlog: args.backlog,
-        },
-        deadline,
-    )?;
+    let totals = server::run(&args.server.config(threads, Behavior::EchoFramed), deadline)?;
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
         threads,
@@ -110,10 +89,10 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         bytes_echoed: totals.bytes,
         protocol_errors: totals.protocol_errors,
         errors: totals.errors.clone(),
-        expect: args.expect,
+        expect: args.server.expect,
         seconds: stats::round3(totals.seconds),
     };
-    let failure = match totals.expect_met(args.expect) {
+    let failure = match totals.expect_met(args.server.expect) {
         Err(e) => Some(e),
         Ok(()) if totals.protocol_errors > 0 => Some(format!(
             "{} connections sent bytes that are not loadgen rr messages",

@@ -36,6 +36,37 @@ pub enum Behavior {
     Discard,
 }
 
+/// The options of every TCP server mode (flattened into each mode's arguments).
+#[derive(clap::Args, Debug)]
+pub struct ListenArgs {
+    /// Address to listen on (port 0 picks one; see the "listening" line / ready file).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Exit once N connections have been accepted and all of them closed.
+    #[arg(long, value_name = "N")]
+    pub expect: Option<u64>,
+    /// Created (containing "listening IP:PORT") once the socket listens.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// listen() backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: i32,
+}
+
+impl ListenArgs {
+    /// The server these options describe, with `threads` listeners doing `behavior`.
+    pub fn config(&self, threads: usize, behavior: Behavior) -> Config {
+        Config {
+            listen: self.listen,
+            threads,
+            behavior,
+            expect: self.expect,
+            ready_file: self.ready_file.clone(),
+            backlog: self.backlog,
+        }
+    }
+}
+
 pub struct Config {
     pub listen: SocketAddr,
     pub threads: usize,

@@ -11,7 +11,6 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
-    path::PathBuf,
     time::Instant,
 };
 
@@ -29,18 +28,11 @@ use crate::{
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "IP:PORT")]
-    listen: SocketAddr,
-    /// Exit once N connections (flows) have been accepted and all closed.
-    #[arg(long, value_name = "N")]
-    expect: Option<u64>,
+    #[command(flatten)]
+    server: server::ListenArgs,
     /// Reader threads (SO_REUSEPORT listeners); default: one per CPU.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Created (containing "listening IP:PORT") once listening.
-    #[arg(long, value_name = "PATH")]
-    ready_file: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -61,17 +53,7 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
     let threads = args
         .threads
         .unwrap_or_else(|| runtime::default_threads(usize::MAX));
-    let totals = server::run(
-        &server::Config {
-            listen: args.listen,
-            threads,
-            behavior: Behavior::Discard,
-            expect: args.expect,
-            ready_file: args.ready_file.clone(),
-            backlog: 1024,
-        },
-        deadline,
-    )?;
+    let totals = server::run(&args.server.config(threads, Behavior::Discard), deadline)?;
     let secs = totals.data_seconds();
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
@@ -82,9 +64,9 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         seconds: stats::round3(secs),
         gbit_per_sec: stats::gbit_per_sec(totals.bytes, secs),
         errors: totals.errors.clone(),
-        expect: args.expect,
+        expect: args.server.expect,
     };
-    Outcome::new(&report, totals.expect_met(args.expect).err())
+    Outcome::new(&report, totals.expect_met(args.server.expect).err())
 }
 
 #[derive(Args, Debug)]

@@ -30,18 +30,8 @@ use crate::{
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Address to listen on (port 0 picks one; see the "listening" line / ready file).
-    #[arg(long, value_name = "IP:PORT")]
-    listen: SocketAddr,
-    /// Exit once N connections have been accepted and all of them closed.
-    #[arg(long, value_name = "N")]
-    expect: Option<u64>,
-    /// Created (containing "listening IP:PORT") once the socket listens.
-    #[arg(long, value_name = "PATH")]
-    ready_file: Option<PathBuf>,
-    /// listen() backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096)]
-    backlog: i32,
+    #[command(flatten)]
+    server: server::ListenArgs,
 }
 
 #[derive(Serialize)]
@@ -61,17 +51,7 @@ struct ServerReport {
 
 pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
     // One thread: holding connections is about counts, not throughput.
-    let totals = server::run(
-        &server::Config {
-            listen: args.listen,
-            threads: 1,
-            behavior: Behavior::EchoRaw,
-            expect: args.expect,
-            ready_file: args.ready_file.clone(),
-            backlog: args.backlog,
-        },
-        deadline,
-    )?;
+    let totals = server::run(&args.server.config(1, Behavior::EchoRaw), deadline)?;
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
         accepted: totals.accepted,
@@ -81,10 +61,10 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         peer_ips: totals.peer_list(1000),
         bytes_echoed: totals.bytes,
         errors: totals.errors.clone(),
-        expect: args.expect,
+        expect: args.server.expect,
         seconds: crate::stats::round3(totals.seconds),
     };
-    Outcome::new(&report, totals.expect_met(args.expect).err())
+    Outcome::new(&report, totals.expect_met(args.server.expect).err())
 }
 
 #[derive(Args, Debug)]

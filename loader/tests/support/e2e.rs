@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpfnat::{lab, netns};
+use bpfnat::{host::lab, host::netns};
 
 /// A lab that is built on creation and removed on drop, even when the test panics.
 pub struct Lab {
@@ -409,13 +409,15 @@ pub fn udp_request(ns: &str, dst: SocketAddrV4, payload: Vec<u8>) -> Option<Vec<
 /// "hook name" per line; empty when nothing of ours is attached.
 pub fn tc_programs(ns: &str, iface: &str) -> String {
     let iface_owned = iface.to_owned();
-    let mut lines: Vec<String> = spawn_in(ns, move || bpfnat::datapath::tcx_programs(&iface_owned))
-        .join()
-        .expect("query thread")
-        .expect("query TCX")
-        .into_iter()
-        .map(|p| format!("tcx/{} {}", p.hook, p.name))
-        .collect();
+    let mut lines: Vec<String> = spawn_in(ns, move || {
+        bpfnat::bpf::datapath::tcx_programs(&iface_owned)
+    })
+    .join()
+    .expect("query thread")
+    .expect("query TCX")
+    .into_iter()
+    .map(|p| format!("tcx/{} {}", p.hook, p.name))
+    .collect();
     for hook in ["egress", "ingress"] {
         let (_, out) = ns_exec(ns, &["tc", "filter", "show", "dev", iface, hook]);
         lines.extend(

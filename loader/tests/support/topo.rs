@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use bpfnat::netns;
+use bpfnat::host::netns;
 
 /// A server namespace one routed hop behind `router_ns`, on a veth whose router side has TX
 /// checksum offload off (so partial checksums get completed before the server sees them).
@@ -91,11 +91,11 @@ pub fn test_lab(
     uplink: Ipv4Addr,
     wan: Ipv4Addr,
     remote: Ipv4Addr,
-) -> bpfnat::lab::LabSpec {
+) -> bpfnat::host::lab::LabSpec {
     let [a, b, c] = net;
     let containers = (1..=containers)
         .map(|i| {
-            let mut spec = bpfnat::lab::ContainerSpec::new(
+            let mut spec = bpfnat::host::lab::ContainerSpec::new(
                 &format!("{prefix}-c{i}"),
                 Ipv4Addr::new(a, b, c, 1 + i),
             );
@@ -103,7 +103,7 @@ pub fn test_lab(
             spec
         })
         .collect();
-    bpfnat::lab::LabSpec {
+    bpfnat::host::lab::LabSpec {
         host_netns: format!("{prefix}-h"),
         wan_netns: format!("{prefix}-w"),
         bridge: "br0".into(),

@@ -15,6 +15,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use bpfnat_common::{
+    batch::{self, BatchAttr},
+    FlowKey, NatEntry, IPPROTO_TCP, NAT_FLAG_ORIGINAL, TCP_SEEN_ACK, TCP_SEEN_SYN,
+};
 use serde_json::{json, Value};
 
 use super::{
@@ -29,13 +33,11 @@ use super::{
 /// plus the benchmark's own.
 pub const TABLE_SIZE: u64 = 2_097_152;
 pub const POINTS: [u64; 3] = [0, 100_000, 1_000_000];
-/// `FlowKey` and `NatEntry` (common/src/lib.rs) as the kernel sees them.
-const KEY_SIZE: u64 = 16;
-const VALUE_SIZE: u64 = 40;
-const NAT_FLAG_ORIGINAL: u8 = 1;
-/// TCP_SEEN_SYN | TCP_SEEN_ACK on both halves: ESTABLISHED (idle timeout 5 days).
-const SEEN_SYN_ACK: u8 = 0x12;
-const IPPROTO_TCP: u8 = 6;
+/// `FlowKey` and `NatEntry` as the kernel sees them (written here byte by byte).
+const KEY_SIZE: u64 = std::mem::size_of::<FlowKey>() as u64;
+const VALUE_SIZE: u64 = std::mem::size_of::<NatEntry>() as u64;
+/// Both halves saw SYN and ACK: ESTABLISHED (idle timeout 5 days).
+const SEEN_SYN_ACK: u8 = TCP_SEEN_SYN | TCP_SEEN_ACK;
 
 /// Sets `kernel.bpf_stats_enabled` for the guard's lifetime and restores the old value.
 struct BpfStats {
@@ -201,66 +203,19 @@ fn check_layout() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bpf(2) command on a `BPF_MAP_*_BATCH` attribute block.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// bpf(2) on the attribute block `attr`; its return value (a descriptor for `BPF_OBJ_GET`).
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a live attribute block of the command's layout, and its pointers
-    // refer to live buffers of the sizes the command reads and writes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(ret)
-}
-
 /// A pinned map, opened with `BPF_OBJ_GET`.
 struct PinnedMap(std::os::fd::OwnedFd);
 
 impl PinnedMap {
     fn open(name: &str) -> anyhow::Result<Self> {
         use std::os::fd::FromRawFd as _;
-        const BPF_OBJ_GET: libc::c_long = 7;
-        #[repr(C)]
-        struct ObjAttr {
-            pathname: u64,
-            bpf_fd: u32,
-            file_flags: u32,
-            path_fd: i32,
-        }
         let path = topo::pin_dir().join(name);
         let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())?;
-        let mut attr = ObjAttr {
-            pathname: c_path.as_ptr() as u64,
-            bpf_fd: 0,
-            file_flags: 0,
-            path_fd: 0,
-        };
-        let fd = bpf(BPF_OBJ_GET, &mut attr)
+        let fd = batch::obj_get(&c_path)
+            .map_err(std::io::Error::from_raw_os_error)
             .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        // SAFETY: the kernel just gave us this descriptor.
-        Ok(Self(unsafe {
-            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
-        }))
+        // SAFETY: the kernel just gave us this descriptor, and nothing else owns it.
+        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
     }
 
     fn fd(&self) -> u32 {
@@ -270,18 +225,30 @@ impl PinnedMap {
 
     /// Write `count` entries (keys and values packed back to back) in one syscall.
     fn update_batch(&self, keys: &[u8], values: &[u8], count: usize) -> anyhow::Result<()> {
-        self.batch(26, "BPF_MAP_UPDATE_BATCH", keys, Some(values), count)
+        self.batch(
+            batch::BPF_MAP_UPDATE_BATCH,
+            "BPF_MAP_UPDATE_BATCH",
+            keys,
+            Some(values),
+            count,
+        )
     }
 
     /// Delete `count` keys (packed back to back) in one syscall.
     fn delete_batch(&self, keys: &[u8], count: usize) -> anyhow::Result<()> {
-        self.batch(27, "BPF_MAP_DELETE_BATCH", keys, None, count)
+        self.batch(
+            batch::BPF_MAP_DELETE_BATCH,
+            "BPF_MAP_DELETE_BATCH",
+            keys,
+            None,
+            count,
+        )
     }
 
     /// One batch command over `count` keys (and values, for an update).
     fn batch(
         &self,
-        cmd: libc::c_long,
+        cmd: i64,
         name: &str,
         keys: &[u8],
         values: Option<&[u8]>,
@@ -294,8 +261,11 @@ impl PinnedMap {
             map_fd: self.fd(),
             ..Default::default()
         };
-        bpf(cmd, &mut attr)
+        // SAFETY: a batch attribute block whose pointers refer to live buffers holding `count`
+        // keys (and values) of the map's sizes.
+        unsafe { batch::bpf(cmd, &mut attr) }
             .map(drop)
+            .map_err(std::io::Error::from_raw_os_error)
             .with_context(|| format!("{name}: {} of {count} done", attr.count))
     }
 }

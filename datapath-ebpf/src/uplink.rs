@@ -1,0 +1,350 @@
+//! The uplink's two programs. On the way out (`egress`), a packet from a container's subnet
+//! gets the uplink's address and a port of its mapping; on the way in (`ingress`), a reply or
+//! a packet to a published port gets its container's address and port back and is handed to
+//! the container. Each direction finds or creates the mapping its own way; what is done with
+//! a mapping once found is one routine for both ([`apply`]), the way Cilium's
+//! `snat_v4_process` serves both directions.
+
+use aya_ebpf::{
+    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS, TC_ACT_OK},
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::TcContext,
+    EbpfContext as _,
+};
+use bpfnat_common::{
+    wire::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_RST, TCP_SYN},
+    Counter, FlowKey, NatEntry, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
+    NAT_FLAG_PUBLISHED,
+};
+
+use crate::{
+    csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
+    frag, fwd, icmp,
+    maps::{NatTable, NAT_IN, NAT_OUT},
+    nat::{
+        create_mapping, create_published_mapping, published, reopen_if_closed, settings, touch,
+        track_tcp,
+    },
+    parse::{parse, Fragment, Packet, Parsed, IP_DST_OFF, IP_SRC_OFF},
+    stats::{account, count},
+    verdict::pass,
+};
+
+/// Which way a packet crosses the uplink. Every function taking one is inlined with a
+/// constant, so the choices below cost nothing at run time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Leaving: the source is rewritten.
+    Egress,
+    /// Arriving: the destination is rewritten.
+    Ingress,
+}
+
+impl Dir {
+    #[inline(always)]
+    fn hook(self) -> u8 {
+        match self {
+            Dir::Egress => HOOK_UPLINK_EGRESS,
+            Dir::Ingress => HOOK_UPLINK_INGRESS,
+        }
+    }
+
+    /// The table a packet of this direction is looked up in.
+    #[inline(always)]
+    fn table(self) -> &'static NatTable {
+        match self {
+            Dir::Egress => &NAT_OUT,
+            Dir::Ingress => &NAT_IN,
+        }
+    }
+
+    /// The table holding the mapping's other half.
+    #[inline(always)]
+    fn other_table(self) -> &'static NatTable {
+        match self {
+            Dir::Egress => &NAT_IN,
+            Dir::Ingress => &NAT_OUT,
+        }
+    }
+
+    #[inline(always)]
+    fn frag_direction(self) -> u8 {
+        match self {
+            Dir::Egress => frag::OUTBOUND,
+            Dir::Ingress => frag::INBOUND,
+        }
+    }
+
+    /// Offset, old value of the address this direction rewrites.
+    #[inline(always)]
+    fn rewritten_addr(self, src_addr: u32, dst_addr: u32) -> (usize, u32) {
+        match self {
+            Dir::Egress => (IP_SRC_OFF, src_addr),
+            Dir::Ingress => (IP_DST_OFF, dst_addr),
+        }
+    }
+}
+
+/// A packet of mapping `entry` (found in, or just added to, `dir`'s table): count it, follow
+/// the TCP state on both halves, rewrite the address and the port, and let a first fragment's
+/// later fragments follow. Returns the address written.
+#[inline(always)]
+fn apply(
+    ctx: &TcContext,
+    dir: Dir,
+    pkt: &Packet,
+    key: &FlowKey,
+    entry: *mut NatEntry,
+) -> Result<u32, Counter> {
+    touch(entry, ctx.len());
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
+    if pkt.proto == IPPROTO_TCP {
+        // SAFETY: as above.
+        let other = unsafe {
+            match dir {
+                Dir::Egress => key.reply_key(&*entry),
+                Dir::Ingress => key.original_key(&*entry),
+            }
+        };
+        // The half of the side that opens the connection: a masqueraded flow's outbound
+        // one, a published connection's inbound one. A new SYN there reopens a closed mapping.
+        let opener = match dir {
+            Dir::Egress => true,
+            // SAFETY: as above.
+            Dir::Ingress => (unsafe { (*entry).flags } & NAT_FLAG_PUBLISHED) != 0,
+        };
+        if opener {
+            reopen_if_closed(entry, pkt.tcp_flags, dir.other_table(), &other);
+        }
+        track_tcp(entry, pkt.tcp_flags, dir.other_table(), &other);
+    }
+    let (port_off, old_port) = match dir {
+        Dir::Egress => (pkt.l4.src_port_off, pkt.src_port),
+        Dir::Ingress => (pkt.l4.dst_port_off, pkt.dst_port),
+    };
+    let (addr_off, old_addr) = dir.rewritten_addr(pkt.src_addr, pkt.dst_addr);
+    rewrite_port(ctx, &pkt.l4, port_off, old_port, port)?;
+    rewrite_addr(ctx, &pkt.l4, addr_off, old_addr, addr)?;
+    if pkt.first_fragment {
+        let datagram = frag::key(
+            pkt.src_addr,
+            pkt.dst_addr,
+            pkt.ip_id,
+            pkt.proto,
+            dir.frag_direction(),
+        );
+        frag::remember(&datagram, addr);
+    }
+    count(match dir {
+        Dir::Egress => Counter::EgressTranslated,
+        Dir::Ingress => Counter::IngressTranslated,
+    });
+    Ok(addr)
+}
+
+/// A later fragment (no ports) of a datagram whose first fragment was translated: the same
+/// address. `None` when the first fragment was not seen.
+#[inline(always)]
+fn follow_fragment(ctx: &TcContext, dir: Dir, f: &Fragment) -> Result<Option<u32>, Counter> {
+    let datagram = frag::key(f.src_addr, f.dst_addr, f.id, f.proto, dir.frag_direction());
+    let Some(addr) = frag::lookup(&datagram) else {
+        return Ok(None);
+    };
+    let (offset, old) = dir.rewritten_addr(f.src_addr, f.dst_addr);
+    rewrite_ip_addr(ctx, offset, old, addr)?;
+    count(Counter::FragmentsTranslated);
+    Ok(Some(addr))
+}
+
+/// Uplink egress: masquerade the source of packets from the containers' subnets.
+#[inline(always)]
+pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
+    const DIR: Dir = Dir::Egress;
+    count(Counter::EgressPackets);
+    // A flow's packet is taken out of the parse result before any helper call: the compiler
+    // would otherwise carry its (undefined) fields through the other variants' paths in
+    // registers a call has clobbered, which the verifier refuses.
+    let pkt = match parse(ctx)? {
+        Parsed::Packet(pkt) => pkt,
+        other => return egress_other(ctx, other),
+    };
+    account(DIR.hook(), pkt.proto, ctx.len());
+    // Nothing is ours until the loader has told the datapath its external address.
+    let Some(cfg) = settings() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REQUEST {
+        return Ok(pass(Counter::PassUnsupportedProto));
+    }
+    let key = pkt.key();
+    let entry = match DIR.table().get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => {
+            // Only traffic from the containers' subnets is ours; the host's own traffic
+            // (already sourced from the uplink address) passes untouched. One subnet lookup
+            // answers both questions: whose, and which bridge.
+            let Some(bridge) = fwd::bridge_of(pkt.src_addr) else {
+                return Ok(pass(Counter::PassNoMatch));
+            };
+            // An internal network never leaves, even through the host's own forwarding
+            // (before the loader has attached the port program to a new container's port).
+            if fwd::is_internal_bridge(bridge) {
+                return Err(Counter::DropInternal);
+            }
+            create_mapping(&key, &cfg)?
+        }
+    };
+    apply(ctx, DIR, &pkt, &key, entry)?;
+    Ok(TC_ACT_OK)
+}
+
+/// Egress of what is not a flow's packet: ICMP errors, later fragments, what passes.
+#[inline(always)]
+fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
+    const DIR: Dir = Dir::Egress;
+    account(DIR.hook(), parsed.proto(), ctx.len());
+    if settings().is_none() {
+        return Ok(pass(Counter::PassNoMatch));
+    }
+    match parsed {
+        Parsed::IcmpError(err) => {
+            if fwd::is_internal(err.src_addr) && icmp::translate_outbound(ctx, &err)? {
+                return Ok(TC_ACT_OK);
+            }
+            Ok(pass(Counter::PassNoMatch))
+        }
+        Parsed::LaterFragment(f) => {
+            if !fwd::is_internal(f.src_addr) {
+                return Ok(pass(Counter::PassFragment));
+            }
+            // Unknown: forwarding it would leak the internal address.
+            match follow_fragment(ctx, DIR, &f)? {
+                Some(_) => Ok(TC_ACT_OK),
+                None => Err(Counter::DropFragmentUnknown),
+            }
+        }
+        Parsed::Pass(reason) => Ok(pass(reason)),
+        Parsed::Packet(_) => Ok(pass(Counter::PassNoMatch)),
+    }
+}
+
+/// Uplink ingress: send replies of masqueraded flows, and new connections to published
+/// ports, to their container.
+#[inline(always)]
+pub fn try_ingress(ctx: &TcContext) -> Result<i32, Counter> {
+    const DIR: Dir = Dir::Ingress;
+    count(Counter::IngressPackets);
+    // As on egress: the flow's packet first, before any helper call.
+    let pkt = match parse(ctx)? {
+        Parsed::Packet(pkt) => pkt,
+        other => return ingress_other(ctx, other),
+    };
+    account(DIR.hook(), pkt.proto, ctx.len());
+    let Some(cfg) = settings() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    if pkt.dst_addr != cfg.external_addr {
+        // Docker 28's direct-access protection: nothing reaches a container from outside
+        // except replies and published ports, even when the outside has a route to it.
+        if fwd::is_internal(pkt.dst_addr) {
+            return Err(Counter::DropDirectAccess);
+        }
+        return Ok(pass(Counter::PassNoMatch));
+    }
+    if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REPLY {
+        return Ok(pass(Counter::PassUnsupportedProto));
+    }
+    let key = pkt.key();
+    let entry = match DIR.table().get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => match published(pkt.proto, pkt.dst_addr, pkt.dst_port) {
+            // A new connection to a published port (TCP/UDP only: ICMP has no ports).
+            Some(target) if pkt.proto != IPPROTO_ICMP => create_published_mapping(&key, &target)?,
+            _ => {
+                if is_stray_tcp(ctx, &pkt) {
+                    return Err(Counter::DropStrayTcp);
+                }
+                // Not a reply to a masqueraded flow (e.g. the host's own traffic): not ours.
+                return Ok(pass(Counter::PassNoMatch));
+            }
+        },
+    };
+    let addr = apply(ctx, DIR, &pkt, &key, entry)?;
+    fwd::to_container(ctx, addr)
+}
+
+/// Ingress of what is not a flow's packet: ICMP errors, later fragments, what passes.
+#[inline(always)]
+fn ingress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
+    const DIR: Dir = Dir::Ingress;
+    account(DIR.hook(), parsed.proto(), ctx.len());
+    let Some(cfg) = settings() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    match parsed {
+        Parsed::IcmpError(err) => {
+            if err.dst_addr == cfg.external_addr {
+                if let Some(addr) = icmp::translate_inbound(ctx, &err)? {
+                    return fwd::to_container(ctx, addr);
+                }
+            }
+            if fwd::is_internal(err.dst_addr) {
+                return Err(Counter::DropDirectAccess);
+            }
+            Ok(pass(Counter::PassNoMatch))
+        }
+        Parsed::LaterFragment(f) => {
+            if f.dst_addr != cfg.external_addr {
+                if fwd::is_internal(f.dst_addr) {
+                    return Err(Counter::DropDirectAccess);
+                }
+                return Ok(pass(Counter::PassFragment));
+            }
+            // Unknown fragments to the uplink address may be the host's own: let it have them.
+            match follow_fragment(ctx, DIR, &f)? {
+                Some(addr) => fwd::to_container(ctx, addr),
+                None => Ok(pass(Counter::PassFragment)),
+            }
+        }
+        Parsed::Pass(reason) => Ok(pass(reason)),
+        Parsed::Packet(_) => Ok(pass(Counter::PassNoMatch)),
+    }
+}
+
+/// A mid-stream TCP segment (no SYN, no RST) for the uplink address that no mapping and no
+/// local socket claims. Passing it would make the host answer with a RST and kill a
+/// connection whose mapping was just flushed or expired and is about to be picked up again
+/// by its next outbound segment; dropping it lets the peer retransmit instead.
+#[inline(always)]
+fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
+    if pkt.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        return false;
+    }
+    // SAFETY: bpf_sock_tuple is plain data (integers in unions), valid when zeroed.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = pkt.src_addr;
+    tuple.__bindgen_anon_1.ipv4.daddr = pkt.dst_addr;
+    tuple.__bindgen_anon_1.ipv4.sport = pkt.src_port;
+    tuple.__bindgen_anon_1.ipv4.dport = pkt.dst_port;
+    // The IPv4 part of the tuple: two addresses and two ports.
+    const IPV4_TUPLE_LEN: u32 = 12;
+    // SAFETY: the context is this program's skb and `tuple` a live stack value of the length
+    // given; the returned socket, if any, is released below.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            IPV4_TUPLE_LEN,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return true;
+    }
+    // SAFETY: `sk` is the non-null socket bpf_skc_lookup_tcp returned, released exactly once.
+    unsafe { bpf_sk_release(sk as *mut _) };
+    false
+}

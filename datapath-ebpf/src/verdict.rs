@@ -1,0 +1,76 @@
+//! What a program returns, and the wrapper every entry point runs its logic in: a `try_*`
+//! function's error becomes a counted drop, and the packet is traced when tracing is on.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use bpfnat_common::{Counter, TRACE_NOT_DROPPED};
+
+use crate::{maps::LOG_RATE, stats::count, trace};
+
+/// Pass the packet on untouched, counting why.
+#[inline(always)]
+pub fn pass(reason: Counter) -> i32 {
+    count(reason);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
+    count(reason);
+    if matches!(reason, Counter::DropNoPort | Counter::DropTableFull) && log_allowed() {
+        // Rare, operator-relevant, and rate-limited: never a log line per packet.
+        match reason {
+            Counter::DropNoPort => warn!(
+                ctx,
+                "no free external port: packets dropped (see drop_no_port)"
+            ),
+            _ => warn!(
+                ctx,
+                "connection table full: packets dropped (see drop_table_full)"
+            ),
+        }
+    }
+    TC_ACT_SHOT
+}
+
+/// Run one program's logic, turn its error into a counted drop, and trace the packet when
+/// tracing is on (the only cost when off: one read of the trace filter).
+#[inline(always)]
+pub fn run(ctx: &TcContext, hook: u8, logic: impl Fn(&TcContext) -> Result<i32, Counter>) -> i32 {
+    let Some(filter) = trace::filter() else {
+        return match logic(ctx) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(ctx, reason),
+        };
+    };
+    let (before, _, _) = trace::tuple(ctx);
+    let (action, reason) = match logic(ctx) {
+        Ok(action) => (action, TRACE_NOT_DROPPED),
+        Err(reason) => (drop_packet(ctx, reason), reason as u32),
+    };
+    trace::emit(ctx, &filter, hook, &before, action, reason);
+    action
+}
+
+/// At most one log line per second per CPU.
+#[inline(always)]
+fn log_allowed() -> bool {
+    let Some(last) = LOG_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `last` is this CPU's slot of a per-CPU array, from a successful lookup; no other
+    // program run touches it meanwhile.
+    unsafe {
+        if now.wrapping_sub(*last) < 1_000_000_000 {
+            return false;
+        }
+        *last = now;
+    }
+    true
+}

@@ -1,0 +1,555 @@
+//! The bridges the datapath serves (Docker's bridge networks) and their ports.
+//!
+//! A bridge is given as `NAME[:OPTION,...]` (`--bridge`, repeatable) or as a `[[bridges]]`
+//! table of the config file. Options: `icc=false` (no traffic between its containers, only to
+//! the gateway), `internal` (nothing leaves its subnets, no masquerade) and `subnet=CIDR`
+//! (repeatable; default: the bridge's own IPv4 networks).
+//!
+//! Every interface enslaved to a served bridge is a port: the daemon attaches the port program
+//! to its ingress (frames from the container) and lists it in `PORTS`. Ports are looked for at
+//! start and every second after, so containers started later are served; a port that goes
+//! away (or leaves the bridge) is forgotten with the containers learned behind it.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::programs::tc::SchedClassifierLink;
+use bpfnat_common::{addr_to_map, BridgeInfo, BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+use log::{info, warn};
+
+use crate::{
+    bpf::datapath::{Datapath, TcMode},
+    host::iface::{self, Link},
+    util::addr::Ipv4Net,
+};
+
+/// A bridge as the user gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    /// None: the global `--icc` setting (default on).
+    pub icc: Option<bool>,
+    pub internal: bool,
+    /// Empty: the bridge's own IPv4 networks.
+    pub subnets: Vec<Ipv4Net>,
+}
+
+impl BridgeSpec {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            icc: None,
+            internal: false,
+            subnets: Vec::new(),
+        }
+    }
+}
+
+/// `true`/`false` and the usual spellings.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+impl FromStr for BridgeSpec {
+    type Err = anyhow::Error;
+
+    /// `NAME[:icc=BOOL,internal[=BOOL],subnet=CIDR,...]`.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (name, options) = s.split_once(':').unwrap_or((s, ""));
+        if name.is_empty() {
+            bail!("bad bridge {s:?}: no name; expected NAME[:icc=false,internal,subnet=CIDR]");
+        }
+        let mut spec = Self::new(name);
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = match option.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (option, None),
+            };
+            let flag = |value: Option<&str>| -> anyhow::Result<bool> {
+                value.map_or(Ok(true), |v| {
+                    parse_bool(v)
+                        .ok_or_else(|| anyhow!("bad bridge {s:?}: {key}={v} is not true or false"))
+                })
+            };
+            match key {
+                "icc" => spec.icc = Some(flag(value)?),
+                "internal" => spec.internal = flag(value)?,
+                "subnet" => {
+                    let v = value.ok_or_else(|| anyhow!("bad bridge {s:?}: subnet needs =CIDR"))?;
+                    spec.subnets
+                        .push(v.parse().with_context(|| format!("bad bridge {s:?}"))?);
+                }
+                _ => bail!(
+                    "bad bridge {s:?}: unknown option {key:?} (known: icc=BOOL, internal, \
+                     subnet=CIDR)"
+                ),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A served bridge, resolved in the current network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bridge {
+    pub name: String,
+    pub ifindex: u32,
+    /// Its own address in its subnets: the containers' gateway (None if it has none).
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: [u8; 6],
+    pub subnets: Vec<Ipv4Net>,
+    pub icc: bool,
+    pub internal: bool,
+}
+
+impl Bridge {
+    /// What the datapath keeps about it.
+    pub(crate) fn info(&self) -> BridgeInfo {
+        let mut flags = 0;
+        if !self.icc {
+            flags |= BRIDGE_ICC_OFF;
+        }
+        if self.internal {
+            flags |= BRIDGE_INTERNAL;
+        }
+        BridgeInfo {
+            gateway: self.gateway.map_or(0, |g| addr_to_map(g.octets())),
+            flags,
+            mac: self.mac,
+            pad: [0; 2],
+        }
+    }
+
+    /// Look the bridge up: index and MAC (rtnetlink), gateway and subnets (its IPv4
+    /// addresses unless subnets are given). A spec without an `icc` setting gets icc on.
+    pub(crate) async fn resolve(
+        handle: &rtnetlink::Handle,
+        links: &[Link],
+        spec: &BridgeSpec,
+    ) -> anyhow::Result<Self> {
+        let link = links.iter().find(|l| l.name == spec.name).ok_or_else(|| {
+            anyhow!(
+                "unknown interface {:?} (not found in this network namespace)",
+                spec.name
+            )
+        })?;
+        let addrs = iface::ipv4_addrs(handle, &spec.name).await?;
+        let subnets = if spec.subnets.is_empty() {
+            let mut nets: Vec<Ipv4Net> = Vec::new();
+            for net in addrs.iter().map(|a| a.network()) {
+                if !nets.contains(&net) {
+                    nets.push(net);
+                }
+            }
+            if nets.is_empty() {
+                bail!(
+                    "bridge {:?} has no IPv4 address; give the container subnet with --subnet \
+                     (or --bridge {}:subnet=CIDR)",
+                    spec.name,
+                    spec.name
+                );
+            }
+            nets
+        } else {
+            spec.subnets.clone()
+        };
+        // The primary address inside the served subnets is what containers use as gateway.
+        let gateway = addrs
+            .iter()
+            .filter(|a| subnets.iter().any(|n| n.contains(a.addr)))
+            .min_by_key(|a| a.secondary)
+            .map(|a| a.addr);
+        Ok(Self {
+            name: spec.name.clone(),
+            ifindex: link.index,
+            gateway,
+            mac: link.mac.unwrap_or_default(),
+            subnets,
+            icc: spec.icc.unwrap_or(true),
+            internal: spec.internal,
+        })
+    }
+}
+
+/// One port the port program is attached to.
+struct Port {
+    name: String,
+    bridge: u32,
+    /// Dropping it detaches the program, unless it is pinned.
+    link: SchedClassifierLink,
+    /// Where the link is pinned (TCX with pinned state).
+    pin: Option<std::path::PathBuf>,
+    /// We added the clsact qdisc it hangs on (clsact mode): removed when we let go.
+    added_clsact: bool,
+}
+
+/// Finds the ports of the served bridges and keeps the port program attached to exactly
+/// those.
+pub(crate) struct PortWatcher {
+    /// TCX, or clsact on kernels without it.
+    mode: TcMode,
+    uplink: u32,
+    /// Bridge ifindex -> name.
+    bridges: BTreeMap<u32, String>,
+    ports: BTreeMap<u32, Port>,
+    /// Ports whose attachment failed, warned about once.
+    failed: HashSet<u32>,
+    /// The last scan failed (warned once).
+    scan_failing: bool,
+    /// Served bridges that are gone (warned once).
+    missing: HashSet<u32>,
+}
+
+impl PortWatcher {
+    /// `mode`: how the uplink was attached (resolved); the ports are attached the same way, so
+    /// `--tc-mode clsact` means no TCX anywhere (and nothing pinned).
+    pub(crate) fn new(bridges: &[Bridge], uplink: u32, mode: TcMode) -> Self {
+        Self {
+            mode: mode.resolve(),
+            uplink,
+            bridges: bridges
+                .iter()
+                .map(|b| (b.ifindex, b.name.clone()))
+                .collect(),
+            ports: BTreeMap::new(),
+            failed: HashSet::new(),
+            scan_failing: false,
+            missing: HashSet::new(),
+        }
+    }
+
+    /// How many ports are served.
+    pub(crate) fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Look for new and vanished ports; changes and errors are logged (errors once) and
+    /// retried next time.
+    pub(crate) async fn rescan(&mut self, dp: &mut Datapath, handle: &rtnetlink::Handle) {
+        match iface::links(handle).await {
+            Ok(links) => {
+                self.scan_failing = false;
+                self.apply(dp, handle, &links).await
+            }
+            Err(e) => {
+                if !self.scan_failing {
+                    warn!("cannot list interfaces to find bridge ports: {e:#}");
+                    self.scan_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Bring the attached ports in line with `links`.
+    pub(crate) async fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        links: &[Link],
+    ) {
+        for (index, name) in &self.bridges {
+            let present = links.iter().any(|l| l.index == *index);
+            if !present && self.missing.insert(*index) {
+                warn!("bridge {name} is gone: restart bpfnat to serve it again if it comes back");
+            } else if present {
+                self.missing.remove(index);
+            }
+        }
+        let wanted: BTreeMap<u32, (&str, u32)> = links
+            .iter()
+            .filter(|l| l.index != self.uplink)
+            .filter_map(|l| {
+                let master = l.master?;
+                self.bridges
+                    .contains_key(&master)
+                    .then_some((l.index, (l.name.as_str(), master)))
+            })
+            .collect();
+
+        // Gone, or no longer a port of a served bridge.
+        let gone: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for index in gone {
+            if let Some(port) = self.ports.remove(&index) {
+                let still_there = links.iter().any(|l| l.index == index);
+                Self::release(dp, handle, index, port, still_there).await;
+            }
+        }
+        self.failed.retain(|i| wanted.contains_key(i));
+
+        for (&index, &(name, bridge)) in &wanted {
+            if let Some(port) = self.ports.get_mut(&index) {
+                if port.name != name {
+                    // Renamed: same device, same link; its pin follows the name.
+                    if let (Some(old), Some(dir)) = (&port.pin, dp.pin_dir()) {
+                        let new = crate::bpf::datapath::link_pin_path(
+                            dir,
+                            name,
+                            aya::programs::TcAttachType::Ingress,
+                        );
+                        match std::fs::rename(old, &new) {
+                            Ok(()) => port.pin = Some(new),
+                            Err(e) => warn!("port {name}: cannot move its link pin: {e}"),
+                        }
+                    }
+                }
+                port.name = name.to_owned();
+                if port.bridge != bridge {
+                    // Moved to another served bridge: what was learned there no longer holds.
+                    port.bridge = bridge;
+                    if let Err(e) = dp.add_port(index, bridge) {
+                        warn!("port {name}: {e:#}");
+                    }
+                    let _ = dp.forget_endpoints_of(index);
+                }
+                continue;
+            }
+            match self.attach(dp, handle, index, name, bridge).await {
+                Ok(port) => {
+                    info!(
+                        "serving port {name} of bridge {}",
+                        self.bridges.get(&bridge).map_or("?", String::as_str)
+                    );
+                    self.failed.remove(&index);
+                    self.ports.insert(index, port);
+                }
+                Err(e) => {
+                    if self.failed.insert(index) {
+                        warn!("port {name} not served (tried again every second): {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attach(
+        &mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        index: u32,
+        name: &str,
+        bridge: u32,
+    ) -> anyhow::Result<Port> {
+        // Listed first: the program acts only on listed ports, so nothing happens before
+        // both are in place.
+        dp.add_port(index, bridge)?;
+        let mut added_clsact = false;
+        if self.mode == TcMode::Clsact {
+            match iface::has_clsact(handle, index).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    aya::programs::tc::qdisc_add_clsact(name)
+                        .with_context(|| format!("adding a clsact qdisc to {name}"))?;
+                    added_clsact = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match dp.attach_port(name, self.mode) {
+            Ok((link, how)) => {
+                if how == crate::bpf::datapath::Attached::Replaced {
+                    info!("port {name}: replaced the program behind its pinned link");
+                }
+                let pin = (self.mode != TcMode::Clsact)
+                    .then(|| dp.pin_dir())
+                    .flatten()
+                    .map(|d| {
+                        crate::bpf::datapath::link_pin_path(
+                            d,
+                            name,
+                            aya::programs::TcAttachType::Ingress,
+                        )
+                    });
+                Ok(Port {
+                    name: name.to_owned(),
+                    bridge,
+                    link,
+                    pin,
+                    added_clsact,
+                })
+            }
+            Err(e) => {
+                let _ = dp.remove_port(index);
+                if added_clsact {
+                    let _ = iface::delete_clsact(handle, index).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Let go of a port: detach (a no-op for a device that is gone: its TCX link went with
+    /// it, and dropping our handle closes the descriptor), unlist it, forget its containers.
+    async fn release(
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        index: u32,
+        port: Port,
+        still_there: bool,
+    ) {
+        let Port {
+            name,
+            link,
+            pin,
+            added_clsact,
+            ..
+        } = port;
+        if let Some(pin) = pin {
+            if let Err(e) = std::fs::remove_file(&pin) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!("port {name}: cannot unpin {}: {e}", pin.display());
+                }
+            }
+        }
+        drop(link);
+        if let Err(e) = dp.remove_port(index) {
+            warn!("port {name}: {e:#}");
+        }
+        let forgotten = dp.forget_endpoints_of(index).unwrap_or(0);
+        if added_clsact && still_there {
+            let _ = iface::delete_clsact(handle, index).await;
+        }
+        info!(
+            "port {name} {}: no longer served ({forgotten} containers forgotten)",
+            if still_there {
+                "left the bridge"
+            } else {
+                "is gone"
+            }
+        );
+    }
+
+    /// After adopting pinned state: unpin the links of ports (and interfaces) that are no
+    /// longer served, and forget ports listed in `PORTS` that this watcher does not serve,
+    /// with the containers learned behind them. `keep` names the uplink's pins.
+    pub(crate) fn prune(&self, dp: &mut Datapath, keep: &[std::path::PathBuf]) {
+        if let Some(dir) = dp
+            .pin_dir()
+            .map(|d| d.join(crate::bpf::datapath::LINKS_DIR))
+        {
+            let ours: HashSet<&std::path::Path> = self
+                .ports
+                .values()
+                .filter_map(|p| p.pin.as_deref())
+                .chain(keep.iter().map(std::path::PathBuf::as_path))
+                .collect();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if !ours.contains(path.as_path()) {
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {
+                                info!("unpinned the link {} (no longer served)", path.display())
+                            }
+                            Err(e) => warn!("cannot unpin {}: {e}", path.display()),
+                        }
+                    }
+                }
+            }
+        }
+        let listed: Vec<u32> = match dp.topology() {
+            Ok(t) => t.ports.keys().copied().collect(),
+            Err(e) => {
+                warn!("cannot read the pinned ports: {e:#}");
+                return;
+            }
+        };
+        for index in listed.into_iter().filter(|i| !self.ports.contains_key(i)) {
+            let _ = dp.remove_port(index);
+            let forgotten = dp.forget_endpoints_of(index).unwrap_or(0);
+            info!("forgot port {index} of the previous run ({forgotten} containers)");
+        }
+    }
+
+    /// Detach from every port (before the datapath itself is dropped). With `keep` the
+    /// pinned links stay (and the port programs with them) and `PORTS` is left as it is.
+    pub(crate) async fn shutdown(
+        mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        keep: bool,
+    ) {
+        let ports = std::mem::take(&mut self.ports);
+        for (index, port) in ports {
+            let Port {
+                link,
+                pin,
+                added_clsact,
+                ..
+            } = port;
+            if keep {
+                continue;
+            }
+            if let Some(pin) = pin {
+                let _ = std::fs::remove_file(pin);
+            }
+            drop(link);
+            let _ = dp.remove_port(index);
+            if added_clsact {
+                let _ = iface::delete_clsact(handle, index).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_options() {
+        assert_eq!(
+            "docker0".parse::<BridgeSpec>().unwrap(),
+            BridgeSpec::new("docker0")
+        );
+        let b: BridgeSpec = "br1:icc=false,internal,subnet=10.1.0.0/24,subnet=10.2.0.0/16"
+            .parse()
+            .unwrap();
+        assert_eq!(b.name, "br1");
+        assert_eq!((b.icc, b.internal), (Some(false), true));
+        assert_eq!(b.subnets.len(), 2);
+        let b: BridgeSpec = "br1:icc,internal=no".parse().unwrap();
+        assert_eq!((b.icc, b.internal), (Some(true), false));
+        for (bad, why) in [
+            ("br1:icc=maybe", "icc=maybe is not true or false"),
+            ("br1:bogus", "unknown option \"bogus\""),
+            ("br1:subnet", "subnet needs =CIDR"),
+            ("br1:subnet=10.0.0.0/33", "bad CIDR"),
+            (":icc=false", "no name"),
+        ] {
+            let err = format!("{:#}", bad.parse::<BridgeSpec>().unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn datapath_flags() {
+        let mut b = Bridge {
+            name: "b".into(),
+            ifindex: 3,
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            mac: [2, 0, 0, 0, 0, 1],
+            subnets: vec![],
+            icc: true,
+            internal: false,
+        };
+        assert_eq!(b.info().flags, 0);
+        assert_eq!(b.info().gateway, addr_to_map([10, 0, 0, 1]));
+        b.icc = false;
+        b.internal = true;
+        assert_eq!(b.info().flags, BRIDGE_ICC_OFF | BRIDGE_INTERNAL);
+    }
+}

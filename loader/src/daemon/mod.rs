@@ -1,0 +1,12 @@
+//! The running instance behind `bpfnat up`. Uses [`crate::table`] and below.
+//!
+//! - [`settings`]: flags and the TOML file merged into the one [`settings::Settings`] the
+//!   daemon runs with.
+//! - [`serve`]: start-up, the serve loop (address watch, port scan, sweeper, signals) and
+//!   shutdown.
+//! - [`bridge`]: the bridges served and their ports (attached and followed).
+//! - [`metrics`]: the Prometheus endpoint.
+pub mod bridge;
+pub mod metrics;
+pub mod serve;
+pub mod settings;

@@ -1,0 +1,404 @@
+//! `bpfnat up`: attach the datapath to a host's uplink and keep it running until a signal.
+
+use std::{io::Write as _, net::Ipv4Addr, time::Duration};
+
+use anyhow::{bail, Context as _};
+use bpfnat_common::Counter;
+use log::{info, warn};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    bpf::{
+        datapath::{Datapath, LoadOptions, TcMode},
+        instance::InstanceLock,
+    },
+    daemon::{
+        bridge::{Bridge, PortWatcher},
+        settings::Settings,
+    },
+    host::{iface, system},
+    table::{conntrack, expiry, publish},
+};
+
+/// How often the uplink's address is checked.
+const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Mappings the sweeper looks at per slice, in each table.
+const SWEEP_SLICE: usize = 32_768;
+/// Pause between two slices of a pass, in multiples of the last slice's duration.
+const SWEEP_PAUSE_FACTOR: u32 = 40;
+/// How often the bridges' ports are looked for.
+const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refuse subnets that overlap between bridges or hold the uplink's address: the datapath
+/// finds a subnet's bridge by longest prefix, so an overlap would send one bridge's
+/// containers to the other.
+fn check_subnets(bridges: &[Bridge], external: Ipv4Addr) -> anyhow::Result<()> {
+    let all: Vec<_> = bridges
+        .iter()
+        .flat_map(|b| b.subnets.iter().map(move |n| (b, n)))
+        .collect();
+    for (_, net) in &all {
+        if net.contains(external) {
+            bail!("uplink address {external} is inside internal subnet {net}: check --uplink and --subnet");
+        }
+    }
+    for (i, (b, net)) in all.iter().enumerate() {
+        for (o, other) in &all[..i] {
+            if net.contains(other.addr) || other.contains(net.addr) {
+                bail!(
+                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
+                    b.name,
+                    o.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(opts: Settings) -> anyhow::Result<()> {
+    // Before anything is claimed or attached: a signal from now on means a clean shutdown
+    // (pins removed) instead of the default action (killed, pins left stale).
+    let mut signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+    };
+    system::require_root()?;
+    system::ensure_bpffs()?;
+    let uplink_index = iface::ifindex(&opts.uplink)?;
+    for b in &opts.bridges {
+        iface::ifindex(&b.name)?;
+    }
+
+    let netlink = iface::netlink()?;
+    let external = iface::primary_ipv4(&netlink, &opts.uplink)
+        .await?
+        .with_context(|| {
+            format!(
+                "uplink {:?} has no IPv4 address to masquerade with",
+                opts.uplink
+            )
+        })?;
+    let links = iface::links(&netlink).await?;
+    let mut bridges = Vec::new();
+    for spec in &opts.bridges {
+        bridges.push(Bridge::resolve(&netlink, &links, spec).await?);
+    }
+    check_subnets(&bridges, external)?;
+    // Publishes are checked before anything is claimed or attached, against what will be
+    // served.
+    let served = crate::bpf::datapath::Served {
+        nets: bridges
+            .iter()
+            .flat_map(|b| b.subnets.iter().map(|n| (*n, b.ifindex)))
+            .collect(),
+        bridges: bridges.iter().map(|b| (b.ifindex, b.info())).collect(),
+        external: Some(external),
+    };
+    for spec in &opts.publish {
+        served.check(spec)?;
+    }
+
+    // TCX links can be pinned, so the datapath can outlive this process and be adopted;
+    // cls_bpf filters cannot.
+    let tcx = opts.tc_mode.resolve() == TcMode::Tcx;
+    if opts.keep && !tcx {
+        bail!("--keep needs TCX links (Linux >= 6.6, --tc-mode auto or tcx): cls_bpf filters cannot be pinned");
+    }
+    let load = LoadOptions {
+        table_size: opts.table_size,
+    };
+    let dir = crate::bpf::instance::dir(&opts.instance);
+    if tcx
+        && matches!(
+            crate::bpf::instance::status_of(&dir)?,
+            crate::bpf::instance::Status::Stale(_)
+        )
+    {
+        // Before claiming: a misfit leaves the old state untouched.
+        crate::bpf::datapath::check_pinned_maps(load, &dir, &opts.instance)?;
+    }
+    // Refuse early, before anything is loaded or attached, if the instance is held.
+    let lock = InstanceLock::acquire_or_adopt(&opts.instance, tcx)?;
+    let mut dp = Datapath::load_pinned(load, lock.dir())?;
+    if let Err(e) = dp.start_logging() {
+        warn!("datapath log records unavailable: {e:#}");
+    }
+    dp.configure(external, opts.port_range, &opts.timeouts)?;
+    // Internal bridges' subnets are listed too: the port program needs them to learn their
+    // containers, keep their traffic on the bridge and isolate them from the other bridges.
+    // It drops what an internal bridge sends towards the outside, so none of it reaches the
+    // uplink to be masqueraded.
+    for b in &bridges {
+        dp.add_bridge(b.ifindex, b.info(), &b.subnets)?;
+    }
+    let had_clsact = iface::has_clsact(&netlink, uplink_index).await?;
+    let mode = dp.attach(&opts.uplink, opts.tc_mode)?;
+    for spec in &opts.publish {
+        publish::add(&mut dp.publish_map()?, None, spec)?;
+    }
+    let mut ports = PortWatcher::new(&bridges, uplink_index, mode);
+    ports.apply(&mut dp, &netlink, &links).await;
+    if lock.adopted() {
+        let uplink_pins: Vec<_> = [
+            aya::programs::TcAttachType::Egress,
+            aya::programs::TcAttachType::Ingress,
+        ]
+        .into_iter()
+        .map(|hook| crate::bpf::datapath::link_pin_path(lock.dir(), &opts.uplink, hook))
+        .collect();
+        ports.prune(&mut dp, &uplink_pins);
+    }
+
+    let masqueraded: Vec<String> = bridges
+        .iter()
+        .filter(|b| !b.internal)
+        .flat_map(|b| b.subnets.iter().map(ToString::to_string))
+        .collect();
+    let described: Vec<String> = bridges
+        .iter()
+        .map(|b| {
+            let nets: Vec<String> = b.subnets.iter().map(ToString::to_string).collect();
+            format!(
+                "{} ({}{}{})",
+                b.name,
+                nets.join(","),
+                if b.internal { ", internal" } else { "" },
+                if b.icc { "" } else { ", icc off" }
+            )
+        })
+        .collect();
+    info!(
+        "attached to {} ({mode:?}) as {external}: bridges {}; {} ports, {} published ports",
+        opts.uplink,
+        described.join(", "),
+        ports.len(),
+        opts.publish
+            .iter()
+            .map(|p| p.entries().len())
+            .sum::<usize>()
+    );
+    // Bound before the readiness line: a taken address is a start-up error.
+    let metrics = match opts.metrics {
+        Some(addr) => Some(crate::daemon::metrics::bind(addr).await?),
+        None => None,
+    };
+    let _metrics_task = metrics.map(|l| {
+        AbortOnDrop(tokio::spawn(crate::daemon::metrics::serve(
+            l,
+            opts.instance.clone(),
+        )))
+    });
+    // The readiness line scripts and tests wait for.
+    println!(
+        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={} adopted={}",
+        opts.uplink,
+        masqueraded.join(","),
+        opts.instance,
+        bridges
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        ports.len(),
+        lock.adopted()
+    );
+    std::io::stdout().flush().ok();
+
+    let result = serve(&mut dp, &mut ports, &opts, &netlink, external, &mut signals).await;
+
+    if opts.keep {
+        // Nothing is detached or unlisted: the pinned links keep the programs running with
+        // the pinned maps.
+        ports.shutdown(&mut dp, &netlink, true).await;
+        drop(dp);
+        lock.keep();
+        println!("stopped (pinned state kept: the datapath keeps running)");
+        return result;
+    }
+    // Ports first: their links are ours, not the datapath's.
+    ports.shutdown(&mut dp, &netlink, false).await;
+    drop(dp); // closes the TCX links / removes the cls_bpf filters
+              // Removing the pins lets go of the pinned links: the programs detach.
+    if let Err(e) = lock.release() {
+        warn!("pinned state: {e:#}");
+    }
+    if mode == TcMode::Clsact && !had_clsact {
+        if let Err(e) = iface::delete_clsact(&netlink, uplink_index).await {
+            warn!(
+                "could not remove the clsact qdisc we added to {}: {e:#}",
+                opts.uplink
+            );
+        }
+    }
+    info!("detached from {}", opts.uplink);
+    println!("stopped");
+    result
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+async fn serve(
+    dp: &mut Datapath,
+    ports: &mut PortWatcher,
+    opts: &Settings,
+    netlink: &rtnetlink::Handle,
+    external: Ipv4Addr,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    // Expiry in slices (see `expiry::Sweeper`): a pass starts every sweep interval; while a
+    // pass is under way the next slice follows after SWEEP_PAUSE_FACTOR times the last
+    // slice's duration, so a huge table costs at most about 2.5 % of a core (a pass over a
+    // million idle mappings then takes about a minute: expiry is that much late, as the
+    // kernel's own conntrack GC lags on huge tables) and never delays a signal long.
+    let mut sweeper = expiry::Sweeper::default();
+    let mut next_sweep = tokio::time::Instant::now() + opts.sweep_interval;
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    let mut address_check = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
+    address_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut port_scan = tokio::time::interval(PORT_SCAN_INTERVAL);
+    port_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = AddressWatch {
+        current: Some(external),
+        failing: false,
+    };
+    loop {
+        tokio::select! {
+            _ = signals.int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+            _ = signals.term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+            _ = address_check.tick() => watch.check(dp, opts, netlink).await,
+            _ = port_scan.tick() => { ports.rescan(dp, netlink).await; }
+            _ = tokio::time::sleep_until(next_sweep) => {
+                let started = tokio::time::Instant::now();
+                match sweeper.step(dp, &opts.timeouts, opts.sweep_interval * 2, SWEEP_SLICE) {
+                    Ok(r) if r.expired + r.orphans > 0 => info!("expired {} mappings, {} orphan halves", r.expired, r.orphans),
+                    Ok(_) => {}
+                    Err(e) => warn!("expiry sweep failed: {e:#}"),
+                }
+                next_sweep = if sweeper.mid_pass() {
+                    tokio::time::Instant::now() + (started.elapsed() * SWEEP_PAUSE_FACTOR).max(Duration::from_millis(50))
+                } else {
+                    started + opts.sweep_interval
+                };
+            }
+            _ = status.tick(), if opts.status => {
+                let shown = watch.current.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                println!("{}", status_line(dp, shown)?);
+                std::io::stdout().flush().ok();
+            }
+        }
+    }
+}
+
+/// Follows the uplink's primary IPv4 address, as MASQUERADE does: when it changes, the new
+/// address goes to the datapath and every mapping made with another address is forgotten
+/// (its replies would go to an address the host no longer has).
+struct AddressWatch {
+    /// The address in the datapath's configuration; None = the uplink has none.
+    current: Option<Ipv4Addr>,
+    /// The last check failed (logged once until it works again).
+    failing: bool,
+}
+
+impl AddressWatch {
+    async fn check(&mut self, dp: &mut Datapath, opts: &Settings, netlink: &rtnetlink::Handle) {
+        let now = match iface::primary_ipv4(netlink, &opts.uplink).await {
+            Ok(addr) => {
+                self.failing = false;
+                addr
+            }
+            Err(e) => {
+                if !self.failing {
+                    warn!("cannot read the address of {}: {e:#}", opts.uplink);
+                    self.failing = true;
+                }
+                return;
+            }
+        };
+        if now == self.current {
+            return;
+        }
+        if let Err(e) = self.apply(dp, opts, now) {
+            // Tried again at the next check: `current` is unchanged.
+            warn!("uplink {} address change not applied: {e:#}", opts.uplink);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        opts: &Settings,
+        now: Option<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
+        // New address first, then forget the old mappings: a flow that starts in between
+        // already gets the new address and is kept.
+        dp.set_external(now)?;
+        let keep = now.map(|a| bpfnat_common::addr_to_map(a.octets()));
+        let forgotten = {
+            let mut tables = dp.tables()?;
+            let n = conntrack::remove_where(
+                &mut tables,
+                &opts.timeouts,
+                crate::table::timeouts::monotonic_ns(),
+                |c| Some(c.out.addr) != keep,
+            );
+            // Reply halves left by failed inserts would otherwise wait for the sweeper.
+            conntrack::remove_orphans(
+                &mut tables,
+                conntrack::FLUSH_ORPHAN_GRACE,
+                crate::table::timeouts::monotonic_ns(),
+            );
+            n
+        };
+        let show = |a: Option<Ipv4Addr>| a.map_or("none".to_owned(), |a| a.to_string());
+        info!(
+            "uplink {} address changed from {} to {}: {}, {forgotten} mappings forgotten",
+            opts.uplink,
+            show(self.current),
+            show(now),
+            if now.is_some() {
+                "new flows use the new address"
+            } else {
+                "translating nothing until it has one"
+            }
+        );
+        self.current = now;
+        Ok(())
+    }
+}
+
+/// One line: flows, translated packets each way, drops.
+pub(crate) fn status_line(dp: &Datapath, external: Ipv4Addr) -> anyhow::Result<String> {
+    let flows = dp.nat_out()?.keys().filter(Result::is_ok).count();
+    let counters = dp.counters()?;
+    let get = |c: Counter| {
+        counters
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| *v)
+    };
+    let drops: u64 = counters
+        .iter()
+        .filter(|(c, _)| c.name().starts_with("drop_"))
+        .map(|(_, v)| v)
+        .sum();
+    Ok(format!(
+        "status: external={external} flows={flows} out={} in={} new={} fwd={} drops={drops}",
+        get(Counter::EgressTranslated),
+        get(Counter::IngressTranslated),
+        get(Counter::NewMappings),
+        get(Counter::Forwarded),
+    ))
+}
+
+/// Stops a background task when the daemon leaves `run`.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

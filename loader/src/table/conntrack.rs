@@ -1,0 +1,696 @@
+//! The connection table as `conntrack -L` shows it: list, filter, delete, flush. Used by the
+//! `bpfnat conntrack` command (on the pinned maps of a running instance), by the daemon (to
+//! forget mappings when the uplink address changes) and by tests.
+//!
+//! # Deletion order
+//!
+//! A mapping is deleted original half (`NAT_OUT`) first, reply half (`NAT_IN`) second. The
+//! reply half is what reserves the external port for a destination (the datapath claims it
+//! with `BPF_NOEXIST`), so it is released last:
+//!
+//! - in the window between the two deletions, a packet of the same flow misses `NAT_OUT` and
+//!   creates a new mapping; it finds its own old reply half still holding the reply tuple and
+//!   keeps that port (`nat::keep_own_port` in the datapath: with another port the peer would
+//!   reset the connection); the paragraph below says how the second deletion then spares it.
+//! - the other order would free the reply tuple while `NAT_OUT` still translates the old flow
+//!   to it: another internal host could claim the same external tuple in that window, and both
+//!   flows would leave with the same address/port to the same destination, with the replies
+//!   of both going to one of them.
+//!
+//! The reply half is removed only if it still points back at the deleted original (it may
+//! have been expired and claimed by another flow meanwhile).
+//!
+//! A packet of the flow arriving in that window usually finds its own old reply half and takes
+//! it back (the datapath keeps the flow's port rather than move it: the peer would reset a
+//! connection that changed ports). If that happens just before the reply half is deleted, the
+//! new original half is left without one and the flow's replies stop being translated. So every
+//! removal of reply halves ([`remove_reply_halves`]) checks afterwards whether an original half
+//! came back pointing at a removed one, and puts that one back.
+//!
+//! # Published ports
+//!
+//! A connection to a published port (`NAT_FLAG_PUBLISHED`) is started from outside: its
+//! `NAT_IN` half holds the initiator's direction (client -> host:port) and its `NAT_OUT` half the
+//! container's answers. Listing shows it as conntrack shows a DNAT: original tuple client ->
+//! host:port, reply tuple container -> client, and the TCP state is derived with the halves'
+//! roles swapped.
+
+use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
+
+use anyhow::{anyhow, bail};
+use bpfnat_common::{
+    FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP,
+    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    bpf::datapath::NatTables,
+    table::timeouts::{idle_timeout, tcp_state_of},
+    util::addr::{proto_name, Ipv4Net},
+};
+
+use bpfnat_common::wire::{BPF_NOEXIST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+
+/// One mapping: both halves and what is derived from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// `NAT_OUT` key: the tuple as the container sends it (for a masqueraded flow, the
+    /// original tuple; for a published port, the container's answers).
+    pub original: FlowKey,
+    /// `NAT_OUT` value: external address/port, accounting of the container's direction.
+    pub out: NatEntry,
+    /// `NAT_IN` key: the tuple as packets arrive on the uplink.
+    pub reply: FlowKey,
+    /// `NAT_IN` value, if that half exists.
+    pub reply_entry: Option<NatEntry>,
+    /// Idle timeout that applies now (protocol, TCP state, replies seen).
+    pub timeout: Duration,
+    /// Time since the last packet in either direction.
+    pub idle: Duration,
+    /// Time since the mapping was created.
+    pub age: Duration,
+}
+
+impl Connection {
+    fn new(
+        original: FlowKey,
+        out: NatEntry,
+        reply_entry: Option<NatEntry>,
+        timeouts: &Timeouts,
+        now_ns: u64,
+    ) -> Self {
+        let last = reply_entry.map_or(out.last_seen_ns, |r| r.last_seen_ns.max(out.last_seen_ns));
+        let created = reply_entry.map_or(out.created_ns, |r| r.created_ns.min(out.created_ns));
+        Self {
+            original,
+            reply: original.reply_key(&out),
+            out,
+            reply_entry,
+            timeout: idle_timeout(timeouts, original.proto, &out, reply_entry.as_ref()),
+            idle: Duration::from_nanos(now_ns.saturating_sub(last)),
+            age: Duration::from_nanos(now_ns.saturating_sub(created)),
+        }
+    }
+
+    pub(crate) fn proto(&self) -> u8 {
+        self.original.proto
+    }
+
+    /// Made through a published port (the outside initiated it).
+    pub(crate) fn published(&self) -> bool {
+        self.out.flags & NAT_FLAG_PUBLISHED != 0
+    }
+
+    /// The original tuple as conntrack shows it: the initiator's direction (client ->
+    /// host:port for a published port).
+    pub(crate) fn orig_tuple(&self) -> FlowKey {
+        if self.published() {
+            self.reply
+        } else {
+            self.original
+        }
+    }
+
+    /// The reply tuple as conntrack shows it (container -> client for a published port).
+    pub(crate) fn reply_tuple(&self) -> FlowKey {
+        if self.published() {
+            self.original
+        } else {
+            self.reply
+        }
+    }
+
+    /// Packets and bytes of the initiator's direction.
+    pub(crate) fn orig_counts(&self) -> (u64, u64) {
+        if self.published() {
+            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
+        } else {
+            (self.out.packets, self.out.bytes)
+        }
+    }
+
+    /// Packets and bytes of the answering direction.
+    pub(crate) fn reply_counts(&self) -> (u64, u64) {
+        if self.published() {
+            (self.out.packets, self.out.bytes)
+        } else {
+            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
+        }
+    }
+
+    /// TCP state from both halves' flag bits; None for other protocols.
+    pub(crate) fn state(&self) -> Option<TcpState> {
+        (self.proto() == IPPROTO_TCP).then(|| tcp_state_of(&self.out, self.reply_entry.as_ref()))
+    }
+
+    /// Whole seconds until the mapping may expire (0 once it is due; the sweeper removes it
+    /// at its next pass).
+    pub(crate) fn seconds_left(&self) -> u64 {
+        self.timeout.saturating_sub(self.idle).as_secs()
+    }
+
+    pub(crate) fn reply_packets(&self) -> u64 {
+        self.reply_counts().0
+    }
+
+    /// No answer seen yet (`[UNREPLIED]`).
+    pub(crate) fn unreplied(&self) -> bool {
+        self.reply_packets() == 0
+    }
+
+    /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
+    pub(crate) fn assured(&self) -> bool {
+        !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
+    }
+
+    /// The external address the mapping uses (for a published port: the host address).
+    pub(crate) fn external_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.out.addr.to_ne_bytes())
+    }
+
+    /// The external port (ICMP: identifier), host order.
+    pub(crate) fn external_port(&self) -> u16 {
+        u16::from_be(self.out.port)
+    }
+
+    fn tuple_json(&self, key: &FlowKey, (packets, bytes): (u64, u64), is_reply: bool) -> Value {
+        let mut v = json!({
+            "src": key.src_ip().to_string(),
+            "dst": key.dst_ip().to_string(),
+            "packets": packets,
+            "bytes": bytes,
+        });
+        if self.proto() == IPPROTO_ICMP {
+            let (ty, id) = if is_reply {
+                (ICMP_ECHO_REPLY, key.dst_port_host())
+            } else {
+                (ICMP_ECHO_REQUEST, key.src_port_host())
+            };
+            v["type"] = json!(ty);
+            v["code"] = json!(0);
+            v["id"] = json!(id);
+        } else {
+            v["sport"] = json!(key.src_port_host());
+            v["dport"] = json!(key.dst_port_host());
+        }
+        v
+    }
+
+    /// Every field, for `--json`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "proto": proto_name(self.proto()),
+            "proto_num": self.proto(),
+            "state": self.state().map(TcpState::name),
+            "timeout": self.timeout.as_secs(),
+            "seconds_left": self.seconds_left(),
+            "idle_ms": self.idle.as_millis() as u64,
+            "age_secs": self.age.as_secs(),
+            "assured": self.assured(),
+            "unreplied": self.unreplied(),
+            "port_remapped": self.out.flags & NAT_FLAG_PORT_REMAPPED != 0,
+            "published": self.published(),
+            "external_addr": self.external_addr().to_string(),
+            "external_port": self.external_port(),
+            "reply_half": self.reply_entry.is_some(),
+            "original": self.tuple_json(&self.orig_tuple(), self.orig_counts(), false),
+            "reply": self.tuple_json(&self.reply_tuple(), self.reply_counts(), true),
+        })
+    }
+
+    fn tuple_text(
+        &self,
+        out: &mut String,
+        key: &FlowKey,
+        (packets, bytes): (u64, u64),
+        is_reply: bool,
+    ) {
+        let _ = write!(out, "src={} dst={} ", key.src_ip(), key.dst_ip());
+        if self.proto() == IPPROTO_ICMP {
+            let (ty, id) = if is_reply {
+                (ICMP_ECHO_REPLY, key.dst_port_host())
+            } else {
+                (ICMP_ECHO_REQUEST, key.src_port_host())
+            };
+            let _ = write!(out, "type={ty} code=0 id={id} ");
+        } else {
+            let _ = write!(
+                out,
+                "sport={} dport={} ",
+                key.src_port_host(),
+                key.dst_port_host()
+            );
+        }
+        let _ = write!(out, "packets={packets} bytes={bytes}");
+    }
+
+    /// One line as `conntrack -L` prints it.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:<8} {} {} ",
+            proto_name(self.proto()),
+            self.proto(),
+            self.seconds_left()
+        );
+        if let Some(state) = self.state() {
+            s.push_str(state.name());
+            s.push(' ');
+        }
+        self.tuple_text(&mut s, &self.orig_tuple(), self.orig_counts(), false);
+        if self.unreplied() {
+            s.push_str(" [UNREPLIED]");
+        }
+        s.push(' ');
+        self.tuple_text(&mut s, &self.reply_tuple(), self.reply_counts(), true);
+        if self.assured() {
+            s.push_str(" [ASSURED]");
+        }
+        s
+    }
+
+    fn sort_key(&self) -> (u8, u32, u16, u32, u16) {
+        let k = &self.orig_tuple();
+        (
+            k.proto,
+            u32::from(k.src_ip()),
+            k.src_port_host(),
+            u32::from(k.dst_ip()),
+            k.dst_port_host(),
+        )
+    }
+}
+
+/// Which connections a command acts on; every given criterion must match the original tuple
+/// (as listed: for a published port, client -> host:port).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub proto: Option<u8>,
+    pub src: Option<Ipv4Net>,
+    pub dst: Option<Ipv4Net>,
+    /// Source port (ICMP: echo identifier).
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn matches(&self, c: &Connection) -> bool {
+        let k = &c.orig_tuple();
+        self.proto.is_none_or(|p| p == k.proto)
+            && self.src.is_none_or(|n| n.contains(k.src_ip()))
+            && self.dst.is_none_or(|n| n.contains(k.dst_ip()))
+            && self.sport.is_none_or(|p| p == k.src_port_host())
+            && self.dport.is_none_or(|p| p == k.dst_port_host())
+    }
+}
+
+/// An address filter: a CIDR, or one address (= /32).
+pub fn parse_net(s: &str) -> anyhow::Result<Ipv4Net> {
+    if s.contains('/') {
+        s.parse()
+    } else {
+        let addr: Ipv4Addr = s
+            .parse()
+            .map_err(|_| anyhow!("bad address {s:?}: expected an IPv4 address or CIDR"))?;
+        Ipv4Net::new(addr, 32)
+    }
+}
+
+/// Every mapping of the table (one per `NAT_OUT` entry), sorted by original tuple.
+pub fn list(tables: &NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Connection> {
+    let mut conns: Vec<Connection> = tables
+        .out
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, out)| {
+            let reply = tables.inbound.get(&key.reply_key(&out), 0).ok();
+            Connection::new(key, out, reply, timeouts, now_ns)
+        })
+        .collect();
+    conns.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()).then(Ordering::Equal));
+    conns
+}
+
+/// Delete mappings, original half first (see the module documentation). Returns how many
+/// mappings were deleted.
+pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+    let mut removed = 0;
+    for c in conns {
+        // Only the mapping we listed: if it was expired and re-created meanwhile, the new one
+        // (another external port) is left alone.
+        match tables.out.get(&c.original, 0) {
+            Ok(now) if now.addr == c.out.addr && now.port == c.out.port => {
+                if tables.out.remove(&c.original).is_ok() {
+                    removed += 1;
+                }
+            }
+            _ => continue,
+        }
+        if let Ok(back) = tables.inbound.get(&c.reply, 0) {
+            if c.reply.original_key(&back) == c.original {
+                remove_reply_halves(tables, &[(c.reply, back)]);
+            }
+        }
+    }
+    removed
+}
+
+/// Delete reply halves (key and the value read before), then put back any that an original
+/// half points at again: the datapath took it back for a packet of its flow in the meantime
+/// (see the module documentation). Returns how many stayed deleted.
+pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEntry)]) -> u64 {
+    let mut removed = 0;
+    for (reply, back) in halves {
+        if tables.inbound.remove(reply).is_err() {
+            continue;
+        }
+        let original = reply.original_key(back);
+        let taken_back = tables
+            .out
+            .get(&original, 0)
+            .is_ok_and(|out| original.reply_key(&out) == *reply);
+        // BPF_NOEXIST: if the datapath has already made a new reply half, keep that one.
+        if !(taken_back && tables.inbound.insert(reply, back, BPF_NOEXIST).is_ok()) {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Delete reply halves whose original half is gone and that have been idle for `grace`
+/// (younger ones may belong to a mapping the datapath is creating right now: it inserts the
+/// reply half first).
+pub(crate) fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
+    let grace = grace.as_nanos() as u64;
+    let orphans: Vec<(FlowKey, NatEntry)> = tables
+        .inbound
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, entry)| {
+            let has_original = tables
+                .out
+                .get(&key.original_key(entry), 0)
+                .is_ok_and(|out| key.original_key(entry).reply_key(&out) == *key);
+            !has_original && now_ns.saturating_sub(entry.last_seen_ns) > grace
+        })
+        .collect();
+    remove_reply_halves(tables, &orphans)
+}
+
+/// Remove the connections made through the published ports `publishes` (host port key and
+/// the target it led to), and return how many. Used when a publish is removed or re-targeted:
+/// the datapath consults `PUBLISH` only for a connection's first packet.
+///
+/// The `NAT_IN` half (the client's direction) goes first: the publish itself is already gone,
+/// so a client packet arriving in between matches nothing and is not forwarded any more;
+/// the container's answers are still translated until the `NAT_OUT` half goes. (The other
+/// order would let an answer in between miss `NAT_OUT` and be masqueraded as a new outbound
+/// flow from the container's port.)
+pub(crate) fn remove_published(
+    tables: &mut NatTables<'_>,
+    publishes: &[(PublishKey, PublishTarget)],
+) -> u64 {
+    if publishes.is_empty() {
+        return 0;
+    }
+    let matches = |key: &FlowKey, entry: &NatEntry| {
+        entry.flags & NAT_FLAG_PUBLISHED != 0
+            && publishes.iter().any(|(k, t)| {
+                k.proto == key.proto
+                    && k.host_port == key.dst_port
+                    && (k.host_addr == 0 || k.host_addr == key.dst_addr)
+                    && t.addr == entry.addr
+                    && t.port == entry.port
+            })
+    };
+    let doomed: Vec<(FlowKey, NatEntry)> = tables
+        .inbound
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, entry)| matches(key, entry))
+        .collect();
+    let mut removed = 0;
+    for (key, entry) in &doomed {
+        if tables.inbound.remove(key).is_err() {
+            continue; // expired meanwhile
+        }
+        removed += 1;
+        let out_key = key.original_key(entry);
+        if let Ok(out) = tables.out.get(&out_key, 0) {
+            if out_key.reply_key(&out) == *key {
+                let _ = tables.out.remove(&out_key);
+            }
+        }
+    }
+    removed
+}
+
+/// What a flush removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Mappings (both halves).
+    pub mappings: u64,
+    /// Reply halves without an original half.
+    pub orphans: u64,
+}
+
+/// How long a lone reply half is left alone by a flush: the datapath inserts the reply half
+/// an instant before the original half.
+pub(crate) const FLUSH_ORPHAN_GRACE: Duration = Duration::from_secs(1);
+
+/// Delete every mapping whose connection satisfies `pred`.
+pub(crate) fn remove_where(
+    tables: &mut NatTables<'_>,
+    timeouts: &Timeouts,
+    now_ns: u64,
+    pred: impl Fn(&Connection) -> bool,
+) -> u64 {
+    let doomed: Vec<Connection> = list(tables, timeouts, now_ns)
+        .into_iter()
+        .filter(|c| pred(c))
+        .collect();
+    remove(tables, &doomed)
+}
+
+/// Delete every mapping, then the reply halves left without an original.
+pub fn flush(tables: &mut NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> FlushReport {
+    let mappings = remove_where(tables, timeouts, now_ns, |_| true);
+    let orphans = remove_orphans(tables, FLUSH_ORPHAN_GRACE, now_ns);
+    FlushReport { mappings, orphans }
+}
+
+/// Delete the mappings matching a non-empty filter.
+pub fn delete(
+    tables: &mut NatTables<'_>,
+    timeouts: &Timeouts,
+    now_ns: u64,
+    filter: &Filter,
+) -> anyhow::Result<u64> {
+    if filter.is_empty() {
+        bail!("conntrack delete needs at least one filter (--proto, --src, --dst, --sport, --dport); use `conntrack flush` to delete everything");
+    }
+    Ok(remove_where(tables, timeouts, now_ns, |c| {
+        filter.matches(c)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfnat_common::{addr_to_map, port_to_map, IPPROTO_UDP, NAT_FLAG_ORIGINAL};
+
+    fn conn(proto: u8, sport: u16, out_pkts: u64, reply_pkts: Option<u64>) -> Connection {
+        let original = FlowKey::new(
+            addr_to_map([10, 95, 1, 2]),
+            addr_to_map([198, 51, 100, 95]),
+            port_to_map(sport),
+            port_to_map(if proto == IPPROTO_ICMP { 0 } else { 53 }),
+            proto,
+        );
+        let out = NatEntry {
+            last_seen_ns: 9_000_000_000,
+            created_ns: 1_000_000_000,
+            packets: out_pkts,
+            bytes: out_pkts * 100,
+            addr: addr_to_map([192, 0, 2, 131]),
+            port: port_to_map(sport),
+            flags: NAT_FLAG_ORIGINAL,
+            tcp_flags: 0,
+        };
+        let reply = reply_pkts.map(|p| NatEntry {
+            last_seen_ns: 9_500_000_000,
+            created_ns: 1_000_000_000,
+            packets: p,
+            bytes: p * 50,
+            addr: original.src_addr,
+            port: original.src_port,
+            flags: 0,
+            tcp_flags: 0,
+        });
+        let mut t = Timeouts::KERNEL;
+        t.udp_both_ways = 4;
+        t.udp_one_way = 3;
+        Connection::new(original, out, reply, &t, 10_000_000_000)
+    }
+
+    #[test]
+    fn udp_line_and_json() {
+        let c = conn(IPPROTO_UDP, 40001, 2, Some(1));
+        // Idle 0.5 s of 4 s: 3 whole seconds left.
+        assert_eq!(c.seconds_left(), 3);
+        assert_eq!(
+            c.line(),
+            "udp      17 3 src=10.95.1.2 dst=198.51.100.95 sport=40001 dport=53 packets=2 \
+             bytes=200 src=198.51.100.95 dst=192.0.2.131 sport=53 dport=40001 packets=1 bytes=50 \
+             [ASSURED]"
+        );
+        let j = c.to_json();
+        assert_eq!(j["proto"], "udp");
+        assert_eq!(j["state"], Value::Null);
+        assert_eq!(j["reply"]["dst"], "192.0.2.131");
+        assert_eq!(j["original"]["sport"], 40001);
+        assert_eq!(j["timeout"], 4);
+    }
+
+    #[test]
+    fn unreplied_udp_uses_one_way_timeout() {
+        let c = conn(IPPROTO_UDP, 40001, 1, None);
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert!(c
+            .line()
+            .contains("packets=1 bytes=100 [UNREPLIED] src=198.51.100.95"));
+        assert!(!c.assured());
+    }
+
+    #[test]
+    fn icmp_and_tcp() {
+        let c = conn(IPPROTO_ICMP, 777, 3, Some(3));
+        assert!(
+            c.line().contains("type=8 code=0 id=777 packets=3")
+                && c.line().contains("type=0 code=0 id=777"),
+            "{}",
+            c.line()
+        );
+        assert_eq!(c.to_json()["original"]["id"], 777);
+        let t = conn(IPPROTO_TCP, 5555, 3, Some(3));
+        assert_eq!(t.state(), Some(TcpState::Established));
+        assert!(
+            t.line().starts_with("tcp      6 431999 ESTABLISHED src="),
+            "{}",
+            t.line()
+        );
+    }
+
+    /// A connection to a published port: listed as conntrack lists a DNAT, client -> host:port
+    /// then container -> client, with the TCP state from the client's side.
+    #[test]
+    fn published_connection_is_shown_from_the_client() {
+        let client = addr_to_map([192, 0, 2, 201]);
+        let host = addr_to_map([192, 0, 2, 101]);
+        let ctr = addr_to_map([10, 92, 1, 2]);
+        // NAT_OUT: the container's answers; NAT_IN: the client's packets.
+        let out_key = FlowKey::new(
+            ctr,
+            client,
+            port_to_map(80),
+            port_to_map(50000),
+            IPPROTO_TCP,
+        );
+        let in_entry = |tcp_flags, packets| NatEntry {
+            last_seen_ns: 9_000_000_000,
+            created_ns: 1_000_000_000,
+            packets,
+            bytes: packets * 60,
+            addr: ctr,
+            port: port_to_map(80),
+            flags: NAT_FLAG_PUBLISHED,
+            tcp_flags,
+        };
+        let out_entry = |tcp_flags, packets| NatEntry {
+            addr: host,
+            port: port_to_map(8080),
+            flags: NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL,
+            ..in_entry(tcp_flags, packets)
+        };
+        let t = Timeouts::KERNEL;
+        let now = 10_000_000_000;
+        use bpfnat_common::{TCP_SEEN_ACK as A, TCP_SEEN_SYN as S};
+        // The client's SYN, no answer yet.
+        let c = Connection::new(out_key, out_entry(0, 0), Some(in_entry(S, 1)), &t, now);
+        assert!(c.published());
+        assert_eq!(c.state(), Some(TcpState::SynSent));
+        assert_eq!(c.timeout, Duration::from_secs(u64::from(t.tcp_syn_sent)));
+        assert_eq!(
+            c.line(),
+            "tcp      6 119 SYN_SENT src=192.0.2.201 dst=192.0.2.101 sport=50000 dport=8080 \
+             packets=1 bytes=60 [UNREPLIED] src=10.92.1.2 dst=192.0.2.201 sport=80 dport=50000 \
+             packets=0 bytes=0"
+        );
+        // The container's SYN-ACK: SYN_RECV (the client has not acknowledged it yet).
+        let c = Connection::new(out_key, out_entry(S | A, 1), Some(in_entry(S, 1)), &t, now);
+        assert_eq!(c.state(), Some(TcpState::SynRecv));
+        let c = Connection::new(
+            out_key,
+            out_entry(S | A, 3),
+            Some(in_entry(S | A, 4)),
+            &t,
+            now,
+        );
+        assert_eq!(c.state(), Some(TcpState::Established));
+        assert!(c.assured());
+        let j = c.to_json();
+        assert_eq!(j["published"], true);
+        assert_eq!(j["original"]["src"], "192.0.2.201");
+        assert_eq!(j["original"]["dport"], 8080);
+        assert_eq!(j["original"]["packets"], 4);
+        assert_eq!(j["reply"]["src"], "10.92.1.2");
+        assert_eq!(j["reply"]["sport"], 80);
+        assert_eq!(j["reply"]["packets"], 3);
+        // Filters match what is listed: the client's tuple.
+        let f = Filter {
+            src: Some(parse_net("192.0.2.201").unwrap()),
+            dport: Some(8080),
+            ..Filter::default()
+        };
+        assert!(f.matches(&c));
+    }
+
+    #[test]
+    fn filters() {
+        let c = conn(IPPROTO_UDP, 40001, 1, Some(1));
+        assert!(Filter::default().matches(&c));
+        let f = Filter {
+            proto: Some(crate::util::addr::parse_proto("udp").unwrap()),
+            sport: Some(40001),
+            src: Some(parse_net("10.95.1.0/24").unwrap()),
+            dst: Some(parse_net("198.51.100.95").unwrap()),
+            dport: Some(53),
+        };
+        assert!(f.matches(&c));
+        for miss in [
+            Filter {
+                proto: Some(IPPROTO_TCP),
+                ..Filter::default()
+            },
+            Filter {
+                sport: Some(40002),
+                ..Filter::default()
+            },
+            Filter {
+                dport: Some(54),
+                ..Filter::default()
+            },
+            Filter {
+                src: Some(parse_net("10.95.2.0/24").unwrap()),
+                ..Filter::default()
+            },
+        ] {
+            assert!(!miss.matches(&c), "{miss:?}");
+        }
+        assert!(parse_net("10.0.0").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! Fragments: later fragments follow their first fragment.
+
+use super::*;
+
+/// The first fragment is translated by its ports; later fragments of the same datagram
+/// (same source, destination, protocol and IP id) follow it, in both directions; a later
+/// fragment from a container whose first fragment was never seen is dropped and counted.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn fragments_follow_their_first_fragment() {
+    let _slot = require_root();
+    let mut dp = datapath(None);
+    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let mut first = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40400,
+            dport: 9000,
+        },
+    );
+    first.payload = payload.clone();
+    first.more_fragments = true;
+    first.ip_id = 0x7777;
+    let mut later = Frame::new(NS1, REMOTE, L4::Raw { proto: 17 });
+    later.payload = payload.clone();
+    later.frag_offset = 126; // 1008 bytes in
+    later.ip_id = 0x7777;
+
+    let (v, got) = egress(&mut dp, &first);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(
+        got,
+        with_src(&first, EXTERNAL, None).build(),
+        "first fragment"
+    );
+    let (v, got) = egress(&mut dp, &later);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(
+        got,
+        with_src(&later, EXTERNAL, None).build(),
+        "later fragment"
+    );
+    assert_eq!(
+        support::packet::checksum(&got[14..34]),
+        0,
+        "later fragment IP checksum"
+    );
+
+    // The reply datagram, fragmented too.
+    let mut rfirst = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Udp {
+            sport: 9000,
+            dport: 40400,
+        },
+    );
+    rfirst.payload = payload.clone();
+    rfirst.more_fragments = true;
+    rfirst.ip_id = 0x8888;
+    let mut rlater = Frame::new(REMOTE, EXTERNAL, L4::Raw { proto: 17 });
+    rlater.payload = payload.clone();
+    rlater.frag_offset = 126;
+    rlater.ip_id = 0x8888;
+    let (v, got) = ingress(&mut dp, &rfirst);
+    assert_eq!(
+        (v, got),
+        (TC_ACT_OK, with_dst(&rfirst, NS1, None).build()),
+        "reply first fragment"
+    );
+    let (v, got) = ingress(&mut dp, &rlater);
+    assert_eq!(
+        (v, got),
+        (TC_ACT_OK, with_dst(&rlater, NS1, None).build()),
+        "reply later fragment"
+    );
+    assert_eq!(dp.counter(Counter::FragmentsTranslated).unwrap(), 2);
+
+    // A later fragment whose first fragment was never seen.
+    let mut orphan = later.clone();
+    orphan.ip_id = 0x9999;
+    let (v, _) = egress(&mut dp, &orphan);
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropFragmentUnknown).unwrap(), 1);
+}
