@@ -583,17 +583,6 @@ impl Datapath {
 
     /// Raw descriptors of `NAT_OUT` and `NAT_IN`, for walks that must resume from a key
     /// (aya's iterator always starts at the beginning).
-    pub(crate) fn nat_fds(&self) -> anyhow::Result<(std::os::fd::RawFd, std::os::fd::RawFd)> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = |name: &str| -> anyhow::Result<std::os::fd::RawFd> {
-            match self.map(name)? {
-                aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
-                _ => Err(anyhow!("map {name} is not a hash map")),
-            }
-        };
-        Ok((fd(names::MAP_NAT_OUT)?, fd(names::MAP_NAT_IN)?))
-    }
-
     /// The original-direction table (key: tuple as sent by the container).
     pub fn nat_out(&self) -> anyhow::Result<HashMap<&MapData, FlowKey, NatEntry>> {
         Ok(HashMap::try_from(self.map(names::MAP_NAT_OUT)?)?)
@@ -644,6 +633,8 @@ pub struct NatTables<'a> {
     pub out: HashMap<&'a mut MapData, FlowKey, NatEntry>,
     /// Reply direction (`NAT_IN`).
     pub inbound: HashMap<&'a mut MapData, FlowKey, NatEntry>,
+    /// The two maps' descriptors, for the raw batch commands (`out`, `inbound`).
+    pub(crate) fds: (std::os::fd::RawFd, std::os::fd::RawFd),
 }
 
 impl<'a> NatTables<'a> {
@@ -651,10 +642,21 @@ impl<'a> NatTables<'a> {
         out: &'a mut aya::maps::Map,
         inbound: &'a mut aya::maps::Map,
     ) -> anyhow::Result<Self> {
+        let fds = (raw_fd(out, "NAT_OUT")?, raw_fd(inbound, "NAT_IN")?);
         Ok(Self {
             out: HashMap::try_from(out).context("NAT_OUT")?,
             inbound: HashMap::try_from(inbound).context("NAT_IN")?,
+            fds,
         })
+    }
+}
+
+/// The descriptor of a hash map (valid as long as the map is).
+fn raw_fd(map: &aya::maps::Map, name: &str) -> anyhow::Result<std::os::fd::RawFd> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    match map {
+        aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => Err(anyhow!("map {name} is not a hash map")),
     }
 }
 

@@ -273,7 +273,10 @@ async fn serve(
             _ = port_scan.tick() => { ports.rescan(dp, netlink).await; }
             _ = tokio::time::sleep_until(next_sweep) => {
                 let started = tokio::time::Instant::now();
-                match sweeper.step(dp, &opts.timeouts, opts.sweep_interval * 2, SWEEP_SLICE) {
+                let swept = dp.tables().and_then(|mut tables| {
+                    sweeper.step(&mut tables, &opts.timeouts, opts.sweep_interval * 2, SWEEP_SLICE)
+                });
+                match swept {
                     Ok(r) if r.expired + r.orphans > 0 => info!("expired {} mappings, {} orphan halves", r.expired, r.orphans),
                     Ok(_) => {}
                     Err(e) => warn!("expiry sweep failed: {e:#}"),

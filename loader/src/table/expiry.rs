@@ -10,7 +10,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    bpf::datapath::Datapath,
+    bpf::datapath::NatTables,
     table::{
         conntrack,
         timeouts::{idle_timeout, monotonic_ns, shortest_timeout},
@@ -101,13 +101,13 @@ impl Sweeper {
 
     pub fn step(
         &mut self,
-        dp: &mut Datapath,
+        tables: &mut NatTables,
         timeouts: &Timeouts,
         orphan_grace: Duration,
         budget: usize,
     ) -> anyhow::Result<SweepReport> {
         let now = monotonic_ns();
-        let (out_fd, in_fd) = dp.nat_fds()?;
+        let (out_fd, in_fd) = tables.fds;
         let budget = budget.max(256);
         if !self.mid_pass() {
             // A new pass: the reply table takes part in one pass out of ORPHAN_PASS_EVERY.
@@ -118,8 +118,7 @@ impl Sweeper {
         let mut expired = Vec::new();
         let mut orphans = Vec::new();
         {
-            let out = dp.nat_out()?;
-            let inbound = dp.nat_in()?;
+            let (out, inbound) = (&tables.out, &tables.inbound);
             if self.out_pending {
                 let (batch, end) = lookup_batch(out_fd, &mut self.out_cursor, budget)?;
                 self.out_pending = !end;
@@ -155,7 +154,6 @@ impl Sweeper {
         }
         // Original halves first, then the reply halves, the way `conntrack` deletes (and
         // with the same check for a reply half the datapath took back meanwhile).
-        let mut tables = dp.tables()?;
         for (key, _) in &expired {
             let _ = tables.out.remove(key);
         }
@@ -164,7 +162,7 @@ impl Sweeper {
             .filter_map(|(_, half)| *half)
             .chain(orphans.iter().copied())
             .collect();
-        conntrack::remove_reply_halves(&mut tables, &halves);
+        conntrack::remove_reply_halves(tables, &halves);
         Ok(SweepReport {
             expired: expired.len() as u64,
             orphans: orphans.len() as u64,

@@ -152,7 +152,7 @@ fn sweeper_walks_a_big_table_in_slices() {
     loop {
         let r = sweeper
             .step(
-                &mut dp,
+                &mut dp.tables().unwrap(),
                 &bpfnat_common::Timeouts::KERNEL,
                 std::time::Duration::from_secs(1),
                 5_000,
