@@ -44,14 +44,8 @@ use crate::{
     Outcome,
 };
 
-#[derive(Args, Debug)]
-pub struct ServerArgs {
-    #[command(flatten)]
-    server: server::ListenArgs,
-    /// Server threads (SO_REUSEPORT listeners); default: one per CPU.
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-}
+/// The options of the echo server of tcp-rr and tcp-crr.
+pub type ServerArgs = server::ListenArgs;
 
 #[derive(Serialize)]
 struct ServerReport {
@@ -73,10 +67,9 @@ struct ServerReport {
 }
 
 pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| runtime::default_threads(usize::MAX));
-    let totals = server::run(&args.server.config(threads, Behavior::EchoFramed), deadline)?;
+    let cfg = args.config(runtime::default_threads(usize::MAX), Behavior::EchoFramed);
+    let threads = cfg.threads;
+    let totals = server::run(&cfg, deadline)?;
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
         threads,
@@ -89,10 +82,10 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         bytes_echoed: totals.bytes,
         protocol_errors: totals.protocol_errors,
         errors: totals.errors.clone(),
-        expect: args.server.expect,
+        expect: args.expect,
         seconds: stats::round3(totals.seconds),
     };
-    let failure = match totals.expect_met(args.server.expect) {
+    let failure = match totals.expect_met(args.expect) {
         Err(e) => Some(e),
         Ok(()) if totals.protocol_errors > 0 => Some(format!(
             "{} connections sent bytes that are not loadgen rr messages",

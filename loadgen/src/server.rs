@@ -51,14 +51,19 @@ pub struct ListenArgs {
     /// listen() backlog (the kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 4096)]
     pub backlog: i32,
+    /// Server threads (SO_REUSEPORT listeners) [default: the mode's: one per CPU, or one for
+    /// tcp-hold-server, where holding connections is about counts, not throughput].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl ListenArgs {
-    /// The server these options describe, with `threads` listeners doing `behavior`.
-    pub fn config(&self, threads: usize, behavior: Behavior) -> Config {
+    /// The server these options describe, doing `behavior`, with `--threads` listeners or
+    /// else `default_threads`.
+    pub fn config(&self, default_threads: usize, behavior: Behavior) -> Config {
         Config {
             listen: self.listen,
-            threads,
+            threads: self.threads.unwrap_or(default_threads).max(1),
             behavior,
             expect: self.expect,
             ready_file: self.ready_file.clone(),

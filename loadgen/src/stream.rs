@@ -26,14 +26,8 @@ use crate::{
     Outcome,
 };
 
-#[derive(Args, Debug)]
-pub struct ServerArgs {
-    #[command(flatten)]
-    server: server::ListenArgs,
-    /// Reader threads (SO_REUSEPORT listeners); default: one per CPU.
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-}
+/// The options of the sink of tcp-stream.
+pub type ServerArgs = server::ListenArgs;
 
 #[derive(Serialize)]
 struct ServerReport {
@@ -50,10 +44,9 @@ struct ServerReport {
 }
 
 pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| runtime::default_threads(usize::MAX));
-    let totals = server::run(&args.server.config(threads, Behavior::Discard), deadline)?;
+    let cfg = args.config(runtime::default_threads(usize::MAX), Behavior::Discard);
+    let threads = cfg.threads;
+    let totals = server::run(&cfg, deadline)?;
     let secs = totals.data_seconds();
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
@@ -64,9 +57,9 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         seconds: stats::round3(secs),
         gbit_per_sec: stats::gbit_per_sec(totals.bytes, secs),
         errors: totals.errors.clone(),
-        expect: args.server.expect,
+        expect: args.expect,
     };
-    Outcome::new(&report, totals.expect_met(args.server.expect).err())
+    Outcome::new(&report, totals.expect_met(args.expect).err())
 }
 
 #[derive(Args, Debug)]

@@ -28,11 +28,8 @@ use crate::{
     Outcome,
 };
 
-#[derive(Args, Debug)]
-pub struct ServerArgs {
-    #[command(flatten)]
-    server: server::ListenArgs,
-}
+/// The options of the echo server of tcp-hold-clients.
+pub type ServerArgs = server::ListenArgs;
 
 #[derive(Serialize)]
 struct ServerReport {
@@ -50,8 +47,8 @@ struct ServerReport {
 }
 
 pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
-    // One thread: holding connections is about counts, not throughput.
-    let totals = server::run(&args.server.config(1, Behavior::EchoRaw), deadline)?;
+    // One thread by default: holding connections is about counts, not throughput.
+    let totals = server::run(&args.config(1, Behavior::EchoRaw), deadline)?;
     let report = ServerReport {
         listen: totals.listen.map(|a| a.to_string()).unwrap_or_default(),
         accepted: totals.accepted,
@@ -61,10 +58,10 @@ pub fn run_server(args: &ServerArgs, deadline: &Deadline) -> Result<Outcome> {
         peer_ips: totals.peer_list(1000),
         bytes_echoed: totals.bytes,
         errors: totals.errors.clone(),
-        expect: args.server.expect,
+        expect: args.expect,
         seconds: crate::stats::round3(totals.seconds),
     };
-    Outcome::new(&report, totals.expect_met(args.server.expect).err())
+    Outcome::new(&report, totals.expect_met(args.expect).err())
 }
 
 #[derive(Args, Debug)]
