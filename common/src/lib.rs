@@ -37,6 +37,10 @@ pub mod wire {
     pub const TCP_ACK: u8 = 0x10;
 
     /// A TC program's verdicts (what BPF_PROG_TEST_RUN reports as its return value).
+    /// `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): the packet goes on to the next program or tc filter on
+    /// the hook, else on its way; every verdict of the datapath that lets a packet continue.
+    pub const TCX_NEXT: u32 = u32::MAX;
+    /// A final pass: the programs and filters after it on the hook do not see the packet.
     pub const TC_ACT_OK: u32 = 0;
     pub const TC_ACT_SHOT: u32 = 2;
     pub const TC_ACT_REDIRECT: u32 = 7;

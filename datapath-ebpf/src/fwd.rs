@@ -7,7 +7,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
     EbpfContext as _,
@@ -19,6 +19,7 @@ use crate::{
     maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
     parse::ptr_at,
     stats::count,
+    verdict::NEXT,
 };
 
 const AF_INET: u8 = 2;
@@ -75,16 +76,16 @@ pub fn to_port(port_ifindex: u32) -> i32 {
 #[inline(always)]
 pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
     let Some(bridge) = bridge_of(dst) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     if bridge == 0 {
-        return Ok(TC_ACT_OK); // no bridge configured for this subnet: let the stack route it
+        return Ok(NEXT); // no bridge configured for this subnet: let the stack route it
     }
     let Some(info) = BRIDGES.get_ptr(bridge) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     if !decrement_ttl(ctx)? {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     count(Counter::Forwarded);
     if let Some(ep) = ENDPOINTS.get_ptr(dst) {

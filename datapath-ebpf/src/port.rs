@@ -2,10 +2,7 @@
 //! container. It learns where containers are, enforces the bridge's policy (inter-container
 //! traffic, isolation between bridges, internal networks) and forwards what it can itself.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use bpfnat_common::{
     wire::{ETH_P_ARP, ETH_P_IP},
     Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
@@ -18,6 +15,7 @@ use crate::{
     nat::{published, settings},
     parse::{parse, pull, read_at, Parsed, ETH_HLEN, IPV4_MIN_HLEN, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
+    verdict::NEXT,
 };
 
 /// ARP for IPv4 over Ethernet: sender MAC at 8, sender IP at 14 of the ARP header.
@@ -63,12 +61,12 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     let Some(bridge) = PORTS.get_ptr(port_ifindex).map(|b| unsafe { *b }) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     // Headers are read in packet memory (a helper call per field costs more than the rest
     // of the program); make them linear first. Rewrites below re-derive their pointers.
@@ -84,10 +82,10 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         ) {
             learn(port_ifindex, bridge, info.gateway, ip, mac);
         }
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     if ether_type != ETH_P_IP {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     let src: u32 = read_at(ctx, IP_SRC_OFF).ok_or(malformed)?;
     let dst: u32 = read_at(ctx, IP_DST_OFF).ok_or(malformed)?;
@@ -102,7 +100,7 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             // An internal network reaches its gateway (the host's services on this bridge)
             // and nothing beyond: no published port, no uplink address.
             if dst == info.gateway {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             }
             return Err(Counter::DropInternal);
         }
@@ -125,23 +123,23 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
                 // use).
                 return Ok(to_port(unsafe { (*ep).port_ifindex }));
             }
-            Ok(TC_ACT_OK)
+            Ok(NEXT)
         }
         // Another bridge of ours: isolated (published ports go through the host address).
         Some(_) => Err(Counter::DropIsolation),
         None => {
             if dst == info.gateway {
-                return Ok(TC_ACT_OK); // the host itself
+                return Ok(NEXT); // the host itself
             }
             if info.flags & BRIDGE_INTERNAL != 0 {
                 return Err(Counter::DropInternal);
             }
             let Some(cfg) = cfg else {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             };
             match to_uplink(ctx, bridge, cfg.uplink_ifindex, src, dst, proto)? {
                 Some(action) => Ok(action),
-                None => Ok(TC_ACT_OK),
+                None => Ok(NEXT),
             }
         }
     }
@@ -153,19 +151,19 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
 #[inline(always)]
 fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
     let Parsed::Packet(pkt) = parse(ctx)? else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     if pkt.proto == IPPROTO_ICMP {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     let to = match hairpin::lookup(&pkt) {
         Some(to) => to,
         None => {
             if external == 0 || pkt.dst_addr != external {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             }
             let Some(target) = published(pkt.proto, pkt.dst_addr, pkt.dst_port) else {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             };
             // Sourced from the gateway of the published container's bridge, so its answer
             // comes back to the host even when the asking container is on another bridge.
@@ -176,7 +174,7 @@ fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
                 // use).
                 .map(|i| unsafe { (*i).gateway })
             else {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             };
             hairpin::create(&pkt, &target, gateway)?
         }

@@ -6,7 +6,7 @@
 //! `snat_v4_process` serves both directions.
 
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS, TC_ACT_OK},
+    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
     programs::TcContext,
     EbpfContext as _,
@@ -27,7 +27,7 @@ use crate::{
     },
     parse::{parse, Fragment, Packet, Parsed, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
-    verdict::pass,
+    verdict::{pass, NEXT},
 };
 
 /// Which way a packet crosses the uplink. Every function taking one is inlined with a
@@ -197,7 +197,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
         }
     };
     apply(ctx, DIR, &pkt, &key, entry)?;
-    Ok(TC_ACT_OK)
+    Ok(NEXT)
 }
 
 /// Egress of what is not a flow's packet: ICMP errors, later fragments, what passes.
@@ -211,7 +211,7 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
     match parsed {
         Parsed::IcmpError(err) => {
             if fwd::is_internal(err.src_addr) && icmp::translate_outbound(ctx, &err)? {
-                return Ok(TC_ACT_OK);
+                return Ok(NEXT);
             }
             Ok(pass(Counter::PassNoMatch))
         }
@@ -221,7 +221,7 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
             }
             // Unknown: forwarding it would leak the internal address.
             match follow_fragment(ctx, DIR, &f)? {
-                Some(_) => Ok(TC_ACT_OK),
+                Some(_) => Ok(NEXT),
                 None => Err(Counter::DropFragmentUnknown),
             }
         }

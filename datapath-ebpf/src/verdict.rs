@@ -2,7 +2,7 @@
 //! function's error becomes a counted drop, and the packet is traced when tracing is on.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
@@ -11,11 +11,18 @@ use bpfnat_common::{Counter, TRACE_NOT_DROPPED};
 
 use crate::{maps::LOG_RATE, stats::count, trace};
 
+/// The verdict for a packet that goes on its way (untouched, or translated in place): TCX's
+/// `TCX_NEXT` (`TC_ACT_UNSPEC`). The programs attached after ours on the same hook (TCX) and
+/// the legacy tc filters then still see it, as they would without bpfnat; `TC_ACT_OK` would be
+/// a final pass that hides it from them (a monitor added after bpfnat would see nothing). With
+/// no one after us it means what `TC_ACT_OK` does: on to the stack, or out of the device.
+pub const NEXT: i32 = TC_ACT_UNSPEC;
+
 /// Pass the packet on untouched, counting why.
 #[inline(always)]
 pub fn pass(reason: Counter) -> i32 {
     count(reason);
-    TC_ACT_OK
+    NEXT
 }
 
 #[inline(always)]

@@ -30,7 +30,7 @@ use crate::{
     util::packet::{Frame, ETH_HLEN, L4},
 };
 
-use bpfnat_common::wire::{TC_ACT_OK, TC_ACT_REDIRECT};
+use bpfnat_common::wire::{TCX_NEXT, TC_ACT_REDIRECT};
 /// Size of the kernel's `struct __sk_buff`, the context of a TC program.
 const SK_BUFF_CTX_LEN: usize = 192;
 /// Offset of `ifindex` in `struct __sk_buff`: the device the test skb arrives on.
@@ -224,7 +224,7 @@ impl Bench<'_> {
             path: "a device that is not a served port: one lookup, pass (the floor)",
             ifindex: uplink,
             frame: &|_| outbound.clone(),
-            verdict: TC_ACT_OK,
+            verdict: TCX_NEXT,
         })?;
         let routed = self.time(&Case {
             case: "port_udp_out",
@@ -242,7 +242,7 @@ impl Bench<'_> {
             path: "uplink egress, UDP of a known flow: lookup, rewrite source",
             ifindex: uplink,
             frame: &|_| routed.clone(),
-            verdict: TC_ACT_OK,
+            verdict: TCX_NEXT,
         })?;
         let external_port =
             u16::from_be_bytes([translated[ETH_HLEN + 20], translated[ETH_HLEN + 21]]);
@@ -256,7 +256,7 @@ impl Bench<'_> {
             path: "uplink egress, UDP of a new flow: port allocation, both table entries",
             ifindex: uplink,
             frame: &|i| udp((10_000 + i % 55_000) as u16, CONTAINER, SERVER, 9, 63).build(),
-            verdict: TC_ACT_OK,
+            verdict: TCX_NEXT,
         })?;
 
         // The reply: reverse translation and delivery into the container's namespace.

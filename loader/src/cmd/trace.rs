@@ -170,7 +170,9 @@ fn stop_on_signals() -> anyhow::Result<()> {
 
 fn action_name(action: i32) -> &'static str {
     match action {
-        0 => "pass",
+        // TCX_NEXT: on its way, past the programs after ours (the datapath's pass).
+        -1 => "pass",
+        0 => "pass (final)",
         2 => "drop",
         7 => "redirect",
         _ => "other",
@@ -332,7 +334,7 @@ mod tests {
             proto: IPPROTO_TCP,
             tcp_flags: 0x02,
             pad: 0,
-            action: 0,
+            action: -1,
             reason: TRACE_NOT_DROPPED,
             before: t([172, 18, 0, 2], 40000, [198, 51, 100, 1], 80),
             after: t([203, 0, 113, 2], 40000, [198, 51, 100, 1], 80),

@@ -96,7 +96,7 @@ fn published_ports_and_direct_access() {
         assert_frame(&got, &want, "published, inbound");
         let answer = Frame::new(ctr, CLIENT, reply_l4);
         let (v, got) = egress(&mut dp, &answer);
-        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(v, TCX_NEXT);
         let host_port = match inbound.l4 {
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => dport,
             _ => unreachable!(),
@@ -118,7 +118,7 @@ fn published_ports_and_direct_access() {
             dport: 9999,
         },
     );
-    assert_eq!(ingress(&mut dp, &other).0, TC_ACT_OK);
+    assert_eq!(ingress(&mut dp, &other).0, TCX_NEXT);
     assert_eq!(dp.counter(Counter::PublishedMappings).unwrap(), 2);
 
     // Direct access to a container address, of every kind, is dropped.
@@ -161,7 +161,7 @@ fn bridge_policy_table() {
             "icc on: bridged frame to a container not yet seen",
             0,
             NS2,
-            TC_ACT_OK,
+            TCX_NEXT,
             Counter::PortPackets,
         ),
         (
@@ -175,7 +175,7 @@ fn bridge_policy_table() {
             "icc off: container to its gateway",
             BRIDGE_ICC_OFF,
             "172.18.0.1",
-            TC_ACT_OK,
+            TCX_NEXT,
             Counter::PortPackets,
         ),
         (
@@ -196,7 +196,7 @@ fn bridge_policy_table() {
             "internal bridge: gateway",
             BRIDGE_INTERNAL,
             "172.18.0.1",
-            TC_ACT_OK,
+            TCX_NEXT,
             Counter::PortPackets,
         ),
     ];
@@ -214,7 +214,7 @@ fn bridge_policy_table() {
         .build();
         let (v, got) = run(&mut dp, names::PROG_PORT, &f);
         assert_eq!(v, verdict, "{name}");
-        if v == TC_ACT_OK {
+        if v == TCX_NEXT {
             assert_eq!(got, f, "{name}: passes untouched");
         }
         assert!(
@@ -308,7 +308,7 @@ fn hairpin_table() {
         },
     )
     .build();
-    assert_eq!(run(&mut dp, names::PROG_PORT, &f), (TC_ACT_OK, f));
+    assert_eq!(run(&mut dp, names::PROG_PORT, &f), (TCX_NEXT, f));
 }
 
 /// Fixes found end to end: the gateway's address is never learned from a container, an
@@ -327,7 +327,7 @@ fn bridge_edge_cases() {
     let to_gw = Frame::new(NS1, "172.18.0.1", L4::Udp { sport: 2, dport: 1 }).build();
     assert_eq!(
         run(&mut dp, names::PROG_PORT, &to_gw),
-        (TC_ACT_OK, to_gw.clone())
+        (TCX_NEXT, to_gw.clone())
     );
 
     // Internal bridge: the uplink address is out of reach, and so is masquerading.

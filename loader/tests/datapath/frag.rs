@@ -28,14 +28,14 @@ fn fragments_follow_their_first_fragment() {
     later.ip_id = 0x7777;
 
     let (v, got) = egress(&mut dp, &first);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_eq!(
         got,
         with_src(&first, EXTERNAL, None).build(),
         "first fragment"
     );
     let (v, got) = egress(&mut dp, &later);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_eq!(
         got,
         with_src(&later, EXTERNAL, None).build(),
@@ -66,13 +66,13 @@ fn fragments_follow_their_first_fragment() {
     let (v, got) = ingress(&mut dp, &rfirst);
     assert_eq!(
         (v, got),
-        (TC_ACT_OK, with_dst(&rfirst, NS1, None).build()),
+        (TCX_NEXT, with_dst(&rfirst, NS1, None).build()),
         "reply first fragment"
     );
     let (v, got) = ingress(&mut dp, &rlater);
     assert_eq!(
         (v, got),
-        (TC_ACT_OK, with_dst(&rlater, NS1, None).build()),
+        (TCX_NEXT, with_dst(&rlater, NS1, None).build()),
         "reply later fragment"
     );
     assert_eq!(dp.counter(Counter::FragmentsTranslated).unwrap(), 2);

@@ -85,9 +85,9 @@ fn inbound_icmp_errors_table() {
             for (kind, code, rest) in kinds {
                 let mut dp = datapath(None);
                 let holder = with_src(flow, NS1, None);
-                assert_eq!(egress(&mut dp, &holder).0, TC_ACT_OK);
+                assert_eq!(egress(&mut dp, &holder).0, TCX_NEXT);
                 let (v, sent) = egress(&mut dp, flow);
-                assert_eq!(v, TC_ACT_OK);
+                assert_eq!(v, TCX_NEXT);
                 let ext_port = external_port(&dp, flow);
                 let original_port = match flow.l4 {
                     L4::Udp { sport, .. } | L4::Tcp { sport, .. } => sport,
@@ -104,7 +104,7 @@ fn inbound_icmp_errors_table() {
                 );
                 let error = icmp_error(ROUTER, EXTERNAL, kind, code, rest, &translated, quote_len);
                 let (v, got) = ingress(&mut dp, &error);
-                assert_eq!(v, TC_ACT_OK, "{case}");
+                assert_eq!(v, TCX_NEXT, "{case}");
                 let want = icmp_error(ROUTER, NS2, kind, code, rest, flow, quote_len);
                 verify_checksums(&got).unwrap_or_else(|e| panic!("{case}: {e}"));
                 assert_quote_ip_checksum(&got, &case);
@@ -170,7 +170,7 @@ fn outbound_icmp_errors_table() {
         );
         let error = icmp_error(NS2, REMOTE, kind, code, 0, &received, 48);
         let (v, got) = egress(&mut dp, &error);
-        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(v, TCX_NEXT);
         let want = icmp_error(EXTERNAL, REMOTE, kind, code, 0, &outside, 48);
         verify_checksums(&got).unwrap();
         assert_quote_ip_checksum(&got, "outbound");
@@ -194,6 +194,6 @@ fn unrelated_icmp_errors_pass() {
     );
     let error = icmp_error(ROUTER, EXTERNAL, 3, 3, 0, &host_packet, 28).build();
     let (v, got) = run(&mut dp, names::PROG_INGRESS, &error);
-    assert_eq!((v, got), (TC_ACT_OK, error));
+    assert_eq!((v, got), (TCX_NEXT, error));
     assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 0);
 }

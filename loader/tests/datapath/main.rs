@@ -35,7 +35,7 @@ use bpfnat::{
 };
 use bpfnat_common::{
     names,
-    wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCX_NEXT, TC_ACT_REDIRECT, TC_ACT_SHOT},
     Counter, FlowKey, NatEntry,
 };
 use support::packet::{verify_checksums, Frame, L4};

@@ -124,7 +124,7 @@ fn outbound_and_reply_table() {
     for row in rows {
         let mut dp = datapath(None);
         let (verdict, got) = egress(&mut dp, &row.out);
-        assert_eq!(verdict, TC_ACT_OK, "{}: egress verdict", row.name);
+        assert_eq!(verdict, TCX_NEXT, "{}: egress verdict", row.name);
         let want = with_src(&row.out, EXTERNAL, None);
         assert_frame(&got, &want, &format!("{} (egress)", row.name));
         assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 1, "{}", row.name);
@@ -140,7 +140,7 @@ fn outbound_and_reply_table() {
         reply.payload = row.out.payload.clone();
         reply.udp_no_checksum = row.out.udp_no_checksum;
         let (verdict, got) = ingress(&mut dp, &reply);
-        assert_eq!(verdict, TC_ACT_OK, "{}: ingress verdict", row.name);
+        assert_eq!(verdict, TCX_NEXT, "{}: ingress verdict", row.name);
         let want = with_dst(&reply, &row.out.src.to_string(), None);
         assert_frame(&got, &want, &format!("{} (reply)", row.name));
         if row.out.udp_no_checksum {
@@ -262,7 +262,7 @@ fn untouched_table() {
     for (name, prog, input, reason) in rows {
         let before = dp.counter(reason).unwrap();
         let (verdict, got) = run(&mut dp, prog, &input);
-        assert_eq!(verdict, TC_ACT_OK, "{name}: verdict");
+        assert_eq!(verdict, TCX_NEXT, "{name}: verdict");
         assert_eq!(got, input, "{name}: frame must pass untouched");
         assert_eq!(
             dp.counter(reason).unwrap(),
@@ -337,7 +337,7 @@ fn port_conflict_picks_another_port_in_class() {
         let b = Frame::new(NS2, REMOTE, L4::Udp { sport, dport: 53 });
         let (va, got_a) = egress(&mut dp, &a);
         let (vb, got_b) = egress(&mut dp, &b);
-        assert_eq!((va, vb), (TC_ACT_OK, TC_ACT_OK));
+        assert_eq!((va, vb), (TCX_NEXT, TCX_NEXT));
         assert_eq!(external_port(&dp, &a), sport, "first flow keeps its port");
         let port_b = external_port(&dp, &b);
         assert_ne!(port_b, sport, "second flow must not reuse the taken port");
@@ -358,7 +358,7 @@ fn port_conflict_picks_another_port_in_class() {
                 },
             );
             let (v, got) = ingress(&mut dp, &reply);
-            assert_eq!(v, TC_ACT_OK);
+            assert_eq!(v, TCX_NEXT);
             assert_frame(&got, &with_dst(&reply, back_to, Some(sport)), "reply");
         }
     }
@@ -381,7 +381,7 @@ fn port_range_and_exhaustion() {
         },
     );
     let (v, got) = egress(&mut dp, &first);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_frame(
         &got,
         &with_src(&first, EXTERNAL, Some(5000)),
@@ -415,7 +415,7 @@ fn port_range_and_exhaustion() {
     );
     let (v, got) = egress(&mut dp, &other_destination);
     assert_eq!(
-        v, TC_ACT_OK,
+        v, TCX_NEXT,
         "the same external port serves another destination"
     );
     assert_frame(
@@ -435,7 +435,7 @@ fn port_range_and_exhaustion() {
         },
     );
     let (v, got) = egress(&mut dp, &again);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_frame(
         &got,
         &with_src(&again, EXTERNAL, Some(5000)),
@@ -465,7 +465,7 @@ fn per_flow_counters() {
     );
     let len = f.build().len() as u64;
     for _ in 0..3 {
-        assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
+        assert_eq!(egress(&mut dp, &f).0, TCX_NEXT);
     }
     let reply = Frame::new(
         REMOTE,
@@ -475,7 +475,7 @@ fn per_flow_counters() {
             dport: 41000,
         },
     );
-    assert_eq!(ingress(&mut dp, &reply).0, TC_ACT_OK);
+    assert_eq!(ingress(&mut dp, &reply).0, TCX_NEXT);
     let out: Vec<_> = dp.nat_out().unwrap().iter().map(Result::unwrap).collect();
     let inb: Vec<_> = dp.nat_in().unwrap().iter().map(Result::unwrap).collect();
     assert_eq!((out.len(), inb.len()), (1, 1));

@@ -19,11 +19,11 @@ fn orphaned_reply_half_is_taken_back() {
             flags: ACK,
         },
     );
-    assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
+    assert_eq!(egress(&mut dp, &f).0, TCX_NEXT);
     let keys: Vec<FlowKey> = dp.nat_out().unwrap().keys().map(Result::unwrap).collect();
     dp.nat_out_mut().unwrap().remove(&keys[0]).unwrap();
     let (v, got) = egress(&mut dp, &f);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_frame(
         &got,
         &with_src(&f, EXTERNAL, None),
@@ -51,14 +51,14 @@ fn reply_half_taken_back_during_a_flush_survives_it() {
             flags: ACK,
         },
     );
-    assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
+    assert_eq!(egress(&mut dp, &f).0, TCX_NEXT);
     let reply_halves: Vec<(FlowKey, NatEntry)> =
         dp.nat_in().unwrap().iter().map(Result::unwrap).collect();
     assert_eq!(reply_halves.len(), 1);
     // The flush's first deletion, then a packet of the flow in the window.
     let original: Vec<FlowKey> = dp.nat_out().unwrap().keys().map(Result::unwrap).collect();
     dp.nat_out_mut().unwrap().remove(&original[0]).unwrap();
-    assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK);
+    assert_eq!(egress(&mut dp, &f).0, TCX_NEXT);
     assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 0);
     // The flush's second deletion, with what it read before.
     let kept_deleted = {
@@ -77,7 +77,7 @@ fn reply_half_taken_back_during_a_flush_survives_it() {
         },
     );
     let (v, got) = ingress(&mut dp, &reply);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_frame(
         &got,
         &with_dst(&reply, NS1, None),

@@ -20,7 +20,7 @@ fn small_range_is_searched_exhaustively() {
                 flags: SYN,
             },
         );
-        assert_eq!(egress(&mut dp, &f).0, TC_ACT_OK, "flow {i}");
+        assert_eq!(egress(&mut dp, &f).0, TCX_NEXT, "flow {i}");
         ports.insert(external_port(&dp, &f));
     }
     assert_eq!(ports.len(), 100);
@@ -64,8 +64,8 @@ fn full_table_drops_new_flows_only() {
             )
         })
         .collect();
-    assert_eq!(egress(&mut dp, &flows[0]).0, TC_ACT_OK);
-    assert_eq!(egress(&mut dp, &flows[1]).0, TC_ACT_OK);
+    assert_eq!(egress(&mut dp, &flows[0]).0, TCX_NEXT);
+    assert_eq!(egress(&mut dp, &flows[1]).0, TCX_NEXT);
     assert_eq!(
         egress(&mut dp, &flows[2]).0,
         TC_ACT_SHOT,
@@ -74,7 +74,7 @@ fn full_table_drops_new_flows_only() {
     assert_eq!(dp.counter(Counter::DropTableFull).unwrap(), 1);
     for f in &flows[..2] {
         let (v, got) = egress(&mut dp, f);
-        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(v, TCX_NEXT);
         assert_frame(&got, &with_src(f, EXTERNAL, None), "existing flow");
     }
     assert_eq!(

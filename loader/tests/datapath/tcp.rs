@@ -44,7 +44,7 @@ fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
             r
         };
         let _ = got;
-        assert_eq!(verdict, TC_ACT_OK, "{name}: step {i}");
+        assert_eq!(verdict, TCX_NEXT, "{name}: step {i}");
         assert_eq!(
             only_tcp_state(&dp),
             want,
@@ -157,7 +157,7 @@ fn tcp_time_wait_is_reused_by_a_new_syn() {
         },
     );
     let (v, got) = egress(&mut dp, &syn);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_frame(
         &got,
         &with_src(&syn, EXTERNAL, None),
@@ -188,8 +188,8 @@ fn stray_tcp_segments_are_dropped_not_reset() {
     for (flags, verdict, counter) in [
         (ACK, TC_ACT_SHOT, Counter::DropStrayTcp),
         (FIN | ACK, TC_ACT_SHOT, Counter::DropStrayTcp),
-        (SYN | ACK, TC_ACT_OK, Counter::PassNoMatch),
-        (RST, TC_ACT_OK, Counter::PassNoMatch),
+        (SYN | ACK, TCX_NEXT, Counter::PassNoMatch),
+        (RST, TCX_NEXT, Counter::PassNoMatch),
     ] {
         let before = dp.counter(counter).unwrap();
         let f = Frame::new(

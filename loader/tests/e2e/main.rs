@@ -12,7 +12,8 @@
 //! - [`conntrack_cli`]: `conntrack`, `stats`, expiry, address changes, the config file;
 //! - [`ops`]: `trace`, the metrics endpoint, traffic counters;
 //! - [`cli_errors`]: bad input, not root, bpffs missing, a second daemon;
-//! - [`lab_topology`]: the lab builder.
+//! - [`lab_topology`]: the lab builder;
+//! - [`shared_host`]: a host shared with other tools (issue 13's items, by number).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -26,3 +27,4 @@ mod nat;
 mod ops;
 mod restart;
 mod scale;
+mod shared_host;
