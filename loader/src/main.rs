@@ -202,8 +202,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // Before any thread exists, so the whole process (tokio workers included) lives there.
         netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
     }
-    // Only the verbs on an instance use it (and fail on a bad name).
-    let instance = instance::resolve_name(cli.instance.as_deref(), cli.netns.as_deref());
+    // Only the verbs on an instance use it (and fail on a bad name). Without --netns, the
+    // name of the namespace we run in, so that `ip netns exec NAME bpfnat ...` and
+    // `bpfnat --netns NAME ...` mean the same instance.
+    let netns_name = cli.netns.clone().or_else(netns::current_name);
+    let instance = instance::resolve_name(cli.instance.as_deref(), netns_name.as_deref());
     let json = cli.json;
     match cli.command {
         Command::Up(flags) => cmd::up::run(flags.settings(instance?)?),

@@ -99,6 +99,21 @@ fn is_live_netns_mount(path: &Path) -> bool {
 
 /// Whether the named namespace exists and is live (a stale leftover file
 /// counts as absent, so [`create`] will repair it).
+/// The name under `/run/netns` of the network namespace this process is in, as
+/// `ip netns identify` finds it: `Some("lab-host")` under `ip netns exec lab-host` (or after
+/// `--netns lab-host`), `None` in a namespace without a name (the host's, usually).
+pub fn current_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find(|e| {
+            std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == own.dev() && m.ino() == own.ino())
+        })
+        .and_then(|e| e.file_name().into_string().ok())
+}
+
 pub fn exists(name: &str) -> bool {
     netns_path(name).is_ok_and(|path| is_live_netns_mount(&path))
 }

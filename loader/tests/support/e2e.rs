@@ -44,7 +44,8 @@ impl Drop for Lab {
     }
 }
 
-/// `bpfnat --netns NS up ...`, stopped with SIGINT on drop.
+/// `bpfnat --netns NS up ...` (or the same under `ip netns exec`), stopped with SIGINT on
+/// drop.
 pub struct Daemon {
     child: Option<Child>,
     pub ready_line: String,
@@ -53,12 +54,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(netns: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-            .args(["--netns", netns, "up"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn bpfnat");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpfnat"));
+        cmd.args(["--netns", netns, "up"]).args(args);
+        Self::spawn(cmd)
+    }
+
+    /// `ip netns exec NS bpfnat up ...`: the way people who work with namespaces run
+    /// everything (a mount namespace of its own, a fresh /sys).
+    pub fn start_under_ip_netns_exec(netns: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_bpfnat"), "up"])
+            .args(args);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn bpfnat");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
