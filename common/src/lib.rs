@@ -431,6 +431,12 @@ pub struct FragKey {
     pub direction: u8,
 }
 
+/// How long after its first fragment a datagram's later fragments are still translated: the
+/// kernel's reassembly timeout (`net.ipv4.ipfrag_time`, 30 s). Past it the reassembly has been
+/// given up anyway, and an old entry would hand a new datagram that reuses the IP id (and
+/// addresses and protocol) to the old one's address.
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// Value of the fragment table: the address the datagram's fragments get.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -2,7 +2,7 @@
 //! packet; it records where the datagram goes, so the later fragments (no ports) follow it.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
-use bpfnat_common::{FragEntry, FragKey};
+use bpfnat_common::{FragEntry, FragKey, FRAG_TIMEOUT_NS};
 
 use crate::maps::FRAGS;
 
@@ -33,10 +33,15 @@ pub fn remember(key: &FragKey, addr: u32) {
     let _ = FRAGS.insert(key, entry, BPF_ANY as u64);
 }
 
-/// The address the datagram's later fragments get, if its first fragment was seen.
+/// The address the datagram's later fragments get, if its first fragment was seen less than
+/// [`FRAG_TIMEOUT_NS`] ago (the entries are not removed: an LRU map forgets them in time).
 #[inline(always)]
 pub fn lookup(key: &FragKey) -> Option<u32> {
+    let entry = FRAGS.get_ptr(key)?;
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
-    FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
+    let (created_ns, addr) = unsafe { ((*entry).created_ns, (*entry).addr) };
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now.wrapping_sub(created_ns) <= FRAG_TIMEOUT_NS).then_some(addr)
 }

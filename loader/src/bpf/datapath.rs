@@ -583,6 +583,14 @@ impl Datapath {
 
     /// Raw descriptors of `NAT_OUT` and `NAT_IN`, for walks that must resume from a key
     /// (aya's iterator always starts at the beginning).
+    /// The fragment table (first fragments seen, for their later fragments), writable.
+    pub fn frags_mut(
+        &mut self,
+    ) -> anyhow::Result<HashMap<&mut MapData, bpfnat_common::FragKey, bpfnat_common::FragEntry>>
+    {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_FRAGS)?)?)
+    }
+
     /// The original-direction table (key: tuple as sent by the container).
     pub fn nat_out(&self) -> anyhow::Result<HashMap<&MapData, FlowKey, NatEntry>> {
         Ok(HashMap::try_from(self.map(names::MAP_NAT_OUT)?)?)

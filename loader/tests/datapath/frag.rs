@@ -84,3 +84,68 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::DropFragmentUnknown).unwrap(), 1);
 }
+
+/// Issue 13, item 9: a first fragment's record is used only within the kernel's reassembly
+/// timeout (30 s). An older one (here: its timestamp moved back 31 s) no longer translates a
+/// later fragment with the same IP id: outbound it is dropped as unknown (forwarding it would
+/// leak the container's address), inbound it passes untouched to the host.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item9_first_fragment_is_forgotten_after_the_reassembly_timeout() {
+    let _slot = require_root();
+    let mut dp = datapath(None);
+    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let mut first = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40500,
+            dport: 9000,
+        },
+    );
+    first.payload = payload.clone();
+    first.more_fragments = true;
+    first.ip_id = 0x4242;
+    let mut later = Frame::new(NS1, REMOTE, L4::Raw { proto: 17 });
+    later.payload = payload.clone();
+    later.frag_offset = 126;
+    later.ip_id = 0x4242;
+    let mut rfirst = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Udp {
+            sport: 9000,
+            dport: 40500,
+        },
+    );
+    rfirst.payload = payload.clone();
+    rfirst.more_fragments = true;
+    rfirst.ip_id = 0x4343;
+    let mut rlater = Frame::new(REMOTE, EXTERNAL, L4::Raw { proto: 17 });
+    rlater.payload = payload;
+    rlater.frag_offset = 126;
+    rlater.ip_id = 0x4343;
+    assert_eq!(egress(&mut dp, &first).0, TCX_NEXT);
+    assert_eq!(ingress(&mut dp, &rfirst).0, TCX_NEXT);
+
+    // Both records, 31 s older.
+    {
+        let mut frags = dp.frags_mut().unwrap();
+        let entries: Vec<_> = frags.iter().map(Result::unwrap).collect();
+        assert_eq!(entries.len(), 2, "one record per direction");
+        for (key, mut entry) in entries {
+            entry.created_ns = entry.created_ns.saturating_sub(31_000_000_000);
+            frags.insert(key, entry, 0).unwrap();
+        }
+    }
+    let (v, _) = egress(&mut dp, &later);
+    assert_eq!(v, TC_ACT_SHOT, "a stale record does not translate outbound");
+    assert_eq!(dp.counter(Counter::DropFragmentUnknown).unwrap(), 1);
+    let (v, got) = ingress(&mut dp, &rlater);
+    assert_eq!(
+        (v, got),
+        (TCX_NEXT, rlater.build()),
+        "a stale record does not translate inbound"
+    );
+    assert_eq!(dp.counter(Counter::FragmentsTranslated).unwrap(), 0);
+}
