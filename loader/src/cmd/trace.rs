@@ -104,6 +104,10 @@ fn open_pin(dir: &Path, name: &str) -> anyhow::Result<Map> {
 /// Trace the instance whose pins live in `dir` until Ctrl-C, `count` events or `duration`.
 /// `out` receives one line per event. Returns the number of events.
 pub fn run(dir: &Path, opts: &TraceOptions, out: &mut dyn Write) -> anyhow::Result<u64> {
+    // First: a SIGTERM (`timeout`, systemd) or SIGINT from here on ends the loop below, which
+    // flushes the capture and turns the filter off; before, it would kill the process with the
+    // pcap file created but empty.
+    stop_on_signals()?;
     let mut filter = FilterGuard(open_pin(dir, names::MAP_TRACE_FILTER)?);
     let ring_map = open_pin(dir, names::MAP_TRACE)?;
     let mut ring = RingBuf::try_from(ring_map)?;
@@ -113,7 +117,6 @@ pub fn run(dir: &Path, opts: &TraceOptions, out: &mut dyn Write) -> anyhow::Resu
     while ring.next().is_some() {}
     filter.set(opts.filter())?;
 
-    stop_on_signals()?;
     let started = Instant::now();
     let mut seen = 0u64;
     while !STOP.load(Ordering::Relaxed)
@@ -280,6 +283,8 @@ impl Pcap {
         out.write_all(&0u32.to_le_bytes())?;
         out.write_all(&(bpfnat_common::TRACE_CAPTURE as u32).to_le_bytes())?;
         out.write_all(&1u32.to_le_bytes())?;
+        // A valid (empty) capture at once, whatever happens later.
+        out.flush()?;
         Ok(Self { out })
     }
 
