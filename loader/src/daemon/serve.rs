@@ -124,7 +124,20 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     if let Err(e) = dp.start_logging() {
         warn!("datapath log records unavailable: {e:#}");
     }
+    // An adopted table may translate to the address the uplink had under the previous owner.
+    let previous = lock
+        .adopted()
+        .then(|| dp.config().map(|c| c.external_addr).unwrap_or(0))
+        .filter(|&a| a != 0 && a != bpfnat_common::addr_to_map(external.octets()));
     dp.configure(external, opts.port_range, &opts.timeouts)?;
+    if let Some(old) = previous {
+        let forgotten = forget_other_addresses(&mut dp, &opts, Some(external))?;
+        info!(
+            "the adopted table translated to {}, the uplink now has {external}: {forgotten} \
+             mappings forgotten",
+            Ipv4Addr::from(old.to_ne_bytes())
+        );
+    }
     // Internal bridges' subnets are listed too: the port program needs them to learn their
     // containers, keep their traffic on the bridge and isolate them from the other bridges.
     // It drops what an internal bridge sends towards the outside, so none of it reaches the
@@ -339,23 +352,7 @@ impl AddressWatch {
         // New address first, then forget the old mappings: a flow that starts in between
         // already gets the new address and is kept.
         dp.set_external(now)?;
-        let keep = now.map(|a| bpfnat_common::addr_to_map(a.octets()));
-        let forgotten = {
-            let mut tables = dp.tables()?;
-            let n = conntrack::remove_where(
-                &mut tables,
-                &opts.timeouts,
-                crate::table::timeouts::monotonic_ns(),
-                |c| Some(c.out.addr) != keep,
-            );
-            // Reply halves left by failed inserts would otherwise wait for the sweeper.
-            conntrack::remove_orphans(
-                &mut tables,
-                conntrack::FLUSH_ORPHAN_GRACE,
-                crate::table::timeouts::monotonic_ns(),
-            );
-            n
-        };
+        let forgotten = forget_other_addresses(dp, opts, now)?;
         let show = |a: Option<Ipv4Addr>| a.map_or("none".to_owned(), |a| a.to_string());
         info!(
             "uplink {} address changed from {} to {}: {}, {forgotten} mappings forgotten",
@@ -371,6 +368,25 @@ impl AddressWatch {
         self.current = now;
         Ok(())
     }
+}
+
+/// Remove the mappings that translate to another address than `keep` (all of them when the
+/// uplink has none): their packets would leave with an address the host no longer has, and
+/// their replies would never come. Returns how many were removed.
+fn forget_other_addresses(
+    dp: &mut Datapath,
+    opts: &Settings,
+    keep: Option<Ipv4Addr>,
+) -> anyhow::Result<u64> {
+    let keep = keep.map(|a| bpfnat_common::addr_to_map(a.octets()));
+    let mut tables = dp.tables()?;
+    let now = crate::table::timeouts::monotonic_ns();
+    let n = conntrack::remove_where(&mut tables, &opts.timeouts, now, |c| {
+        Some(c.out.addr) != keep
+    });
+    // Reply halves left by failed inserts would otherwise wait for the sweeper.
+    conntrack::remove_orphans(&mut tables, conntrack::FLUSH_ORPHAN_GRACE, now);
+    Ok(n)
 }
 
 /// One line: flows, translated packets each way, drops.

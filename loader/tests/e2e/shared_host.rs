@@ -3,7 +3,10 @@
 
 use crate::support::require_root;
 
-use std::net::Ipv4Addr;
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use crate::support::e2e::*;
 
@@ -233,4 +236,65 @@ fn item11_trace_pcap_survives_sigterm() {
             String::from_utf8_lossy(&read.stderr)
         );
     }
+}
+
+/// Item 12 (a loader corner): a table adopted after the uplink's address changed no longer
+/// translates to the old address. Its mappings to the old address are forgotten at adoption,
+/// the way a change under a running daemon forgets them, and new flows get the new address.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item12_adopting_after_an_address_change_forgets_the_old_address() {
+    let _slot = require_root();
+    let lab = lab("bnt-sh-ad", 4);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let c = lab.spec.containers[0].netns.clone();
+    let remote = lab.spec.remote_server;
+    let (old, new) = (lab.spec.uplink_addr, Ipv4Addr::new(192, 0, 2, 124));
+    let server = SocketAddrV4::new(remote, 7500);
+    let up = ["--uplink", "up0", "--bridge", "br0"];
+
+    // A UDP flow through a daemon that leaves its datapath pinned (--keep).
+    let daemon = Daemon::start(&host, &[&up[..], &["--keep"]].concat());
+    let echo = udp_echo(&wan, server, Duration::from_secs(3));
+    let local = SocketAddrV4::new(lab.spec.containers[0].addr, 41500);
+    assert!(udp_request_from(&c, local, server, b"a".to_vec()).is_some());
+    assert_eq!(
+        echo.join().unwrap(),
+        [std::net::SocketAddr::from((old, 41500))]
+    );
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+
+    // The uplink gets another address (same subnet, same gateway) while no daemon runs.
+    let gateway = lab.spec.wan_addr.to_string();
+    let cidr = format!("{new}/24");
+    run(&host, &["ip", "addr", "flush", "dev", "up0"]);
+    run(&host, &["ip", "addr", "add", &cidr, "dev", "up0"]);
+    run(
+        &host,
+        &["ip", "route", "replace", "default", "via", &gateway],
+    );
+
+    let daemon = Daemon::start(&host, &up);
+    assert!(
+        daemon.ready_line.contains("adopted=true"),
+        "{}",
+        daemon.ready_line
+    );
+    let stale: Vec<_> = crate::support::cli::conntrack_json(&host, &[])
+        .into_iter()
+        .filter(|c| c.to_string().contains(&old.to_string()))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "mappings to the old address kept: {stale:?}"
+    );
+    // The same flow again: it leaves with the new address and its answer comes back.
+    let echo = udp_echo(&wan, server, Duration::from_secs(3));
+    assert!(udp_request_from(&c, local, server, b"b".to_vec()).is_some());
+    assert_eq!(
+        echo.join().unwrap(),
+        [std::net::SocketAddr::from((new, 41500))]
+    );
 }
