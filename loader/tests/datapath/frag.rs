@@ -2,6 +2,22 @@
 
 use super::*;
 
+/// A UDP datagram of 2,008 bytes from `src:sport` to `dst:dport` with IP id `id`, as its two
+/// fragments: the first (with the ports, more fragments follow) and a later one (1,008 bytes
+/// in, no ports).
+fn fragmented(src: &str, dst: &str, sport: u16, dport: u16, id: u16) -> (Frame, Frame) {
+    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let mut first = Frame::new(src, dst, L4::Udp { sport, dport });
+    first.payload = payload.clone();
+    first.more_fragments = true;
+    first.ip_id = id;
+    let mut later = Frame::new(src, dst, L4::Raw { proto: 17 });
+    later.payload = payload;
+    later.frag_offset = 126; // 1008 bytes in
+    later.ip_id = id;
+    (first, later)
+}
+
 /// The first fragment is translated by its ports; later fragments of the same datagram
 /// (same source, destination, protocol and IP id) follow it, in both directions; a later
 /// fragment from a container whose first fragment was never seen is dropped and counted.
@@ -10,22 +26,7 @@ use super::*;
 fn fragments_follow_their_first_fragment() {
     let _slot = require_root();
     let mut dp = datapath(None);
-    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-    let mut first = Frame::new(
-        NS1,
-        REMOTE,
-        L4::Udp {
-            sport: 40400,
-            dport: 9000,
-        },
-    );
-    first.payload = payload.clone();
-    first.more_fragments = true;
-    first.ip_id = 0x7777;
-    let mut later = Frame::new(NS1, REMOTE, L4::Raw { proto: 17 });
-    later.payload = payload.clone();
-    later.frag_offset = 126; // 1008 bytes in
-    later.ip_id = 0x7777;
+    let (first, later) = fragmented(NS1, REMOTE, 40400, 9000, 0x7777);
 
     let (v, got) = egress(&mut dp, &first);
     assert_eq!(v, TCX_NEXT);
@@ -48,21 +49,7 @@ fn fragments_follow_their_first_fragment() {
     );
 
     // The reply datagram, fragmented too.
-    let mut rfirst = Frame::new(
-        REMOTE,
-        EXTERNAL,
-        L4::Udp {
-            sport: 9000,
-            dport: 40400,
-        },
-    );
-    rfirst.payload = payload.clone();
-    rfirst.more_fragments = true;
-    rfirst.ip_id = 0x8888;
-    let mut rlater = Frame::new(REMOTE, EXTERNAL, L4::Raw { proto: 17 });
-    rlater.payload = payload.clone();
-    rlater.frag_offset = 126;
-    rlater.ip_id = 0x8888;
+    let (rfirst, rlater) = fragmented(REMOTE, EXTERNAL, 9000, 40400, 0x8888);
     let (v, got) = ingress(&mut dp, &rfirst);
     assert_eq!(
         (v, got),
@@ -94,37 +81,8 @@ fn fragments_follow_their_first_fragment() {
 fn item9_first_fragment_is_forgotten_after_the_reassembly_timeout() {
     let _slot = require_root();
     let mut dp = datapath(None);
-    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-    let mut first = Frame::new(
-        NS1,
-        REMOTE,
-        L4::Udp {
-            sport: 40500,
-            dport: 9000,
-        },
-    );
-    first.payload = payload.clone();
-    first.more_fragments = true;
-    first.ip_id = 0x4242;
-    let mut later = Frame::new(NS1, REMOTE, L4::Raw { proto: 17 });
-    later.payload = payload.clone();
-    later.frag_offset = 126;
-    later.ip_id = 0x4242;
-    let mut rfirst = Frame::new(
-        REMOTE,
-        EXTERNAL,
-        L4::Udp {
-            sport: 9000,
-            dport: 40500,
-        },
-    );
-    rfirst.payload = payload.clone();
-    rfirst.more_fragments = true;
-    rfirst.ip_id = 0x4343;
-    let mut rlater = Frame::new(REMOTE, EXTERNAL, L4::Raw { proto: 17 });
-    rlater.payload = payload;
-    rlater.frag_offset = 126;
-    rlater.ip_id = 0x4343;
+    let (first, later) = fragmented(NS1, REMOTE, 40500, 9000, 0x4242);
+    let (rfirst, rlater) = fragmented(REMOTE, EXTERNAL, 9000, 40500, 0x4343);
     assert_eq!(egress(&mut dp, &first).0, TCX_NEXT);
     assert_eq!(ingress(&mut dp, &rfirst).0, TCX_NEXT);
 
