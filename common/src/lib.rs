@@ -415,6 +415,9 @@ counters! {
     DropInternal => "drop_internal",
     /// Packets of hairpin connections translated (container -> host address -> container).
     HairpinTranslated => "hairpin_translated",
+    /// Ports not given to a container because a socket of the host uses them (for that
+    /// peer, or bound to the port).
+    PortHostOwned => "port_host_owned",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.

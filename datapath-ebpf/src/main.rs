@@ -10,6 +10,7 @@
 //! - state: [`nat`] (mappings: creation, port search, TCP state), [`hairpin`] (containers
 //!   reaching a published port through the host's address), [`maps`];
 //! - forwarding: [`fwd`] (subnets, bridges, redirects, FIB lookups);
+//! - the host: [`host`] (its own sockets, whose ports containers must not take);
 //! - observation: [`stats`] (counters, traffic), [`trace`] (per-packet events), [`verdict`].
 #![no_std]
 #![no_main]
@@ -24,6 +25,7 @@ mod csum;
 mod frag;
 mod fwd;
 mod hairpin;
+mod host;
 mod icmp;
 mod maps;
 mod nat;

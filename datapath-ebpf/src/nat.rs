@@ -12,6 +12,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
+    programs::TcContext,
 };
 use bpfnat_common::{
     tcp_state,
@@ -22,6 +23,7 @@ use bpfnat_common::{
 };
 
 use crate::{
+    host,
     maps::{NatTable, CONFIG, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
@@ -159,78 +161,125 @@ fn keep_own_port(reply: &FlowKey, inbound: &NatEntry, key: &FlowKey) -> Result<b
     }
 }
 
+/// Whether the host itself uses the external side of `reply` (a reply tuple: the peer as
+/// source, the uplink address and a candidate port as destination): a socket of the host
+/// would receive the peer's packets to that port.
+#[inline(always)]
+fn host_uses(ctx: &TcContext, reply: &FlowKey) -> bool {
+    let used = host::has_socket(
+        ctx,
+        reply.proto,
+        reply.src_addr,
+        reply.dst_addr,
+        reply.src_port,
+        reply.dst_port,
+    );
+    if used {
+        count(Counter::PortHostOwned);
+    }
+    used
+}
+
+/// Claim a free port of `search`'s range for its reply tuple, walking the range from a random
+/// offset, like MASQUERADE: sequential probing finds the last free port of a small range for
+/// sure; the random start spreads flows out. bpf_loop (Linux 5.17) lets the verifier check
+/// the body once instead of once per iteration, which keeps 128 tries affordable. On
+/// success the claimed tuple is `search.reply`. The search state is the caller's one copy
+/// of the tuple and the reply entry: the egress program's stack is close to its limit.
+#[inline(always)]
+fn search_port(search: &mut PortSearch) -> Result<bool, Counter> {
+    let span = search.span;
+    if span == 0 {
+        // Unreachable with a validated configuration; also proves to the compiler that the
+        // modulo below cannot divide by zero (a panic path the verifier would reject).
+        return Ok(false);
+    }
+    let tries = if span < PORT_ALLOC_TRIES {
+        span
+    } else {
+        PORT_ALLOC_TRIES
+    };
+    // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
+    search.start = unsafe { bpf_get_prandom_u32() } % span;
+    search.outcome = SEARCH_EXHAUSTED;
+    // SAFETY: the callback has the signature bpf_loop expects, and `search` outlives the call
+    // (bpf_loop returns after the last iteration).
+    unsafe {
+        bpf_loop(
+            tries,
+            try_next_port as *mut c_void,
+            search as *mut PortSearch as *mut c_void,
+            0,
+        );
+    }
+    match search.outcome {
+        SEARCH_CLAIMED => Ok(true),
+        SEARCH_TABLE_FULL => Err(Counter::DropTableFull),
+        _ => Ok(false),
+    }
+}
+
+/// Port searches per new flow: a port the search claims but the host turns out to use is
+/// given back and the search starts again, this many times at most.
+const SEARCHES: u32 = 3;
+
 /// Create the mapping for the new outbound flow `key` and return its `NAT_OUT` entry.
 #[inline(always)]
-pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Counter> {
+pub fn create_mapping(
+    ctx: &TcContext,
+    key: &FlowKey,
+    cfg: &Settings,
+) -> Result<*mut NatEntry, Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let original_port = u16::from_be(key.src_port);
     let (lo, hi) = port_range(key.proto, original_port, cfg);
-
-    let mut reply = FlowKey::new(
-        key.dst_addr,
-        cfg.external_addr,
-        key.dst_port,
-        key.src_port,
-        key.proto,
-    );
-    let inbound = NatEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        addr: key.src_addr,
-        port: key.src_port,
-        ..NatEntry::default()
+    let mut search = PortSearch {
+        reply: FlowKey::new(
+            key.dst_addr,
+            cfg.external_addr,
+            key.dst_port,
+            key.src_port,
+            key.proto,
+        ),
+        inbound: NatEntry {
+            last_seen_ns: now,
+            created_ns: now,
+            addr: key.src_addr,
+            port: key.src_port,
+            ..NatEntry::default()
+        },
+        lo,
+        span: if hi < lo {
+            0
+        } else {
+            hi.wrapping_sub(lo).wrapping_add(1)
+        },
+        start: 0,
+        outcome: SEARCH_EXHAUSTED,
     };
 
     let in_range = (original_port as u32) >= lo && (original_port as u32) <= hi;
-    let mut claimed = in_range && keep_own_port(&reply, &inbound, key)?;
-    if !claimed {
-        let span = hi.wrapping_sub(lo).wrapping_add(1);
-        if span == 0 || hi < lo {
-            // Unreachable with a validated configuration; also proves to the compiler that
-            // the modulo below cannot divide by zero (a panic path the verifier would reject).
-            return Err(Counter::DropNoPort);
+    let mut claimed = in_range
+        && !host_uses(ctx, &search.reply)
+        && keep_own_port(&search.reply, &search.inbound, key)?;
+    let mut searches = 0;
+    while !claimed && searches < SEARCHES {
+        searches += 1;
+        if !search_port(&mut search)? {
+            break;
         }
-        // Like MASQUERADE: walk the range from a random offset. Sequential probing finds the
-        // last free port of a small range for sure; the random start spreads flows out.
-        // bpf_loop (Linux 5.17) lets the verifier check the body once instead of once per
-        // iteration, which keeps 128 tries affordable.
-        let tries = if span < PORT_ALLOC_TRIES {
-            span
-        } else {
-            PORT_ALLOC_TRIES
-        };
-        let mut search = PortSearch {
-            reply,
-            inbound,
-            lo,
-            span,
-            // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
-            start: unsafe { bpf_get_prandom_u32() } % span,
-            outcome: SEARCH_EXHAUSTED,
-        };
-        // SAFETY: the callback has the signature bpf_loop expects, and `search` outlives the
-        // call (bpf_loop returns after the last iteration).
-        unsafe {
-            bpf_loop(
-                tries,
-                try_next_port as *mut c_void,
-                &mut search as *mut PortSearch as *mut c_void,
-                0,
-            );
+        if host_uses(ctx, &search.reply) {
+            // Give it back: the host's socket keeps it, the next search starts elsewhere.
+            let _ = NAT_IN.remove(&search.reply);
+            continue;
         }
-        match search.outcome {
-            SEARCH_CLAIMED => {
-                claimed = true;
-                reply = search.reply;
-            }
-            SEARCH_TABLE_FULL => return Err(Counter::DropTableFull),
-            _ => {}
-        }
+        claimed = true;
     }
     if !claimed {
         return Err(Counter::DropNoPort);
     }
+    let reply = &search.reply;
 
     let mut flags = NAT_FLAG_ORIGINAL;
     if reply.dst_port != key.src_port {
@@ -246,13 +295,26 @@ pub fn create_mapping(key: &FlowKey, cfg: &Settings) -> Result<*mut NatEntry, Co
     };
     match NAT_OUT.insert(key, outbound, BPF_NOEXIST as u64) {
         Ok(()) => count(Counter::NewMappings),
-        Err(e) => {
-            // Give the port back. EEXIST: another CPU mapped this same flow an instant
-            // earlier; use its mapping. Anything else: the table is full.
-            let _ = NAT_IN.remove(reply);
-            if e != -EEXIST {
-                return Err(Counter::DropTableFull);
+        Err(e) if e == -EEXIST => {
+            // Another CPU mapped this same flow an instant earlier: use its mapping. Give
+            // our port back only if its mapping uses another one. With the port kept, both
+            // CPUs hold the same reply entry (one claimed it, the other found it held by the
+            // same flow), and removing it would leave the winner's mapping without its reply
+            // half.
+            let winner_port = NAT_OUT.get_ptr(key).map(|w| {
+                // SAFETY: a pointer from a successful map lookup is non-null, aligned and
+                // valid for the whole program run (the verifier checks the lookup's result
+                // before any use).
+                unsafe { (*w).port }
+            });
+            if winner_port != Some(reply.dst_port) {
+                let _ = NAT_IN.remove(reply);
             }
+        }
+        Err(_) => {
+            // The table is full: give the port back.
+            let _ = NAT_IN.remove(reply);
+            return Err(Counter::DropTableFull);
         }
     }
     NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)

@@ -5,12 +5,7 @@
 //! a mapping once found is one routine for both ([`apply`]), the way Cilium's
 //! `snat_v4_process` serves both directions.
 
-use aya_ebpf::{
-    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
-    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
-    programs::TcContext,
-    EbpfContext as _,
-};
+use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_RST, TCP_SYN},
     Counter, FlowKey, NatEntry, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
@@ -19,7 +14,7 @@ use bpfnat_common::{
 
 use crate::{
     csum::{rewrite_addr, rewrite_ip_addr, rewrite_port},
-    frag, fwd, icmp,
+    frag, fwd, host, icmp,
     maps::{NatTable, NAT_IN, NAT_OUT},
     nat::{
         create_mapping, create_published_mapping, published, reopen_if_closed, settings, touch,
@@ -193,7 +188,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
             if fwd::is_internal_bridge(bridge) {
                 return Err(Counter::DropInternal);
             }
-            create_mapping(&key, &cfg)?
+            create_mapping(ctx, &key, &cfg)?
         }
     };
     apply(ctx, DIR, &pkt, &key, entry)?;
@@ -319,32 +314,14 @@ fn ingress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
 /// by its next outbound segment; dropping it lets the peer retransmit instead.
 #[inline(always)]
 fn is_stray_tcp(ctx: &TcContext, pkt: &Packet) -> bool {
-    if pkt.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
-        return false;
-    }
-    // SAFETY: bpf_sock_tuple is plain data (integers in unions), valid when zeroed.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    tuple.__bindgen_anon_1.ipv4.saddr = pkt.src_addr;
-    tuple.__bindgen_anon_1.ipv4.daddr = pkt.dst_addr;
-    tuple.__bindgen_anon_1.ipv4.sport = pkt.src_port;
-    tuple.__bindgen_anon_1.ipv4.dport = pkt.dst_port;
-    // The IPv4 part of the tuple: two addresses and two ports.
-    const IPV4_TUPLE_LEN: u32 = 12;
-    // SAFETY: the context is this program's skb and `tuple` a live stack value of the length
-    // given; the returned socket, if any, is released below.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(
-            ctx.as_ptr(),
-            &mut tuple,
-            IPV4_TUPLE_LEN,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
+    pkt.proto == IPPROTO_TCP
+        && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0
+        && !host::has_socket(
+            ctx,
+            pkt.proto,
+            pkt.src_addr,
+            pkt.dst_addr,
+            pkt.src_port,
+            pkt.dst_port,
         )
-    };
-    if sk.is_null() {
-        return true;
-    }
-    // SAFETY: `sk` is the non-null socket bpf_skc_lookup_tcp returned, released exactly once.
-    unsafe { bpf_sk_release(sk as *mut _) };
-    false
 }

@@ -21,6 +21,7 @@ mod support;
 mod bridge;
 mod cli_errors;
 mod conntrack_cli;
+mod host_sockets;
 mod icmp_frag;
 mod lab_topology;
 mod nat;
