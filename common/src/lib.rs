@@ -34,7 +34,36 @@ pub mod wire {
     pub const TCP_FIN: u8 = 0x01;
     pub const TCP_SYN: u8 = 0x02;
     pub const TCP_RST: u8 = 0x04;
+    pub const TCP_PSH: u8 = 0x08;
     pub const TCP_ACK: u8 = 0x10;
+    pub const TCP_URG: u8 = 0x20;
+    pub const TCP_ECE: u8 = 0x40;
+    pub const TCP_CWR: u8 = 0x80;
+
+    /// Whether a TCP segment's flags are a combination a TCP sends, as nf_conntrack's
+    /// `tcp_valid_flags` judges them (PSH, ECE and CWR aside). Anything else (no flag at all,
+    /// SYN with FIN, ...) is never tracked nor translated.
+    #[inline(always)]
+    pub const fn valid_tcp_flags(flags: u8) -> bool {
+        matches!(
+            flags & !(TCP_PSH | TCP_ECE | TCP_CWR),
+            TCP_SYN
+                | 0x22 // SYN|URG
+                | 0x12 // SYN|ACK
+                | TCP_RST
+                | 0x14 // RST|ACK
+                | 0x11 // FIN|ACK
+                | 0x31 // FIN|ACK|URG
+                | TCP_ACK
+                | 0x30 // ACK|URG
+        )
+    }
+
+    /// Whether a segment opens a connection: SYN without ACK, RST or FIN.
+    #[inline(always)]
+    pub const fn opens_connection(flags: u8) -> bool {
+        flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+    }
 
     /// A TC program's verdicts (what BPF_PROG_TEST_RUN reports as its return value).
     /// `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): the packet goes on to the next program or tc filter on
@@ -53,6 +82,18 @@ pub mod wire {
 /// Default size of each connection-tracking map: the kernel's `nf_conntrack_max` on a 64-bit
 /// host with more than 4 GiB of memory.
 pub const DEFAULT_TABLE_SIZE: u32 = 262_144;
+
+/// Slots of the `EMBRYONIC` ring for a table of `table_size` mappings: a quarter of the table,
+/// rounded down to a power of two (at least 16). Connections opened from outside and never
+/// answered can hold at most this many entries, so a flood of them leaves three quarters of
+/// the table to everything else.
+pub const fn embryonic_slots(table_size: u32) -> u32 {
+    let quarter = table_size / 4;
+    if quarter < 16 {
+        return 16;
+    }
+    1 << (31 - quarter.leading_zeros())
+}
 
 /// How many ports the datapath tries, walking the range from a random offset, after the
 /// original port is taken: MASQUERADE's first round (it then tries 64, 32, 16 more from new
@@ -270,6 +311,9 @@ pub struct Timeouts {
     pub udp_both_ways: u32,
     pub icmp: u32,
     pub generic: u32,
+    /// A TCP mapping whose other side has never answered (a mid-stream pickup): at most
+    /// this long, whatever its state says (nf_conntrack's `tcp_timeout_unacknowledged`).
+    pub tcp_unacknowledged: u32,
 }
 
 impl Timeouts {
@@ -287,6 +331,7 @@ impl Timeouts {
         udp_both_ways: 120,
         icmp: 30,
         generic: 600,
+        tcp_unacknowledged: 300,
     };
 
     pub const fn tcp(&self, state: TcpState) -> u32 {
@@ -326,6 +371,10 @@ pub struct NatConfig {
     pub uplink_ifindex: u32,
     /// Idle timeouts; read by userspace (expiry, `conntrack list`), not by the datapath.
     pub timeouts: Timeouts,
+    /// Slots of the `EMBRYONIC` ring (a power of two; 0: no limit): at most this many
+    /// connections opened from outside that have not been answered (not assured) hold
+    /// entries; a new one evicts the oldest such (early drop).
+    pub embryonic_slots: u32,
 }
 
 /// Declares the counters once: the enum, `Counter::ALL` in index order and each counter's
@@ -418,6 +467,11 @@ counters! {
     /// Ports not given to a container because a socket of the host uses them (for that
     /// peer, or bound to the port).
     PortHostOwned => "port_host_owned",
+    /// Dropped: a TCP segment whose flags no TCP sends (none at all, SYN with FIN, ...).
+    DropInvalidTcp => "drop_invalid_tcp",
+    /// Connections from outside that were never answered, evicted to make room for new
+    /// ones (early drop).
+    EarlyDrops => "early_drops",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.
@@ -439,6 +493,17 @@ pub struct FragKey {
 /// given up anyway, and an old entry would hand a new datagram that reuses the IP id (and
 /// addresses and protocol) to the old one's address.
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// One slot of the `EMBRYONIC` ring: a connection opened from outside (its `NAT_IN` key)
+/// and when its mapping was created, which tells it from a later mapping of the same tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EmbryonicSlot {
+    pub key: FlowKey,
+    /// `created_ns` of the mapping; 0: an empty slot.
+    pub created_ns: u64,
+}
 
 /// Value of the fragment table: the address the datagram's fragments get.
 #[repr(C)]
@@ -656,6 +721,10 @@ pub mod names {
     pub const MAP_PUBLISH: &str = "PUBLISH";
     /// Hairpin connections, both directions: tuple as sent -> `HairpinEntry`.
     pub const MAP_HAIRPIN: &str = "HAIRPIN";
+    /// Ring of the connections opened from outside, for early drop: `EmbryonicSlot`s, and
+    /// the next slot to use (array of one u64).
+    pub const MAP_EMBRYONIC: &str = "EMBRYONIC";
+    pub const MAP_EMBRYONIC_NEXT: &str = "EMBRYONIC_NEXT";
     /// Packet trace: filter (array of one `TraceFilter`) and events (ring buffer of
     /// `TraceEvent`).
     pub const MAP_TRACE_FILTER: &str = "TRACE_FILTER";
@@ -728,8 +797,12 @@ mod tests {
     fn sizes_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NatEntry>(), 40);
-        assert_eq!(size_of::<NatConfig>(), 16 + 48);
-        assert_eq!(size_of::<Timeouts>(), 48);
+        assert_eq!(size_of::<NatConfig>(), 16 + 52 + 4);
+        assert_eq!(size_of::<Timeouts>(), 52);
+        assert_eq!(size_of::<EmbryonicSlot>(), 24);
+        assert_eq!(embryonic_slots(DEFAULT_TABLE_SIZE), 65_536);
+        assert_eq!(embryonic_slots(1000), 128);
+        assert_eq!(embryonic_slots(8), 16);
         assert_eq!(size_of::<TraceEvent>(), 56 + TRACE_CAPTURE);
         assert_eq!(size_of::<TraceFilter>(), 24);
     }
@@ -786,6 +859,16 @@ mod tests {
             assert_eq!(tcp_state(o, r), want, "orig {o:#04x} reply {r:#04x}");
         }
         assert!(TcpState::TimeWait.reusable() && TcpState::Close.reusable());
+        assert!(wire::valid_tcp_flags(
+            wire::TCP_SYN | wire::TCP_ECE | wire::TCP_CWR
+        ));
+        assert!(wire::valid_tcp_flags(wire::TCP_ACK | wire::TCP_PSH));
+        assert!(!wire::valid_tcp_flags(0), "a segment without flags");
+        assert!(!wire::valid_tcp_flags(wire::TCP_SYN | wire::TCP_FIN));
+        assert!(!wire::valid_tcp_flags(wire::TCP_FIN), "FIN without ACK");
+        assert!(!wire::valid_tcp_flags(wire::TCP_SYN | wire::TCP_RST));
+        assert!(wire::opens_connection(wire::TCP_SYN | wire::TCP_ECE));
+        assert!(!wire::opens_connection(wire::TCP_SYN | wire::TCP_ACK));
         assert!(!TcpState::Established.reusable());
         assert_eq!(Timeouts::KERNEL.tcp(TcpState::Established), 432_000);
     }

@@ -7,7 +7,8 @@
 //! - packets: [`parse`] (headers, the bounds-checked accessor), [`csum`] (rewrites with
 //!   checksum fix-ups), [`icmp`] (ICMP errors and their quoted packet), [`frag`] (later
 //!   fragments follow the first);
-//! - state: [`nat`] (mappings: creation, port search, TCP state), [`hairpin`] (containers
+//! - state: [`nat`] (mappings: creation, port search, TCP state), [`embryonic`] (early
+//!   drop of unanswered connections from outside), [`hairpin`] (containers
 //!   reaching a published port through the host's address), [`maps`];
 //! - forwarding: [`fwd`] (subnets, bridges, redirects, FIB lookups);
 //! - the host: [`host`] (its own sockets, whose ports containers must not take);
@@ -22,6 +23,7 @@
 )]
 
 mod csum;
+mod embryonic;
 mod frag;
 mod fwd;
 mod hairpin;

@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry, NatConfig, NatEntry,
-    PublishKey, PublishTarget, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS,
-    TRAFFIC_PROTOS,
+    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry,
+    NatConfig, NatEntry, PublishKey, PublishTarget, TraceEvent, TraceFilter, Traffic,
+    DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -87,3 +87,12 @@ pub static TRACE: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
 #[btf_map]
 pub static TRAFFIC: PerCpuArray<Traffic, { (TRAFFIC_HOOKS * TRAFFIC_PROTOS) as usize }> =
     PerCpuArray::new();
+
+/// Connections opened from outside, oldest overwritten first (`embryonic`): sized by the
+/// loader to a quarter of the table (`embryonic_slots`), told to the datapath in `CONFIG`.
+#[btf_map]
+pub static EMBRYONIC: Array<EmbryonicSlot, 65536> = Array::new();
+
+/// The next slot of `EMBRYONIC` (a counter; the slot is its value modulo the ring's size).
+#[btf_map]
+pub static EMBRYONIC_NEXT: Array<u64, 1> = Array::new();

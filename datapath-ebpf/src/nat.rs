@@ -23,7 +23,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    host,
+    embryonic, host,
     maps::{NatTable, CONFIG, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
@@ -38,6 +38,7 @@ pub struct Settings {
     pub port_min: u16,
     pub port_max: u16,
     pub uplink_ifindex: u32,
+    pub embryonic_slots: u32,
 }
 
 /// The settings, if the datapath has been told its external address.
@@ -49,6 +50,7 @@ pub fn settings() -> Option<Settings> {
             port_min: cfg.port_min,
             port_max: cfg.port_max,
             uplink_ifindex: cfg.uplink_ifindex,
+            embryonic_slots: cfg.embryonic_slots,
         }),
         _ => None,
     }
@@ -381,6 +383,7 @@ pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, other_table: &NatTable,
 pub fn create_published_mapping(
     key: &FlowKey,
     target: &PublishTarget,
+    cfg: &Settings,
 ) -> Result<*mut NatEntry, Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -419,6 +422,7 @@ pub fn create_published_mapping(
         return Err(Counter::DropTableFull);
     }
     count(Counter::PublishedMappings);
+    embryonic::admit(key, now, cfg.embryonic_slots);
     NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)
 }
 

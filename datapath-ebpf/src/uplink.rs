@@ -7,7 +7,9 @@
 
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
-    wire::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_RST, TCP_SYN},
+    wire::{
+        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_RST, TCP_SYN,
+    },
     Counter, FlowKey, NatEntry, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
     NAT_FLAG_PUBLISHED,
 };
@@ -91,6 +93,11 @@ fn apply(
     key: &FlowKey,
     entry: *mut NatEntry,
 ) -> Result<u32, Counter> {
+    // A segment no TCP sends is neither tracked nor translated (nf_conntrack marks it
+    // invalid): it would keep the mapping alive and move its state for nothing.
+    if pkt.proto == IPPROTO_TCP && !valid_tcp_flags(pkt.tcp_flags) {
+        return Err(Counter::DropInvalidTcp);
+    }
     touch(entry, ctx.len());
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
@@ -188,6 +195,9 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
             if fwd::is_internal_bridge(bridge) {
                 return Err(Counter::DropInternal);
             }
+            if pkt.proto == IPPROTO_TCP && !valid_tcp_flags(pkt.tcp_flags) {
+                return Err(Counter::DropInvalidTcp);
+            }
             create_mapping(ctx, &key, &cfg)?
         }
     };
@@ -256,7 +266,20 @@ pub fn try_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         Some(entry) => entry,
         None => match published(pkt.proto, pkt.dst_addr, pkt.dst_port) {
             // A new connection to a published port (TCP/UDP only: ICMP has no ports).
-            Some(target) if pkt.proto != IPPROTO_ICMP => create_published_mapping(&key, &target)?,
+            Some(target) if pkt.proto != IPPROTO_ICMP => {
+                // Only a SYN opens a TCP connection from outside. A mid-stream segment or a
+                // forged flag combination creates nothing: any remote could fill the table
+                // with them, and a published port has no older connection to pick up that
+                // its own mapping does not hold.
+                if pkt.proto == IPPROTO_TCP && !opens_connection(pkt.tcp_flags) {
+                    return Err(if valid_tcp_flags(pkt.tcp_flags) {
+                        Counter::DropStrayTcp
+                    } else {
+                        Counter::DropInvalidTcp
+                    });
+                }
+                create_published_mapping(&key, &target, &cfg)?
+            }
             _ => {
                 if is_stray_tcp(ctx, &pkt) {
                     return Err(Counter::DropStrayTcp);

@@ -23,7 +23,7 @@ use crate::util::addr::{Ipv4Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 14] = [
+pub(crate) const PINNED_MAPS: [&str; 16] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -38,6 +38,8 @@ pub(crate) const PINNED_MAPS: [&str; 14] = [
     names::MAP_TRACE_FILTER,
     names::MAP_TRACE,
     names::MAP_TRAFFIC,
+    names::MAP_EMBRYONIC,
+    names::MAP_EMBRYONIC_NEXT,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -116,6 +118,18 @@ pub(crate) enum Attached {
     Replaced,
 }
 
+/// The connection tables hold `table_size` mappings; the ring of connections opened from
+/// outside (early drop) a quarter of that.
+fn size_tables(loader: &mut EbpfLoader, table_size: u32) {
+    loader
+        .map_max_entries(names::MAP_NAT_OUT, table_size)
+        .map_max_entries(names::MAP_NAT_IN, table_size)
+        .map_max_entries(
+            names::MAP_EMBRYONIC,
+            bpfnat_common::embryonic_slots(table_size),
+        );
+}
+
 /// The kernel's view of one map: type, key and value size, capacity.
 fn shape(info: &aya::maps::MapInfo) -> (Option<aya::maps::MapType>, u32, u32, u32) {
     (
@@ -149,9 +163,7 @@ pub(crate) fn check_pinned_maps(
     instance: &str,
 ) -> anyhow::Result<()> {
     let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
-        .map_max_entries(names::MAP_NAT_IN, opts.table_size);
+    size_tables(&mut loader, opts.table_size);
     // Maps only (programs are loaded separately): what the object would create.
     let fresh = loader
         .load(DATAPATH_OBJECT)
@@ -261,9 +273,7 @@ impl Datapath {
             bail!("table size must be at least 1");
         }
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::MAP_NAT_OUT, opts.table_size)
-            .map_max_entries(names::MAP_NAT_IN, opts.table_size);
+        size_tables(&mut loader, opts.table_size);
         if let Some(dir) = pin_dir {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -330,6 +340,12 @@ impl Datapath {
             // Kept: `attach` sets it, and configuration may be rewritten afterwards.
             uplink_ifindex: self.config().map_or(0, |c| c.uplink_ifindex),
             timeouts: *timeouts,
+            embryonic_slots: self
+                .map(names::MAP_EMBRYONIC)
+                .ok()
+                .and_then(map_data)
+                .and_then(|d| d.info().ok())
+                .map_or(0, |i| i.max_entries()),
         };
         let mut config: Array<&mut MapData, NatConfig> =
             Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;

@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// Timeout names accepted by `--timeout NAME=SECONDS`, with their field.
-pub(crate) const TIMEOUT_NAMES: [&str; 12] = [
+pub(crate) const TIMEOUT_NAMES: [&str; 13] = [
     "tcp_syn_sent",
     "tcp_syn_recv",
     "tcp_established",
@@ -52,6 +52,7 @@ pub(crate) const TIMEOUT_NAMES: [&str; 12] = [
     "udp_both_ways",
     "icmp",
     "generic",
+    "tcp_unacknowledged",
 ];
 
 fn timeout_field<'a>(t: &'a mut Timeouts, name: &str) -> Option<&'a mut u32> {
@@ -68,6 +69,7 @@ fn timeout_field<'a>(t: &'a mut Timeouts, name: &str) -> Option<&'a mut u32> {
         "udp_both_ways" => &mut t.udp_both_ways,
         "icmp" => &mut t.icmp,
         "generic" => &mut t.generic,
+        "tcp_unacknowledged" => &mut t.tcp_unacknowledged,
         _ => return None,
     })
 }

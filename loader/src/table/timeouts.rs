@@ -31,13 +31,33 @@ pub(crate) fn idle_timeout(
     // is counted at once; the other only when the answer comes).
     let both_ways = out.packets > 0 && reply.is_some_and(|r| r.packets > 0);
     let secs = match proto {
-        IPPROTO_TCP => timeouts.tcp(tcp_state_of(out, reply)),
+        IPPROTO_TCP => {
+            let by_state = timeouts.tcp(tcp_state_of(out, reply));
+            if unanswered(out, reply) {
+                // Picked up mid-stream and never answered: whatever the flags say, nobody
+                // is talking to it (nf_conntrack's unacknowledged timeout).
+                by_state.min(timeouts.tcp_unacknowledged)
+            } else {
+                by_state
+            }
+        }
         IPPROTO_UDP if both_ways => timeouts.udp_both_ways,
         IPPROTO_UDP => timeouts.udp_one_way,
         IPPROTO_ICMP => timeouts.icmp,
         _ => timeouts.generic,
     };
     Duration::from_secs(u64::from(secs))
+}
+
+/// Whether the side that did not open the mapping has never sent a packet: the `NAT_IN`
+/// half of a masqueraded flow (the remote), the `NAT_OUT` half of a published connection
+/// (the container).
+fn unanswered(out: &NatEntry, reply: Option<&NatEntry>) -> bool {
+    if out.flags & NAT_FLAG_PUBLISHED != 0 {
+        out.packets == 0
+    } else {
+        reply.is_none_or(|r| r.packets == 0)
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -64,6 +84,7 @@ pub(crate) fn shortest_timeout(timeouts: &Timeouts, proto: u8) -> Duration {
             t.tcp_last_ack,
             t.tcp_time_wait,
             t.tcp_close,
+            t.tcp_unacknowledged,
         ]
         .into_iter()
         .min()
@@ -73,4 +94,49 @@ pub(crate) fn shortest_timeout(timeouts: &Timeouts, proto: u8) -> Duration {
         _ => t.generic,
     };
     Duration::from_secs(u64::from(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn half(tcp_flags: u8, packets: u64, flags: u8) -> NatEntry {
+        NatEntry {
+            tcp_flags,
+            packets,
+            flags,
+            ..NatEntry::default()
+        }
+    }
+
+    /// A TCP mapping whose other side never answered (a mid-stream pickup, a forged
+    /// segment) keeps at most the unacknowledged timeout, whatever its flags say; once the
+    /// other side has sent anything, its state's timeout applies.
+    #[test]
+    fn unanswered_tcp_mappings_are_capped_at_the_unacknowledged_timeout() {
+        let t = Timeouts::KERNEL;
+        let secs = |out: &NatEntry, reply: Option<&NatEntry>| {
+            idle_timeout(&t, IPPROTO_TCP, out, reply).as_secs()
+        };
+        let ack = bpfnat_common::TCP_SEEN_ACK;
+        // Masqueraded, picked up mid-stream: the remote never answered.
+        let out = half(ack, 1, 0);
+        assert_eq!(secs(&out, None), 300);
+        assert_eq!(secs(&out, Some(&half(0, 0, 0))), 300);
+        assert_eq!(secs(&out, Some(&half(ack, 1, 0))), 432_000);
+        // Published: the container (the NAT_OUT half) never answered.
+        let published = bpfnat_common::NAT_FLAG_PUBLISHED;
+        assert_eq!(
+            secs(&half(0, 0, published), Some(&half(ack, 3, published))),
+            300
+        );
+        assert_eq!(
+            secs(&half(ack, 2, published), Some(&half(ack, 3, published))),
+            432_000
+        );
+        // Shorter state timeouts stay shorter.
+        let syn = bpfnat_common::TCP_SEEN_SYN;
+        assert_eq!(secs(&half(syn, 1, 0), None), 120);
+        assert_eq!(shortest_timeout(&t, IPPROTO_TCP).as_secs(), 10);
+    }
 }

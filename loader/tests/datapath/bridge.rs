@@ -7,7 +7,7 @@ use super::*;
 const BRIDGE: u32 = 1000;
 const OTHER_BRIDGE: u32 = 1001;
 
-fn bridged_datapath(flags: u32) -> Datapath {
+pub(crate) fn bridged_datapath(flags: u32) -> Datapath {
     let mut dp = datapath(None);
     let info = |gw: [u8; 4], flags| bpfnat_common::BridgeInfo {
         gateway: bpfnat_common::addr_to_map(gw),
@@ -31,7 +31,7 @@ fn bridged_datapath(flags: u32) -> Datapath {
     dp
 }
 
-fn publish(dp: &mut Datapath, proto: u8, host_port: u16, ctr: [u8; 4], ctr_port: u16) {
+pub(crate) fn publish(dp: &mut Datapath, proto: u8, host_port: u16, ctr: [u8; 4], ctr_port: u16) {
     let key = bpfnat_common::PublishKey {
         host_addr: 0,
         host_port: host_port.to_be(),

@@ -20,6 +20,7 @@ mod support;
 
 mod bridge;
 mod frag;
+mod hostile;
 mod icmp;
 mod nat;
 mod races;

@@ -22,6 +22,7 @@ mod bridge;
 mod cli_errors;
 mod conntrack_cli;
 mod host_sockets;
+mod hostile;
 mod icmp_frag;
 mod lab_topology;
 mod nat;
