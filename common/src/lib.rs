@@ -17,6 +17,10 @@ pub mod batch;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// Protocols with TCP/UDP-like ports at the start of their header (translated with ports).
+pub const IPPROTO_DCCP: u8 = 33;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
 
 /// Wire and kernel constants that the datapath, the loader, the bench and the tests all use
 /// (the datapath takes the `TC_ACT_*` and `BPF_*` ones from aya's kernel bindings).
@@ -472,6 +476,9 @@ counters! {
     /// Connections from outside that were never answered, evicted to make room for new
     /// ones (early drop).
     EarlyDrops => "early_drops",
+    /// Dropped: a packet from a container that cannot be translated (an ICMP message other
+    /// than echo and errors about its flows) and would leave with its internal address.
+    DropUntranslatable => "drop_untranslatable",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.

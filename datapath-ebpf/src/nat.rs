@@ -17,8 +17,9 @@ use aya_ebpf::{
 use bpfnat_common::{
     tcp_state,
     wire::{TCP_ACK, TCP_FIN, TCP_SYN},
-    Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_ICMP,
-    NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
+    Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_DCCP, IPPROTO_ICMP,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, NAT_FLAG_ORIGINAL,
+    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
     TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
 };
 
@@ -73,12 +74,26 @@ pub fn touch(entry: *mut NatEntry, len: u32) {
     }
 }
 
+/// Whether the datapath parses ports for `proto` (else its flows are keyed by address only).
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP | IPPROTO_SCTP
+    )
+}
+
 /// Ports an outbound flow may be given, inclusive, host byte order.
 #[inline(always)]
 fn port_range(proto: u8, original: u16, cfg: &Settings) -> (u32, u32) {
     if proto == IPPROTO_ICMP {
         // Echo identifiers have no classes; any 16-bit value is fine.
         return (0, 65535);
+    }
+    if proto == IPPROTO_SCTP || !has_ports(proto) {
+        // SCTP keeps its ports (its CRC cannot be fixed up here); a protocol without ports
+        // has the one "port" 0: one flow per peer address at a time.
+        return (original as u32, original as u32);
     }
     if cfg.port_min != 0 {
         return (cfg.port_min as u32, cfg.port_max as u32);

@@ -10,7 +10,8 @@ use bpfnat_common::{
         ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
         ICMP_TIME_EXCEEDED,
     },
-    Counter, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    Counter, FlowKey, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_UDPLITE,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -25,6 +26,10 @@ const ICMP_HLEN: usize = 8;
 /// The fixed TCP header (ports, flags, checksum: all the datapath reads).
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
+/// The part of a DCCP header with the ports and the checksum; of SCTP's common header, the
+/// ports.
+const DCCP_HLEN: usize = 8;
+const SCTP_PORTS_LEN: usize = 4;
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
@@ -109,7 +114,8 @@ pub struct L4 {
     pub udp: bool,
 }
 
-/// A TCP/UDP/ICMP-echo packet. Ports/identifiers in network byte order; for ICMP echo the
+/// A packet of a flow: TCP, UDP, ICMP echo, a protocol with ports (UDP-Lite, DCCP, SCTP) or
+/// any other protocol (ports 0). Ports/identifiers in network byte order; for ICMP echo the
 /// identifier is the source "port" of a request and the destination "port" of a reply
 /// (see `FlowKey`).
 #[derive(Clone, Copy)]
@@ -297,6 +303,45 @@ fn parse_l4<R: Reader>(ctx: &R, ip: &Ipv4, l4_off: usize, quoted: bool) -> Resul
                 _ => Ok(L4Kind::Pass(Counter::PassUnsupportedProto)),
             }
         }
+        // Ports and a checksum over the pseudo-header, where UDP has them: translated like
+        // UDP (a zero UDP-Lite checksum is not "none").
+        IPPROTO_UDPLITE | IPPROTO_DCCP if !quoted => {
+            let hdr: [u16; 4] = ctx.read(l4_off).ok_or(Counter::DropMalformed)?;
+            let l4 = L4 {
+                src_port_off: l4_off,
+                dst_port_off: l4_off + 2,
+                csum_off: l4_off + 6,
+                pseudo_header: true,
+                udp: false,
+            };
+            Ok(L4Kind::Packet(packet(hdr[0], hdr[1], 0, 0, l4)))
+        }
+        // SCTP: ports, and a CRC32c over the packet that the addresses are not part of. The
+        // datapath cannot recompute the CRC, so an association keeps its ports (a taken port
+        // is dropped as `drop_no_port`) and only the address changes.
+        IPPROTO_SCTP if !quoted => {
+            let ports: [u16; 2] = ctx.read(l4_off).ok_or(Counter::DropMalformed)?;
+            let l4 = L4 {
+                src_port_off: l4_off,
+                dst_port_off: l4_off + 2,
+                csum_off: 0,
+                pseudo_header: false,
+                udp: false,
+            };
+            Ok(L4Kind::Packet(packet(ports[0], ports[1], 0, 0, l4)))
+        }
+        // Any other protocol (GRE, ESP, ...): no ports, translated by address only, like
+        // nf_conntrack's generic tracker (one flow per protocol and peer address).
+        _ if !quoted => {
+            let l4 = L4 {
+                src_port_off: l4_off,
+                dst_port_off: l4_off,
+                csum_off: 0,
+                pseudo_header: false,
+                udp: false,
+            };
+            Ok(L4Kind::Packet(packet(0, 0, 0, 0, l4)))
+        }
         _ => Ok(L4Kind::Pass(Counter::PassUnsupportedProto)),
     }
 }
@@ -354,6 +399,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Counter> {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
         IPPROTO_ICMP => ICMP_HLEN,
+        IPPROTO_UDPLITE | IPPROTO_DCCP => DCCP_HLEN,
+        IPPROTO_SCTP => SCTP_PORTS_LEN,
         _ => 0,
     };
     pull(

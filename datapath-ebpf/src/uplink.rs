@@ -22,7 +22,7 @@ use crate::{
         create_mapping, create_published_mapping, published, reopen_if_closed, settings, touch,
         track_tcp,
     },
-    parse::{parse, Fragment, Packet, Parsed, IP_DST_OFF, IP_SRC_OFF},
+    parse::{parse, read_at, Fragment, Packet, Parsed, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
     verdict::{pass, NEXT},
 };
@@ -178,6 +178,11 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassNoMatch));
     };
     if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REQUEST {
+        // An echo reply has no mapping to leave by; from a container it would leave with
+        // the container's address.
+        if fwd::is_internal(pkt.src_addr) {
+            return Err(Counter::DropUntranslatable);
+        }
         return Ok(pass(Counter::PassUnsupportedProto));
     }
     let key = pkt.key();
@@ -215,10 +220,14 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
     }
     match parsed {
         Parsed::IcmpError(err) => {
-            if fwd::is_internal(err.src_addr) && icmp::translate_outbound(ctx, &err)? {
+            if !fwd::is_internal(err.src_addr) {
+                return Ok(pass(Counter::PassNoMatch));
+            }
+            if icmp::translate_outbound(ctx, &err)? {
                 return Ok(NEXT);
             }
-            Ok(pass(Counter::PassNoMatch))
+            // About no flow of ours: it would leave with the container's address.
+            Err(Counter::DropUntranslatable)
         }
         Parsed::LaterFragment(f) => {
             if !fwd::is_internal(f.src_addr) {
@@ -230,7 +239,16 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
                 None => Err(Counter::DropFragmentUnknown),
             }
         }
-        Parsed::Pass(reason) => Ok(pass(reason)),
+        Parsed::Pass(reason) => {
+            // Nothing leaves with a container's address: an ICMP message that is neither
+            // echo nor a quotable error, or an error with a quote we cannot read.
+            if reason != Counter::PassNotIpv4
+                && read_at::<u32>(ctx, IP_SRC_OFF).is_some_and(fwd::is_internal)
+            {
+                return Err(Counter::DropUntranslatable);
+            }
+            Ok(pass(reason))
+        }
         Parsed::Packet(_) => Ok(pass(Counter::PassNoMatch)),
     }
 }
@@ -326,7 +344,15 @@ fn ingress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
                 None => Ok(pass(Counter::PassFragment)),
             }
         }
-        Parsed::Pass(reason) => Ok(pass(reason)),
+        Parsed::Pass(reason) => {
+            // Whatever it is, nothing reaches a container from outside directly.
+            if reason != Counter::PassNotIpv4
+                && read_at::<u32>(ctx, IP_DST_OFF).is_some_and(fwd::is_internal)
+            {
+                return Err(Counter::DropDirectAccess);
+            }
+            Ok(pass(reason))
+        }
         Parsed::Packet(_) => Ok(pass(Counter::PassNoMatch)),
     }
 }

@@ -31,16 +31,64 @@ fn lab(prefix: &str, n: u8, containers: u8) -> Lab {
     ))
 }
 
-/// A raw IPv4 socket (the packets carry their own header, any source address).
+/// A raw IPv4 socket: of `IPPROTO_RAW` (the packets carry their own header, any source
+/// address), or of one protocol (the kernel writes the IP header; received packets come with
+/// theirs).
 struct RawSender(std::os::fd::OwnedFd);
 
 impl RawSender {
     fn open() -> Self {
+        Self::of_protocol(libc::IPPROTO_RAW)
+    }
+
+    fn of_protocol(proto: i32) -> Self {
         // SAFETY: socket(2) with constant arguments; the result is checked below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+        let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid socket and a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        Self(fd)
+    }
+
+    /// Send from `addr` (a raw socket's bind sets the source address).
+    fn bind(&self, addr: Ipv4Addr) {
+        nix::sys::socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&self.0),
+            &nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(addr, 0)),
+        )
+        .expect("bind a raw socket");
+    }
+
+    /// The next packet received (IP header included), None after the 1 s timeout.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: the buffer is live and writable for its length.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
     }
 
     /// Send one IP packet to `dst`; false if the kernel refused it (a full queue).
@@ -287,4 +335,107 @@ fn item3_flood_at_a_published_port_leaves_room_for_everyone_else() {
         "every connection to the published service succeeded: {p_ok} ok, {p_failed} failed \
          ({p_first:?})"
     );
+}
+
+/// The source address of a received IP packet.
+fn ip_src(packet: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15])
+}
+
+/// Item 4: a protocol without ports (253, reserved for experiments) leaves a container with
+/// the uplink's address and its answer comes back to the container, as MASQUERADE does; an
+/// ICMP timestamp request (neither echo nor an error) never leaves with the container's
+/// address; and neither reaches a container from outside directly, even with a route to it.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
+    let _slot = crate::support::require_root();
+    let lab = lab("bnt-ho-pr", 2, 1);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let c = lab.spec.containers[0].netns.clone();
+    let container = lab.spec.containers[0].addr;
+    let (ext, remote) = (lab.spec.uplink_addr, lab.spec.remote_server);
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    const EXPERIMENT: i32 = 253;
+
+    // Out and back.
+    let remote_side = spawn_in(&wan, move || {
+        let raw = RawSender::of_protocol(EXPERIMENT);
+        // From the remote server's address (the wan device has another).
+        raw.bind(remote);
+        let got = raw.recv();
+        if got.is_some() {
+            assert!(raw.send(b"answer", ext), "the remote's answer");
+        }
+        got.map(|p| ip_src(&p))
+    });
+    thread::sleep(Duration::from_millis(200));
+    let container_side = spawn_in(&c, move || {
+        let raw = RawSender::of_protocol(EXPERIMENT);
+        assert!(raw.send(b"question", remote));
+        raw.recv()
+    });
+    let seen_from = remote_side.join().expect("remote");
+    let answer = container_side.join().expect("container");
+    assert_eq!(seen_from, Some(ext), "the remote sees the uplink's address");
+    let answer = answer.expect("the answer reaches the container");
+    assert!(answer.ends_with(b"answer"));
+
+    // An ICMP timestamp request: the remote receives nothing from the container's address.
+    let watcher = spawn_in(&wan, move || {
+        let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
+        let mut leaked = Vec::new();
+        while let Some(p) = raw.recv() {
+            if ip_src(&p) == container {
+                leaked.push(p);
+            }
+        }
+        leaked
+    });
+    thread::sleep(Duration::from_millis(200));
+    spawn_in(&c, move || {
+        let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
+        // type 13, code 0, checksum, id, seq, three timestamps
+        let mut msg = vec![13u8, 0, 0, 0, 0, 7, 0, 1];
+        msg.extend_from_slice(&[0; 12]);
+        let sum =
+            !crate::support::packet::fold(crate::support::packet::ones_complement_sum(&msg, 0));
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        assert!(raw.send(&msg, remote));
+    })
+    .join()
+    .expect("timestamp request");
+    assert!(
+        watcher.join().expect("watcher").is_empty(),
+        "a packet left with the container's address"
+    );
+
+    // Directly to the container from outside, with a route to it: nothing arrives.
+    let (ok, out) = ns_exec(
+        &wan,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{container}/32"),
+            "via",
+            &ext.to_string(),
+        ],
+    );
+    assert!(ok, "route to the container: {out}");
+    let inside = spawn_in(&c, move || RawSender::of_protocol(EXPERIMENT).recv());
+    thread::sleep(Duration::from_millis(200));
+    spawn_in(&wan, move || {
+        assert!(RawSender::of_protocol(EXPERIMENT).send(b"direct", container));
+    })
+    .join()
+    .expect("direct");
+    assert!(
+        inside.join().expect("inside").is_none(),
+        "a packet from outside reached the container directly"
+    );
+    let stats = stats_json(&host);
+    assert!(counter(&stats, "drop_untranslatable") >= 1);
+    assert!(counter(&stats, "drop_direct_access") >= 1);
 }
