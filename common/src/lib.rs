@@ -479,6 +479,10 @@ counters! {
     /// Dropped: a packet from a container that cannot be translated (an ICMP message other
     /// than echo and errors about its flows) and would leave with its internal address.
     DropUntranslatable => "drop_untranslatable",
+    /// Dropped: a container's packet (or ARP) from a source address that is not its own:
+    /// outside its bridge's subnets, the gateway's, another container's, or (on a port whose
+    /// addresses the loader knows) any address not assigned to it.
+    DropSpoofed => "drop_spoofed",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.
@@ -524,7 +528,9 @@ pub struct FragEntry {
     pub pad: u32,
 }
 
-/// A container seen on a bridge port (learned by the datapath from the frames it sends).
+/// A container on a bridge port: assigned by the loader (the address configured on the
+/// container's end of the port's veth), or learned by the datapath from the frames a port
+/// without assigned addresses sends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -532,8 +538,14 @@ pub struct Endpoint {
     /// The host-side interface (bridge port) the container is behind.
     pub port_ifindex: u32,
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    /// `ENDPOINT_*` bits.
+    pub flags: u8,
+    pub pad: u8,
 }
+
+/// Endpoint flag: written by the loader from the address configured on the container's
+/// veth, which a container cannot forge; never replaced by what the datapath learns.
+pub const ENDPOINT_ASSIGNED: u8 = 1 << 0;
 
 /// Bridge flag: inter-container traffic off (`--icc=false`).
 pub const BRIDGE_ICC_OFF: u32 = 1 << 0;
@@ -724,6 +736,9 @@ pub mod names {
     pub const MAP_PORTS: &str = "PORTS";
     /// Containers seen: address -> `Endpoint` (learned by the datapath).
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+    /// Bridge ports whose addresses the loader knows: port ifindex -> how many (a port
+    /// listed here may send only from those).
+    pub const MAP_ASSIGNED_PORTS: &str = "ASSIGNED_PORTS";
     /// Published ports: `PublishKey` -> `PublishTarget`.
     pub const MAP_PUBLISH: &str = "PUBLISH";
     /// Hairpin connections, both directions: tuple as sent -> `HairpinEntry`.

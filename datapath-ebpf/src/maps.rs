@@ -59,11 +59,17 @@ pub static BRIDGES: HashMap<u32, BridgeInfo, 64> = HashMap::new();
 #[btf_map]
 pub static PORTS: HashMap<u32, u32, 4096> = HashMap::new();
 
-/// Containers seen on the ports: address -> port and MAC. Learned from the frames they send,
-/// like a bridge's forwarding database; LRU because a container that went away is simply
-/// forgotten.
+/// Containers on the ports: address -> port and MAC. Assigned by the loader (the address on
+/// the container's veth), or learned from the frames a port sends, like a bridge's
+/// forwarding database. Not LRU: what a container on one port learns must never push out
+/// another's assigned address; the loader removes a port's entries when the port goes.
 #[btf_map]
-pub static ENDPOINTS: LruHashMap<u32, Endpoint, 65536> = LruHashMap::new();
+pub static ENDPOINTS: HashMap<u32, Endpoint, 65536> = HashMap::new();
+
+/// Ports whose addresses the loader assigned in `ENDPOINTS` (port ifindex -> how many): such
+/// a port may send from those addresses only.
+#[btf_map]
+pub static ASSIGNED_PORTS: HashMap<u32, u32, 4096> = HashMap::new();
 
 /// Published ports. Written by the loader at run time.
 #[btf_map]

@@ -1,17 +1,20 @@
 //! The program on each bridge port (the host side of a container's veth): frames from one
-//! container. It learns where containers are, enforces the bridge's policy (inter-container
-//! traffic, isolation between bridges, internal networks) and forwards what it can itself.
+//! container. It checks that a container sends only from its own address (learning where
+//! containers are when the loader has not told it), enforces the bridge's policy
+//! (inter-container traffic, isolation between bridges, internal networks) and forwards what
+//! it can itself.
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use bpfnat_common::{
     wire::{ETH_P_ARP, ETH_P_IP},
-    Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMP,
+    Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, ENDPOINT_ASSIGNED, HOOK_PORT_INGRESS,
+    IPPROTO_ICMP,
 };
 
 use crate::{
     fwd::{bridge_of, to_container, to_port, to_uplink},
     hairpin,
-    maps::{BRIDGES, ENDPOINTS, PORTS},
+    maps::{ASSIGNED_PORTS, BRIDGES, ENDPOINTS, PORTS},
     nat::{published, settings},
     parse::{parse, pull, read_at, Parsed, ETH_HLEN, IPV4_MIN_HLEN, IP_DST_OFF, IP_SRC_OFF},
     stats::{account, count},
@@ -22,35 +25,51 @@ use crate::{
 const ARP_SENDER_MAC_OFF: usize = ETH_HLEN + 8;
 const ARP_SENDER_IP_OFF: usize = ETH_HLEN + 14;
 
+/// Whether this port may send from `addr`, learning the address for it where that is how
+/// its containers are known. A port whose addresses the loader assigned (read from the
+/// container's own veth, which a container cannot forge) sends only from those; another port
+/// owns what it was first seen with. Never an address outside the bridge's subnets, nor the
+/// gateway's: a container must not draw traffic meant for the host or another bridge, nor
+/// leave with an address that is not its own.
 #[inline(always)]
-fn learn(port_ifindex: u32, bridge: u32, gateway: u32, addr: u32, mac: [u8; 6]) {
+fn check_source(
+    port_ifindex: u32,
+    bridge: u32,
+    gateway: u32,
+    addr: u32,
+    mac: [u8; 6],
+) -> Result<(), Counter> {
     if let Some(known) = ENDPOINTS.get_ptr(addr) {
         // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
         // whole program run (the verifier checks the lookup's result before any use).
         let known = unsafe { *known };
-        if known.port_ifindex != port_ifindex {
-            // The address belongs to a container on another port: first come, first served.
-            // A spoofed source must not take its traffic over; the loader forgets a port's
-            // containers when the port goes away, so a reused address is learned again.
-            return;
-        }
-        if known.mac == mac {
+        if known.port_ifindex == port_ifindex {
             // The common case, every packet of a known container: nothing to check again
             // (the entry passed the checks below when it was written) and nothing to write.
-            return;
+            if known.mac == mac || known.flags & ENDPOINT_ASSIGNED != 0 {
+                return Ok(());
+            }
+        } else {
+            // Another port's container: assigned to it, or first seen there. A spoofed
+            // source must not take its traffic over; the loader forgets a port's containers
+            // when the port goes away, so a reused address is found again.
+            return Err(Counter::DropSpoofed);
         }
+    } else if ASSIGNED_PORTS.get_ptr(port_ifindex).is_some() {
+        // The loader knows this port's addresses, and this is not one of them.
+        return Err(Counter::DropSpoofed);
     }
-    // Only addresses of this bridge's own subnets, and never the gateway's, so a container
-    // cannot draw traffic meant for the host or for another bridge.
     if addr == gateway || bridge_of(addr) != Some(bridge) {
-        return;
+        return Err(Counter::DropSpoofed);
     }
     let ep = Endpoint {
         port_ifindex,
         mac,
-        pad: [0; 2],
+        flags: 0,
+        pad: 0,
     };
     let _ = ENDPOINTS.insert(addr, ep, BPF_ANY as u64);
+    Ok(())
 }
 
 #[inline(always)]
@@ -80,7 +99,11 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
             ctx.load::<[u8; 6]>(ARP_SENDER_MAC_OFF),
             ctx.load::<u32>(ARP_SENDER_IP_OFF),
         ) {
-            learn(port_ifindex, bridge, info.gateway, ip, mac);
+            // A probe (sender 0.0.0.0) claims nothing; any other sender address must be the
+            // port's own, or its ARP would poison the other containers' and the host's caches.
+            if ip != 0 {
+                check_source(port_ifindex, bridge, info.gateway, ip, mac)?;
+            }
         }
         return Ok(NEXT);
     }
@@ -91,7 +114,11 @@ pub fn try_port_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     let dst: u32 = read_at(ctx, IP_DST_OFF).ok_or(malformed)?;
     let proto: u8 = read_at(ctx, ETH_HLEN + 9).ok_or(malformed)?;
     account(HOOK_PORT_INGRESS, proto, ctx.len());
-    learn(port_ifindex, bridge, info.gateway, src, src_mac);
+    if src == 0 {
+        // No address yet (DHCP): the kernel's to handle, never forwarded here.
+        return Ok(NEXT);
+    }
+    check_source(port_ifindex, bridge, info.gateway, src, src_mac)?;
 
     let cfg = settings();
     let external = cfg.map_or(0, |c| c.external_addr);

@@ -23,7 +23,7 @@ use crate::util::addr::{Ipv4Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 16] = [
+pub(crate) const PINNED_MAPS: [&str; 17] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -40,6 +40,7 @@ pub(crate) const PINNED_MAPS: [&str; 16] = [
     names::MAP_TRAFFIC,
     names::MAP_EMBRYONIC,
     names::MAP_EMBRYONIC_NEXT,
+    names::MAP_ASSIGNED_PORTS,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -461,9 +462,51 @@ impl Datapath {
         Ok((prog.take_link(id)?, Attached::New))
     }
 
-    /// Forget the containers learned behind a port that went away (so a new port given their
-    /// addresses is not passed over for a dead one). Returns how many.
+    /// The addresses configured on the container's end of port `port_ifindex` (and its
+    /// MAC): from now on the port may send from these only, and they are its own whatever
+    /// another port sent before. Replaces what was assigned or learned on the port.
+    pub fn assign_endpoints(
+        &mut self,
+        port_ifindex: u32,
+        mac: [u8; 6],
+        addrs: &[Ipv4Addr],
+    ) -> anyhow::Result<()> {
+        self.forget_endpoints_of(port_ifindex)?;
+        {
+            let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
+                HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
+            for addr in addrs {
+                let ep = Endpoint {
+                    port_ifindex,
+                    mac,
+                    flags: bpfnat_common::ENDPOINT_ASSIGNED,
+                    pad: 0,
+                };
+                endpoints
+                    .insert(bpfnat_common::addr_to_map(addr.octets()), ep, 0)
+                    .with_context(|| format!("assigning {addr} to a bridge port"))?;
+            }
+        }
+        let mut assigned: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS)?)?;
+        assigned
+            .insert(port_ifindex, addrs.len() as u32, 0)
+            .context("marking a bridge port's addresses as assigned")
+    }
+
+    /// Forget the containers assigned to or learned behind a port that went away (so a new
+    /// port given their addresses is not passed over for a dead one). Returns how many.
     pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+        {
+            let mut assigned: HashMap<&mut MapData, u32, u32> =
+                HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS)?)?;
+            // Absent (ENOENT) when nothing was assigned: nothing to undo.
+            if assigned.get(&port_ifindex, 0).is_ok() {
+                assigned
+                    .remove(&port_ifindex)
+                    .context("unmarking a bridge port")?;
+            }
+        }
         let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
             HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
         let doomed: Vec<u32> = endpoints

@@ -23,7 +23,10 @@ use log::{info, warn};
 
 use crate::{
     bpf::datapath::{Datapath, TcMode},
-    host::iface::{self, Link},
+    host::{
+        iface::{self, Link},
+        peer,
+    },
     util::addr::Ipv4Net,
 };
 
@@ -189,6 +192,11 @@ struct Port {
     pin: Option<std::path::PathBuf>,
     /// We added the clsact qdisc it hangs on (clsact mode): removed when we let go.
     added_clsact: bool,
+    /// The container's end, as last found and assigned (None: not found yet; the port's
+    /// containers are then learned from its traffic).
+    assigned: Option<peer::Peer>,
+    /// Searches for its container's end so far.
+    lookups: u32,
 }
 
 /// Finds the ports of the served bridges and keeps the port program attached to exactly
@@ -199,7 +207,12 @@ pub(crate) struct PortWatcher {
     uplink: u32,
     /// Bridge ifindex -> name.
     bridges: BTreeMap<u32, String>,
+    /// Bridge ifindex -> the addresses its containers may have: in its subnets, not its
+    /// gateway.
+    container_addrs: BTreeMap<u32, (Vec<Ipv4Net>, Option<Ipv4Addr>)>,
     ports: BTreeMap<u32, Port>,
+    /// Scans so far (every `REFRESH_SCANS`th one reads every port's addresses again).
+    scans: u64,
     /// Ports whose attachment failed, warned about once.
     failed: HashSet<u32>,
     /// The last scan failed (warned once).
@@ -219,7 +232,12 @@ impl PortWatcher {
                 .iter()
                 .map(|b| (b.ifindex, b.name.clone()))
                 .collect(),
+            container_addrs: bridges
+                .iter()
+                .map(|b| (b.ifindex, (b.subnets.clone(), b.gateway)))
+                .collect(),
             ports: BTreeMap::new(),
+            scans: 0,
             failed: HashSet::new(),
             scan_failing: false,
             missing: HashSet::new(),
@@ -237,7 +255,8 @@ impl PortWatcher {
         match iface::links(handle).await {
             Ok(links) => {
                 self.scan_failing = false;
-                self.apply(dp, handle, &links).await
+                self.apply(dp, handle, &links).await;
+                self.assign_addresses(dp, &links).await;
             }
             Err(e) => {
                 if !self.scan_failing {
@@ -334,6 +353,65 @@ impl PortWatcher {
         }
     }
 
+    /// Tell the datapath the addresses of the containers behind the ports, read on their
+    /// end of the veth (see [`peer`]): for ports whose container was not found yet (the first
+    /// `LOOKUPS` scans after it appears, then with every refresh), and for every port every
+    /// `REFRESH_SCANS` scans (an address may change). A port whose container is not found
+    /// (a namespace without a name) keeps learning its containers from their traffic.
+    pub(crate) async fn assign_addresses(&mut self, dp: &mut Datapath, links: &[Link]) {
+        const LOOKUPS: u32 = 10;
+        const REFRESH_SCANS: u64 = 30;
+        self.scans += 1;
+        let refresh = self.scans.is_multiple_of(REFRESH_SCANS);
+        let wanted: Vec<peer::PortRef> = self
+            .ports
+            .iter_mut()
+            .filter(|(_, p)| refresh || (p.assigned.is_none() && p.lookups < LOOKUPS))
+            .filter_map(|(&port, p)| {
+                p.lookups = p.lookups.saturating_add(1);
+                let peer = links.iter().find(|l| l.index == port)?.peer?;
+                Some(peer::PortRef { port, peer })
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let found = tokio::task::spawn_blocking(move || peer::find(&wanted))
+            .await
+            .unwrap_or_default();
+        for (index, mut found) in found {
+            let Some(port) = self.ports.get_mut(&index) else {
+                continue;
+            };
+            if let Some((subnets, gateway)) = self.container_addrs.get(&port.bridge) {
+                found
+                    .addrs
+                    .retain(|a| subnets.iter().any(|n| n.contains(*a)) && Some(*a) != *gateway);
+            }
+            // No address yet (the runtime sets it after plugging the veth): look again.
+            if found.addrs.is_empty() || port.assigned.as_ref() == Some(&found) {
+                continue;
+            }
+            match dp.assign_endpoints(index, found.mac, &found.addrs) {
+                Ok(()) => {
+                    info!(
+                        "port {}: container {} ({}), from its veth",
+                        port.name,
+                        found
+                            .addrs
+                            .iter()
+                            .map(Ipv4Addr::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        iface::format_mac(&found.mac)
+                    );
+                    port.assigned = Some(found);
+                }
+                Err(e) => warn!("port {}: {e:#}", port.name),
+            }
+        }
+    }
+
     async fn attach(
         &mut self,
         dp: &mut Datapath,
@@ -378,6 +456,8 @@ impl PortWatcher {
                     link,
                     pin,
                     added_clsact,
+                    assigned: None,
+                    lookups: 0,
                 })
             }
             Err(e) => {

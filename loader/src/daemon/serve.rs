@@ -162,6 +162,7 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         .collect();
         ports.prune(&mut dp, &uplink_pins);
     }
+    ports.assign_addresses(&mut dp, &links).await;
 
     let masqueraded: Vec<String> = bridges
         .iter()

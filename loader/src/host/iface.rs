@@ -130,6 +130,8 @@ pub(crate) struct Link {
     pub master: Option<u32>,
     /// Its hardware address, if it has a 6-byte one.
     pub mac: Option<[u8; 6]>,
+    /// A veth's peer (`IFLA_LINK`), as an ifindex in the peer's namespace.
+    pub peer: Option<u32>,
 }
 
 /// Every interface of the current network namespace, by rtnetlink (sysfs would show the
@@ -144,6 +146,7 @@ pub(crate) async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link
             name: String::new(),
             master: None,
             mac: None,
+            peer: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -152,6 +155,7 @@ pub(crate) async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link
                 LinkAttribute::Address(bytes) => {
                     link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok()
                 }
+                LinkAttribute::Link(peer) if *peer != 0 => link.peer = Some(*peer),
                 _ => {}
             }
         }

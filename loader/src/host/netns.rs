@@ -93,7 +93,7 @@ pub(crate) fn validate_ifname(name: &str) -> Result<()> {
 
 /// True when `path` is a mounted namespace file (not merely a leftover empty
 /// file, which is what a crash between "create file" and "bind mount" leaves).
-fn is_live_netns_mount(path: &Path) -> bool {
+pub(crate) fn is_live_netns_mount(path: &Path) -> bool {
     statfs(path).is_ok_and(|stat| stat.filesystem_type() == NSFS_MAGIC)
 }
 

@@ -287,3 +287,71 @@ fn item4_other_protocols_are_masqueraded_never_leaked() {
     assert_eq!(ingress(&mut dp, &direct_ts).0, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::DropDirectAccess).unwrap(), 2);
 }
+
+/// An ARP request from `sender` (IPv4 over Ethernet), as a frame.
+fn arp_from(sender: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xffu8; 6];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 172, 18, 0, 1]);
+    f
+}
+
+/// Item 5: a port whose container's address the loader read from the container's veth sends
+/// from that address only: a source outside the bridge's subnets (the uplink's address),
+/// the gateway's, another bridge's or an unused address of its own subnet is dropped, and so
+/// is an ARP claiming one. A port whose container is not known learns its first address, but
+/// never one outside its subnets.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item5_a_port_sends_only_from_its_own_addresses() {
+    let _slot = require_root();
+    let mut dp = bridged_datapath(0);
+    dp.assign_endpoints(1, [0x02, 0, 0, 0, 0, 0x02], &[NS1.parse().unwrap()])
+        .unwrap();
+    let from = |src: &str| {
+        Frame::new(
+            src,
+            NS2,
+            L4::Udp {
+                sport: 1000,
+                dport: 53,
+            },
+        )
+        .build()
+    };
+    let spoofed = ["172.18.0.50", EXTERNAL, "172.18.0.1", "172.19.0.2"];
+    for src in spoofed {
+        assert_eq!(
+            run(&mut dp, names::PROG_PORT, &from(src)).0,
+            TC_ACT_SHOT,
+            "from {src}"
+        );
+    }
+    assert_eq!(run(&mut dp, names::PROG_PORT, &from(NS1)).0, TCX_NEXT);
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &arp_from([172, 18, 0, 50])).0,
+        TC_ACT_SHOT,
+        "ARP claiming another address"
+    );
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &arp_from([172, 18, 0, 2])).0,
+        TCX_NEXT
+    );
+    assert_eq!(
+        dp.counter(Counter::DropSpoofed).unwrap(),
+        spoofed.len() as u64 + 1
+    );
+
+    // Unknown container: its first address is learned, an address outside is refused.
+    let mut dp = bridged_datapath(0);
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &from("172.18.0.50")).0,
+        TCX_NEXT
+    );
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &from(EXTERNAL)).0,
+        TC_ACT_SHOT
+    );
+}

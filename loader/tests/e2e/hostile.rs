@@ -439,3 +439,126 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
     assert!(counter(&stats, "drop_untranslatable") >= 1);
     assert!(counter(&stats, "drop_direct_access") >= 1);
 }
+
+fn run(ns: &str, args: &[&str]) {
+    let (ok, out) = ns_exec(ns, args);
+    assert!(ok, "{}: {out}", args.join(" "));
+}
+
+/// Item 5: a container cannot spoof. Its packets from the host's (uplink) address, or from an
+/// address of its subnet that is not its own, are dropped, not forwarded; and sending from an
+/// unused address does not make it that address's owner: the container later given that
+/// address gets its replies, its published connections and its neighbours' traffic, because
+/// a container's address is read from its end of the veth, which it cannot forge.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item5_containers_cannot_spoof_nor_take_an_address_over() {
+    let _slot = crate::support::require_root();
+    let lab = lab("bnt-ho-sp", 3, 3);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let spoofer = lab.spec.containers[0].netns.clone();
+    let neighbour = lab.spec.containers[1].netns.clone();
+    let late = lab.spec.containers[2].clone();
+    let (ext, remote) = (lab.spec.uplink_addr, lab.spec.remote_server);
+    let gateway = lab.spec.bridge_addr;
+    let unused = Ipv4Addr::new(10, 88, 3, 50);
+
+    // The third container is given the unused address, and plugged in only later.
+    run(&late.netns, &["ip", "addr", "flush", "dev", &late.ifname]);
+    run(
+        &late.netns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{unused}/24"),
+            "dev",
+            &late.ifname,
+        ],
+    );
+    run(
+        &late.netns,
+        &["ip", "route", "add", "default", "via", &gateway.to_string()],
+    );
+    run(&host, &["ip", "link", "set", &late.host_veth, "nomaster"]);
+    let publish = format!("8081:{unused}:80/tcp");
+    let _daemon = Daemon::start(
+        &host,
+        &["--uplink", "up0", "--bridge", "br0", "--publish", &publish],
+    );
+    let echo = udp_echo(
+        &wan,
+        SocketAddrV4::new(remote, 7800),
+        Duration::from_secs(20),
+    );
+
+    // The spoofer: a datagram from the host's address, and one from the unused address.
+    for src in [ext, unused] {
+        let mut f = Frame::new(
+            &src.to_string(),
+            &remote.to_string(),
+            L4::Udp {
+                sport: 40000,
+                dport: 7800,
+            },
+        );
+        f.payload = b"spoofed".to_vec();
+        let packet = f.ip_bytes();
+        spawn_in(&spoofer, move || {
+            assert!(RawSender::open().send(&packet, remote));
+        })
+        .join()
+        .expect("spoofer");
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        counter(&stats_json(&host), "drop_spoofed"),
+        2,
+        "both spoofed datagrams were dropped at the spoofer's port"
+    );
+
+    // The rightful owner of the address arrives.
+    run(
+        &host,
+        &["ip", "link", "set", &late.host_veth, "master", "br0"],
+    );
+    let service = echo_server(
+        &late.netns,
+        SocketAddrV4::new(unused, 80),
+        Arc::new(AtomicBool::new(false)),
+    );
+    drop(service); // runs until the lab goes
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answer = None;
+    while answer.is_none() && Instant::now() < deadline {
+        answer = udp_request(
+            &late.netns,
+            SocketAddrV4::new(remote, 7800),
+            b"mine".to_vec(),
+        );
+    }
+    let answer = answer.expect("the owner of the address gets its replies");
+    assert_eq!(echo_peer(&answer).map(|p| *p.ip()), Some(ext));
+    // Its published port, from outside.
+    let published = spawn_in(&wan, move || -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(ext, 8081)),
+            Duration::from_secs(5),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"hello\n")?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    })
+    .join()
+    .expect("client");
+    assert_eq!(
+        published.expect("the published connection reaches the owner"),
+        b"hello\n"
+    );
+    // Its neighbour on the bridge.
+    assert!(ping(&neighbour, unused), "the neighbour reaches the owner");
+    drop(echo);
+}
