@@ -211,6 +211,13 @@ pub struct NatEntry {
     /// (re)opened. The connection state is derived from both directions' bits
     /// ([`tcp_state`]).
     pub tcp_flags: u8,
+    /// TCP only (valid with `TCP_SEEN_SEQ`): the sequence number after the last byte (SYN
+    /// and FIN included) this direction has sent, host order.
+    pub seq_end: u32,
+    /// TCP only (valid with `TCP_SEEN_ACK`): the highest acknowledgement number this
+    /// direction has sent, host order. With the other direction's `seq_end` it bounds the
+    /// sequence numbers a RST or FIN of the other direction can carry.
+    pub max_ack: u32,
 }
 
 /// `NatEntry::tcp_flags`: this direction sent a FIN (same bit as in the TCP header).
@@ -225,6 +232,8 @@ pub const TCP_SEEN_ACK: u8 = 0x10;
 pub const TCP_SEEN_PEER_FIN: u8 = 0x20;
 /// This direction sent an ACK after the other direction's FIN.
 pub const TCP_SEEN_ACKED_PEER_FIN: u8 = 0x40;
+/// `seq_end` holds this direction's sequence space.
+pub const TCP_SEEN_SEQ: u8 = 0x80;
 
 /// TCP connection states, named as nf_conntrack names them.
 #[repr(u8)]
@@ -483,6 +492,15 @@ counters! {
     /// outside its bridge's subnets, the gateway's, another container's, or (on a port whose
     /// addresses the loader knows) any address not assigned to it.
     DropSpoofed => "drop_spoofed",
+    /// Dropped: a TCP RST outside the connection's window (a blind reset: only a sequence
+    /// number between what the other side acknowledged and what the sender sent closes a
+    /// connection).
+    DropTcpWindow => "drop_tcp_window",
+    /// TCP FINs outside the window: forwarded, but the connection's state is left alone.
+    TcpFinIgnored => "tcp_fin_ignored",
+    /// Dropped: a packet for a container whose TTL ran out at the host (the host's ICMP
+    /// time-exceeded would quote the container's address to the sender).
+    DropTtlExceeded => "drop_ttl_exceeded",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.
@@ -818,7 +836,7 @@ mod tests {
     #[test]
     fn sizes_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<NatEntry>(), 40);
+        assert_eq!(size_of::<NatEntry>(), 48);
         assert_eq!(size_of::<NatConfig>(), 16 + 52 + 4);
         assert_eq!(size_of::<Timeouts>(), 52);
         assert_eq!(size_of::<EmbryonicSlot>(), 24);

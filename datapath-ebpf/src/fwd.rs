@@ -85,7 +85,9 @@ pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
         return Ok(NEXT);
     };
     if !decrement_ttl(ctx)? {
-        return Ok(NEXT);
+        // Its TTL runs out here. Left to the host, it would be answered with an ICMP
+        // time-exceeded quoting it as translated, the container's address included.
+        return Err(Counter::DropTtlExceeded);
     }
     count(Counter::Forwarded);
     if let Some(ep) = ENDPOINTS.get_ptr(dst) {

@@ -16,11 +16,12 @@ use aya_ebpf::{
 };
 use bpfnat_common::{
     tcp_state,
-    wire::{TCP_ACK, TCP_FIN, TCP_SYN},
-    Counter, FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, IPPROTO_DCCP, IPPROTO_ICMP,
+    wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Counter, FlowKey, NatEntry, PublishKey, PublishTarget, IPPROTO_DCCP, IPPROTO_ICMP,
     IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, NAT_FLAG_ORIGINAL,
     NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
-    TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SYN,
+    TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SEQ,
+    TCP_SEEN_SYN,
 };
 
 use crate::{
@@ -302,15 +303,13 @@ pub fn create_mapping(
     if reply.dst_port != key.src_port {
         flags |= NAT_FLAG_PORT_REMAPPED;
     }
-    let outbound = NatEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        addr: cfg.external_addr,
-        port: reply.dst_port,
-        flags,
-        ..NatEntry::default()
-    };
-    match NAT_OUT.insert(key, outbound, BPF_NOEXIST as u64) {
+    // The original half is written over the search's copy of the reply half (inserted
+    // already): the egress program's stack has no room for a second entry.
+    let outbound = &mut search.inbound;
+    outbound.addr = cfg.external_addr;
+    outbound.port = reply.dst_port;
+    outbound.flags = flags;
+    match NAT_OUT.insert(key, &*outbound, BPF_NOEXIST as u64) {
         Ok(()) => count(Counter::NewMappings),
         Err(e) if e == -EEXIST => {
             // Another CPU mapped this same flow an instant earlier: use its mapping. Give
@@ -337,32 +336,109 @@ pub fn create_mapping(
     NAT_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)
 }
 
-/// Record a TCP segment's flags on the entry of its direction. The other half (`other` in
-/// `other_table`) is only looked up when a FIN must be announced to it, so the common case
-/// costs no extra lookup.
+/// What a TCP segment says of its sender's sequence space (host order).
+#[derive(Clone, Copy)]
+pub struct Segment {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// `seq` plus the payload's length, plus one for a SYN and for a FIN.
+    pub end: u32,
+}
+
+/// `lo <= x <= hi` in sequence-number space (modulo 2^32).
 #[inline(always)]
-pub fn track_tcp(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other: &FlowKey) {
+fn seq_between(x: u32, lo: u32, hi: u32) -> bool {
+    x.wrapping_sub(lo) <= hi.wrapping_sub(lo)
+}
+
+/// Whether `a` comes after `b` in sequence-number space.
+#[inline(always)]
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Whether a RST or FIN from the direction of `entry` is inside the connection's window, as
+/// nf_conntrack's `tcp_in_window` requires before it changes a connection's state: its
+/// sequence number lies between what the other direction has acknowledged and what this one
+/// has sent (a RST carries the sender's next sequence number, or the acknowledgement number
+/// of the segment it answers). A sender that has sent nothing yet can only be refusing the
+/// other side's SYN, and must acknowledge it exactly. With nothing known of either side (a
+/// connection picked up mid-stream) there is nothing to check.
+#[inline(always)]
+fn in_window(entry: *mut NatEntry, seg: &Segment, other_table: &NatTable, other: &FlowKey) -> bool {
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
-    let seen = unsafe { (*entry).tcp_flags };
+    let (own_seen, own_end) = unsafe { ((*entry).tcp_flags, (*entry).seq_end) };
+    let (peer_seen, peer_end, peer_ack) = match other_table.get_ptr(other) {
+        // SAFETY: as above.
+        Some(p) => unsafe { ((*p).tcp_flags, (*p).seq_end, (*p).max_ack) },
+        None => (0, 0, 0),
+    };
+    if own_seen & TCP_SEEN_SEQ != 0 {
+        let lo = if peer_seen & TCP_SEEN_ACK != 0 && !seq_after(peer_ack, own_end) {
+            peer_ack
+        } else {
+            own_end
+        };
+        return seq_between(seg.seq, lo, own_end);
+    }
+    if peer_seen & TCP_SEEN_SEQ != 0 && seg.flags & TCP_RST != 0 {
+        return seg.flags & TCP_ACK != 0 && seg.ack == peer_end;
+    }
+    true
+}
+
+/// Record a TCP segment on the entry of its direction: its flags, and how far its sequence
+/// space and its acknowledgements go. A RST outside the window is refused
+/// (`drop_tcp_window`); a FIN outside it is let through without touching the state. The
+/// other half (`other` in `other_table`) is only looked up for a RST or a FIN, so the common
+/// case costs no extra lookup.
+#[inline(always)]
+pub fn track_tcp(
+    entry: *mut NatEntry,
+    seg: &Segment,
+    other_table: &NatTable,
+    other: &FlowKey,
+) -> Result<(), Counter> {
+    let mut flags = seg.flags;
+    if flags & (TCP_RST | TCP_FIN) != 0 && !in_window(entry, seg, other_table, other) {
+        if flags & TCP_RST != 0 {
+            return Err(Counter::DropTcpWindow);
+        }
+        count(Counter::TcpFinIgnored);
+        flags &= !TCP_FIN;
+    }
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let (seen, seq_end, max_ack) =
+        unsafe { ((*entry).tcp_flags, (*entry).seq_end, (*entry).max_ack) };
     let mut bits = flags & (TCP_SEEN_FIN | TCP_SEEN_SYN | TCP_SEEN_RST | TCP_SEEN_ACK);
+    bits |= TCP_SEEN_SEQ;
     if flags & TCP_ACK != 0 && seen & TCP_SEEN_PEER_FIN != 0 {
         bits |= TCP_SEEN_ACKED_PEER_FIN;
     }
-    // Plain stores: a direction is normally handled by one CPU at a time; a lost bit only
-    // shortens or lengthens one idle timeout.
+    // Plain stores: a direction is normally handled by one CPU at a time; a lost update only
+    // shortens or lengthens one idle timeout, or widens the window a little.
     if bits & !seen != 0 {
-        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
-        // whole program run (the verifier checks the lookup's result before any use).
+        // SAFETY: as above.
         unsafe { (*entry).tcp_flags = seen | bits };
+    }
+    if seen & TCP_SEEN_SEQ == 0 || seq_after(seg.end, seq_end) {
+        // SAFETY: as above.
+        unsafe { (*entry).seq_end = seg.end };
+    }
+    if flags & TCP_ACK != 0 && (seen & TCP_SEEN_ACK == 0 || seq_after(seg.ack, max_ack)) {
+        // SAFETY: as above.
+        unsafe { (*entry).max_ack = seg.ack };
     }
     if flags & TCP_FIN != 0 && seen & TCP_SEEN_FIN == 0 {
         if let Some(peer) = other_table.get_ptr_mut(other) {
-            // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for
-            // the whole program run (the verifier checks the lookup's result before any use).
+            // SAFETY: as above.
             unsafe { (*peer).tcp_flags |= TCP_SEEN_PEER_FIN };
         }
     }
+    Ok(())
 }
 
 /// A new SYN on a mapping whose connection is over (TIME_WAIT, CLOSE, or both sides closed)
@@ -380,12 +456,19 @@ pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, other_table: &NatTable,
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     let state = unsafe { tcp_state((*entry).tcp_flags, (*peer).tcp_flags) };
-    if state.reusable() || state == TcpState::LastAck {
-        // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
-        // checked that every byte lies between data and data_end; unaligned access is allowed.
+    // Not LAST_ACK: the last ACK may still be on its way, and the kernel does not reopen
+    // it either.
+    if state.reusable() {
+        // A new connection: no flags, and its age (and a SYN_SENT's timeout) from now (the
+        // entry was just stamped with this packet's time).
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for
+        // the whole program run (the verifier checks the lookup's result before any use).
         unsafe {
+            let now = (*entry).last_seen_ns;
             (*entry).tcp_flags = 0;
+            (*entry).created_ns = now;
             (*peer).tcp_flags = 0;
+            (*peer).created_ns = now;
         }
         count(Counter::TcpReopened);
     }
@@ -402,7 +485,9 @@ pub fn create_published_mapping(
 ) -> Result<*mut NatEntry, Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let inbound = NatEntry {
+    // One entry on the stack for both halves (the ingress program's stack is nearly full):
+    // the client's half first, then the container's written over it.
+    let mut half = NatEntry {
         last_seen_ns: now,
         created_ns: now,
         addr: target.addr,
@@ -410,7 +495,7 @@ pub fn create_published_mapping(
         flags: NAT_FLAG_PUBLISHED,
         ..NatEntry::default()
     };
-    match NAT_IN.insert(key, inbound, BPF_NOEXIST as u64) {
+    match NAT_IN.insert(key, &half, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU created it an instant earlier: use theirs.
         Err(e) if e == -EEXIST => return NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull),
@@ -424,15 +509,10 @@ pub fn create_published_mapping(
         key.src_port,
         key.proto,
     );
-    let outbound = NatEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        addr: key.dst_addr,
-        port: key.dst_port,
-        flags: NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL,
-        ..NatEntry::default()
-    };
-    if NAT_OUT.insert(reply, outbound, BPF_NOEXIST as u64).is_err() {
+    half.addr = key.dst_addr;
+    half.port = key.dst_port;
+    half.flags = NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL;
+    if NAT_OUT.insert(reply, &half, BPF_NOEXIST as u64).is_err() {
         let _ = NAT_IN.remove(key);
         return Err(Counter::DropTableFull);
     }

@@ -17,6 +17,8 @@ use bpfnat_common::{
 pub const ETH_HLEN: usize = 14;
 /// IPv4 header checksum field, relative to the frame start.
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+/// IPv4 total length, relative to the frame start.
+pub const IP_TOT_LEN_OFF: usize = ETH_HLEN + 2;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 /// The TTL, and the protocol after it: one 16-bit word of the IPv4 header.

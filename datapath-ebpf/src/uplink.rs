@@ -8,7 +8,8 @@
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{
-        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_RST, TCP_SYN,
+        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
     Counter, FlowKey, NatEntry, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
     NAT_FLAG_PUBLISHED,
@@ -20,9 +21,11 @@ use crate::{
     maps::{NatTable, NAT_IN, NAT_OUT},
     nat::{
         create_mapping, create_published_mapping, published, reopen_if_closed, settings, touch,
-        track_tcp,
+        track_tcp, Segment,
     },
-    parse::{parse, read_at, Fragment, Packet, Parsed, IP_DST_OFF, IP_SRC_OFF},
+    parse::{
+        parse, read_at, Fragment, Packet, Parsed, ETH_HLEN, IP_DST_OFF, IP_SRC_OFF, IP_TOT_LEN_OFF,
+    },
     stats::{account, count},
     verdict::{pass, NEXT},
 };
@@ -120,7 +123,7 @@ fn apply(
         if opener {
             reopen_if_closed(entry, pkt.tcp_flags, dir.other_table(), &other);
         }
-        track_tcp(entry, pkt.tcp_flags, dir.other_table(), &other);
+        track_tcp(entry, &segment(ctx, pkt), dir.other_table(), &other)?;
     }
     let (port_off, old_port) = match dir {
         Dir::Egress => (pkt.l4.src_port_off, pkt.src_port),
@@ -144,6 +147,38 @@ fn apply(
         Dir::Ingress => Counter::IngressTranslated,
     });
     Ok(addr)
+}
+
+/// The sequence numbers of TCP segment `pkt`, read in packet memory (its fixed header and the
+/// IP header are linear, `parse` made them so). The payload's length comes from the IP
+/// header's total length (also right for GSO and GRO packets), or from the packet's when
+/// that is 0 (a BIG TCP packet).
+#[inline(always)]
+fn segment(ctx: &TcContext, pkt: &Packet) -> Segment {
+    let l4 = pkt.l4.src_port_off;
+    let seq = read_at::<u32>(ctx, l4 + 4).map_or(0, u32::from_be);
+    let ack = read_at::<u32>(ctx, l4 + 8).map_or(0, u32::from_be);
+    let doff = read_at::<u8>(ctx, l4 + 12).map_or(0, |b| (b >> 4) as u32 * 4);
+    let ip_len = read_at::<u16>(ctx, IP_TOT_LEN_OFF).map_or(0, u16::from_be) as u32;
+    let headers = (l4 - ETH_HLEN) as u32 + doff;
+    let total = if ip_len != 0 {
+        ip_len
+    } else {
+        ctx.len().saturating_sub(ETH_HLEN as u32)
+    };
+    let mut end = seq.wrapping_add(total.saturating_sub(headers));
+    if pkt.tcp_flags & TCP_SYN != 0 {
+        end = end.wrapping_add(1);
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        end = end.wrapping_add(1);
+    }
+    Segment {
+        flags: pkt.tcp_flags,
+        seq,
+        ack,
+        end,
+    }
 }
 
 /// A later fragment (no ports) of a datagram whose first fragment was translated: the same

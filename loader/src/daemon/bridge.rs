@@ -213,6 +213,8 @@ pub(crate) struct PortWatcher {
     ports: BTreeMap<u32, Port>,
     /// Scans so far (every `REFRESH_SCANS`th one reads every port's addresses again).
     scans: u64,
+    /// Bridges with inter-container traffic off: their ports are isolated in the kernel too.
+    isolated: HashSet<u32>,
     /// Ports whose attachment failed, warned about once.
     failed: HashSet<u32>,
     /// The last scan failed (warned once).
@@ -238,6 +240,11 @@ impl PortWatcher {
                 .collect(),
             ports: BTreeMap::new(),
             scans: 0,
+            isolated: bridges
+                .iter()
+                .filter(|b| !b.icc)
+                .map(|b| b.ifindex)
+                .collect(),
             failed: HashSet::new(),
             scan_failing: false,
             missing: HashSet::new(),
@@ -369,8 +376,12 @@ impl PortWatcher {
             .filter(|(_, p)| refresh || (p.assigned.is_none() && p.lookups < LOOKUPS))
             .filter_map(|(&port, p)| {
                 p.lookups = p.lookups.saturating_add(1);
-                let peer = links.iter().find(|l| l.index == port)?.peer?;
-                Some(peer::PortRef { port, peer })
+                let link = links.iter().find(|l| l.index == port)?;
+                Some(peer::PortRef {
+                    port,
+                    peer: link.peer?,
+                    peer_netns: link.peer_netns?,
+                })
             })
             .collect();
         if wanted.is_empty() {
@@ -420,6 +431,14 @@ impl PortWatcher {
         name: &str,
         bridge: u32,
     ) -> anyhow::Result<Port> {
+        // Inter-container traffic off: the kernel bridge isolates the port as well, so that
+        // what the port program does not see (flooded broadcast and multicast) or cannot
+        // (before it is attached, while the loader is down) does not pass either.
+        if self.isolated.contains(&bridge) {
+            iface::set_port_isolated(handle, index, true)
+                .await
+                .with_context(|| format!("isolating port {name}"))?;
+        }
         // Listed first: the program acts only on listed ports, so nothing happens before
         // both are in place.
         dp.add_port(index, bridge)?;

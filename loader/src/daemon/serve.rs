@@ -4,6 +4,7 @@ use std::{io::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, Context as _};
 use bpfnat_common::Counter;
+use futures::StreamExt as _;
 use log::{info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -279,8 +280,16 @@ async fn serve(
         current: Some(external),
         failing: false,
     };
+    // Link events: a new port is served (and checked, and isolated) as soon as it joins a
+    // bridge, not up to a scan interval later; the interval stays as a safety net.
+    let mut link_events = link_events()?;
     loop {
         tokio::select! {
+            Some(_) = link_events.next() => {
+                // A burst of events (a container starting) is one rescan.
+                while link_events.try_recv().is_ok() {}
+                ports.rescan(dp, netlink).await;
+            }
             _ = signals.int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = address_check.tick() => watch.check(dp, opts, netlink).await,
@@ -308,6 +317,26 @@ async fn serve(
             }
         }
     }
+}
+
+/// Netlink messages announcing link changes, as the connection hands them over.
+type LinkEvents = futures::channel::mpsc::UnboundedReceiver<(
+    netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+    netlink_sys::SocketAddr,
+)>;
+
+/// Link changes in the current namespace (`RTMGRP_LINK`).
+fn link_events() -> anyhow::Result<LinkEvents> {
+    use netlink_sys::{AsyncSocket as _, SocketAddr};
+    let (mut connection, _handle, messages) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket for link events")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+        .context("subscribing to link events")?;
+    tokio::spawn(connection);
+    Ok(messages)
 }
 
 /// Follows the uplink's primary IPv4 address, as MASQUERADE does: when it changes, the new

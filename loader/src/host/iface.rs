@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{anyhow, Context as _};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlag};
 
 use crate::util::addr::Ipv4Net;
@@ -121,6 +121,45 @@ pub(crate) async fn has_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> anyh
     Ok(false)
 }
 
+/// Set bridge port `index`'s isolation (`bridge link set dev PORT isolated on`): the kernel
+/// bridge then forwards nothing from it to another isolated port, flooded broadcast and
+/// multicast included, with or without the datapath (before its port program is attached,
+/// while the loader is down). Only a `RTM_NEWLINK` carries a port's bridge options.
+pub(crate) async fn set_port_isolated(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    isolated: bool,
+) -> anyhow::Result<()> {
+    use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage},
+        RouteNetlinkMessage,
+    };
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
+            isolated,
+        )])),
+    ]));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut handle = handle.clone();
+    let mut response = handle
+        .request(req)
+        .context("setting a bridge port's isolation")?;
+    while let Some(msg) = response.next().await {
+        if let netlink_packet_core::NetlinkPayload::Error(e) = msg.payload {
+            if let Some(code) = e.code {
+                return Err(std::io::Error::from_raw_os_error(-code.get()))
+                    .context("setting a bridge port's isolation");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the datapath needs to know of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Link {
@@ -132,6 +171,8 @@ pub(crate) struct Link {
     pub mac: Option<[u8; 6]>,
     /// A veth's peer (`IFLA_LINK`), as an ifindex in the peer's namespace.
     pub peer: Option<u32>,
+    /// The id of the peer's namespace (`IFLA_LINK_NETNSID`), when it is another one.
+    pub peer_netns: Option<i32>,
 }
 
 /// Every interface of the current network namespace, by rtnetlink (sysfs would show the
@@ -147,6 +188,7 @@ pub(crate) async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link
             master: None,
             mac: None,
             peer: None,
+            peer_netns: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -156,6 +198,7 @@ pub(crate) async fn links(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Link
                     link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok()
                 }
                 LinkAttribute::Link(peer) if *peer != 0 => link.peer = Some(*peer),
+                LinkAttribute::NetnsId(id) if *id >= 0 => link.peer_netns = Some(*id),
                 _ => {}
             }
         }

@@ -4,10 +4,11 @@
 //! (raw sockets need only CAP_NET_RAW, which containers get). So the addresses a port may send
 //! from are read there, not learned from its traffic.
 //!
-//! A port's peer is found by looking into the network namespaces that have a name: those of
-//! `ip netns` (`/run/netns`, where podman and CNI keep theirs too) and Docker's
-//! (`/run/docker/netns`). The peer is the veth there whose peer is the port, and which is the
-//! port's peer.
+//! A port's peer is found among the network namespaces that have a name: those of `ip netns`
+//! (`/run/netns`, where podman and CNI keep theirs too) and Docker's (`/run/docker/netns`).
+//! Its namespace is the one whose id (in the port's namespace) the port reports as its
+//! peer's (`IFLA_LINK_NETNSID`); the peer is the veth there whose peer is the port, and which
+//! is the port's peer.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
 use nix::sched::{setns, CloneFlags};
 
@@ -37,15 +38,19 @@ pub(crate) struct Peer {
     pub addrs: Vec<Ipv4Addr>,
 }
 
-/// A port to find the peer of: its ifindex and its peer's (`IFLA_LINK`), both as this
-/// namespace reports them.
+/// A port to find the peer of: its ifindex, its peer's (`IFLA_LINK`) and the id of the
+/// peer's namespace (`IFLA_LINK_NETNSID`), as this namespace reports them. Interface indexes
+/// repeat from one namespace to the next; the namespace id tells which one is the peer's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct PortRef {
     pub port: u32,
     pub peer: u32,
+    pub peer_netns: i32,
 }
 
-/// The peers of `ports` that could be found, by port ifindex. Blocking.
+/// The peers of `ports` that could be found, by port ifindex. Blocking: the namespaces'
+/// ids are asked of the kernel (`RTM_GETNSID`) from the calling thread's namespace, the one
+/// the ports are in, and only a peer's namespace is entered.
 pub(crate) fn find(ports: &[PortRef]) -> BTreeMap<u32, Peer> {
     let mut found = BTreeMap::new();
     if ports.is_empty() {
@@ -58,17 +63,75 @@ pub(crate) fn find(ports: &[PortRef]) -> BTreeMap<u32, Peer> {
         .filter(|p| is_live_netns_mount(p))
         .take(MAX_NAMESPACES)
         .collect();
-    for path in paths {
-        match peers_in(&path, ports) {
-            Ok(peers) => found.extend(peers),
-            // A namespace that went away meanwhile, or one we may not enter: not ours.
-            Err(e) => log::debug!("looking for port peers in {}: {e:#}", path.display()),
+    let ids = match namespace_ids(&paths) {
+        Ok(ids) => ids,
+        Err(e) => {
+            log::debug!("reading namespace ids: {e:#}");
+            return found;
         }
-        if found.len() == ports.len() {
-            break;
+    };
+    for (path, id) in paths.iter().zip(ids) {
+        let here: Vec<PortRef> = ports
+            .iter()
+            .filter(|p| Some(p.peer_netns) == id)
+            .copied()
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        match peers_in(path, &here) {
+            Ok(peers) => found.extend(peers),
+            // A namespace that went away meanwhile: nothing to find there.
+            Err(e) => log::debug!("looking for port peers in {}: {e:#}", path.display()),
         }
     }
     found
+}
+
+/// The id the current namespace knows each namespace of `paths` by (None: none assigned,
+/// so no interface here has its peer there, or the namespace is gone).
+fn namespace_ids(paths: &[PathBuf]) -> anyhow::Result<Vec<Option<i32>>> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        nsid::{NsidAttribute, NsidMessage},
+        RouteNetlinkMessage,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")?;
+    runtime.block_on(async {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        tokio::spawn(connection);
+        let mut ids = Vec::with_capacity(paths.len());
+        for path in paths {
+            let Ok(ns) = File::open(path) else {
+                ids.push(None);
+                continue;
+            };
+            let mut msg = NsidMessage::default();
+            msg.attributes.push(NsidAttribute::Fd(
+                std::os::fd::AsRawFd::as_raw_fd(&ns) as u32
+            ));
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+            req.header.flags = NLM_F_REQUEST;
+            let mut id = None;
+            let mut response = handle.clone().request(req).context("RTM_GETNSID")?;
+            while let Some(reply) = response.next().await {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) =
+                    reply.payload
+                {
+                    id = m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(i) if *i >= 0 => Some(*i),
+                        _ => None,
+                    });
+                }
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    })
 }
 
 /// The peers of `ports` inside the namespace mounted at `path`.
@@ -103,8 +166,8 @@ fn peers_in(path: &std::path::Path, ports: &[PortRef]) -> anyhow::Result<BTreeMa
                             _ => {}
                         }
                     }
-                    // A veth whose other end lives in another namespace, and which is the
-                    // peer of one of our ports while that port is its peer.
+                    // The veth that is the peer of one of our ports while that port is its
+                    // peer (its other end lives in another namespace: ours).
                     let Some(port) = ports
                         .iter()
                         .find(|p| Some(p.port) == link && p.peer == msg.header.index)

@@ -46,7 +46,7 @@ use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables,
-    table::timeouts::{idle_timeout, tcp_state_of},
+    table::timeouts::{idle_since, idle_timeout, tcp_state_of},
     util::addr::{proto_name, Ipv4Net},
 };
 
@@ -80,7 +80,7 @@ impl Connection {
         timeouts: &Timeouts,
         now_ns: u64,
     ) -> Self {
-        let last = reply_entry.map_or(out.last_seen_ns, |r| r.last_seen_ns.max(out.last_seen_ns));
+        let last = idle_since(original.proto, &out, reply_entry.as_ref());
         let created = reply_entry.map_or(out.created_ns, |r| r.created_ns.min(out.created_ns));
         Self {
             original,

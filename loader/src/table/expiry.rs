@@ -13,7 +13,7 @@ use crate::{
     bpf::datapath::NatTables,
     table::{
         conntrack,
-        timeouts::{idle_timeout, monotonic_ns, shortest_timeout},
+        timeouts::{idle_since, idle_timeout, monotonic_ns, shortest_timeout},
     },
 };
 
@@ -129,9 +129,7 @@ impl Sweeper {
                     }
                     let reply = key.reply_key(&entry);
                     let reply_entry = inbound.get(&reply, 0).ok();
-                    let last = reply_entry.map_or(entry.last_seen_ns, |r| {
-                        r.last_seen_ns.max(entry.last_seen_ns)
-                    });
+                    let last = idle_since(key.proto, &entry, reply_entry.as_ref());
                     let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
                         .as_nanos() as u64;
                     if now.saturating_sub(last) > timeout {

@@ -49,6 +49,16 @@ pub(crate) fn idle_timeout(
     Duration::from_secs(u64::from(secs))
 }
 
+/// Since when a mapping counts as idle: its halves' last packet; but an attempt nobody
+/// answered (SYN_SENT) counts from its first SYN, when the mapping was created or reopened:
+/// retransmitted SYNs do not keep it alive.
+pub(crate) fn idle_since(proto: u8, out: &NatEntry, reply: Option<&NatEntry>) -> u64 {
+    if proto == IPPROTO_TCP && tcp_state_of(out, reply) == TcpState::SynSent {
+        return reply.map_or(out.created_ns, |r| r.created_ns.max(out.created_ns));
+    }
+    reply.map_or(out.last_seen_ns, |r| r.last_seen_ns.max(out.last_seen_ns))
+}
+
 /// Whether the side that did not open the mapping has never sent a packet: the `NAT_IN`
 /// half of a masqueraded flow (the remote), the `NAT_OUT` half of a published connection
 /// (the container).
@@ -138,5 +148,29 @@ mod tests {
         let syn = bpfnat_common::TCP_SEEN_SYN;
         assert_eq!(secs(&half(syn, 1, 0), None), 120);
         assert_eq!(shortest_timeout(&t, IPPROTO_TCP).as_secs(), 10);
+    }
+
+    /// A connection attempt nobody answered is idle since its first SYN, however many times
+    /// the SYN was sent again; any other mapping since its last packet.
+    #[test]
+    fn syn_retransmits_do_not_keep_an_attempt_alive() {
+        let syn = bpfnat_common::TCP_SEEN_SYN;
+        let attempt = NatEntry {
+            tcp_flags: syn,
+            packets: 5,
+            created_ns: 1_000,
+            last_seen_ns: 90_000,
+            ..NatEntry::default()
+        };
+        assert_eq!(idle_since(IPPROTO_TCP, &attempt, None), 1_000);
+        let answered = NatEntry {
+            tcp_flags: syn | bpfnat_common::TCP_SEEN_ACK,
+            packets: 1,
+            created_ns: 1_000,
+            last_seen_ns: 50_000,
+            ..NatEntry::default()
+        };
+        assert_eq!(idle_since(IPPROTO_TCP, &attempt, Some(&answered)), 90_000);
+        assert_eq!(idle_since(IPPROTO_UDP, &attempt, None), 90_000);
     }
 }

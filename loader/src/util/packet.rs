@@ -89,6 +89,9 @@ pub struct Frame {
     /// Fragment offset in 8-byte units, and the more-fragments flag.
     pub frag_offset: u16,
     pub more_fragments: bool,
+    /// TCP: sequence and acknowledgement numbers.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
 }
 
 impl Frame {
@@ -104,6 +107,8 @@ impl Frame {
             udp_no_checksum: false,
             frag_offset: 0,
             more_fragments: false,
+            tcp_seq: 0x0102_0304,
+            tcp_ack: 0,
         }
     }
 
@@ -131,7 +136,8 @@ impl Frame {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+                h[4..8].copy_from_slice(&self.tcp_seq.to_be_bytes());
+                h[8..12].copy_from_slice(&self.tcp_ack.to_be_bytes());
                 h[12] = 5 << 4; // data offset
                 h[13] = flags;
                 h[14..16].copy_from_slice(&64240u16.to_be_bytes()); // window

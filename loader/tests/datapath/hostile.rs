@@ -355,3 +355,104 @@ fn item5_a_port_sends_only_from_its_own_addresses() {
         TC_ACT_SHOT
     );
 }
+
+/// Item 7: a RST or FIN changes a connection's state only inside its window, as
+/// nf_conntrack's `tcp_in_window` requires. A blind RST (a sequence number the remote never
+/// sent) is dropped and counted; a blind FIN is forwarded (the endpoint judges it) but leaves
+/// the state alone; the remote's real RST closes the connection; and a RST refusing a SYN
+/// must acknowledge it.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item7_resets_and_fins_outside_the_window_change_nothing() {
+    let _slot = require_root();
+    use bpfnat_common::TcpState::*;
+    let (mut dp, sides) = super::tcp::converse(
+        "handshake",
+        &[
+            (true, SYN, SynSent),
+            (false, SYN | ACK, SynRecv),
+            (true, ACK, Established),
+        ],
+    );
+    let from_remote = |flags: u8, seq: u32, ack: u32| {
+        let mut f = tcp(REMOTE, EXTERNAL, 80, 40100, flags);
+        f.tcp_seq = seq;
+        f.tcp_ack = ack;
+        f
+    };
+    let remote = sides.remote_next;
+    for seq in [
+        remote.wrapping_add(1),
+        remote.wrapping_add(100_000),
+        remote.wrapping_sub(5_000_000),
+        0,
+    ] {
+        let (v, _) = ingress(&mut dp, &from_remote(RST, seq, 0));
+        assert_eq!(v, TC_ACT_SHOT, "blind RST at {seq}");
+        assert_eq!(super::tcp::only_tcp_state(&dp), Established);
+    }
+    assert_eq!(dp.counter(Counter::DropTcpWindow).unwrap(), 4);
+    let blind_fin = from_remote(FIN | ACK, remote.wrapping_add(70_000), sides.container_next);
+    let (v, got) = ingress(&mut dp, &blind_fin);
+    assert_eq!(v, TCX_NEXT, "a blind FIN is the endpoint's to judge");
+    assert_frame(
+        &got,
+        &with_dst(&blind_fin, NS1, None),
+        "blind FIN, translated",
+    );
+    assert_eq!(super::tcp::only_tcp_state(&dp), Established);
+    assert_eq!(dp.counter(Counter::TcpFinIgnored).unwrap(), 1);
+    // The remote's own RST, at its next sequence number.
+    let (v, _) = ingress(&mut dp, &from_remote(RST, remote, 0));
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(super::tcp::only_tcp_state(&dp), Close);
+
+    // A connection being refused: only a RST acknowledging the SYN closes it.
+    let (mut dp, sides) = super::tcp::converse("syn", &[(true, SYN, SynSent)]);
+    let wrong = from_remote(RST | ACK, 0, sides.container_next.wrapping_add(1));
+    assert_eq!(ingress(&mut dp, &wrong).0, TC_ACT_SHOT);
+    assert_eq!(super::tcp::only_tcp_state(&dp), SynSent);
+    let refused = from_remote(RST | ACK, 0, sides.container_next);
+    assert_eq!(ingress(&mut dp, &refused).0, TCX_NEXT);
+    assert_eq!(super::tcp::only_tcp_state(&dp), Close);
+}
+
+/// Item 9: a packet for a container whose TTL runs out at the host is dropped and counted:
+/// left to the host, its ICMP time-exceeded would quote the packet as translated, with the
+/// container's address, to the sender.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item9_packets_for_a_container_whose_ttl_runs_out_are_dropped() {
+    let _slot = require_root();
+    let mut dp = bridged_datapath(0);
+    publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
+    let mut syn = tcp(CLIENT, EXTERNAL, 45000, 8080, SYN);
+    syn.ttl = 1;
+    assert_eq!(ingress(&mut dp, &syn).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::DropTtlExceeded).unwrap(), 1);
+    syn.ttl = 2;
+    assert_eq!(ingress(&mut dp, &syn).0, TC_ACT_REDIRECT);
+}
+
+/// Item 9: a SYN does not reopen a mapping in LAST_ACK (the last ACK may still be on its
+/// way; the kernel does not reopen it either), only one whose connection is over.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item9_a_syn_does_not_reopen_last_ack() {
+    let _slot = require_root();
+    use bpfnat_common::TcpState::*;
+    let (mut dp, _) = super::tcp::converse(
+        "to last-ack",
+        &[
+            (true, SYN, SynSent),
+            (false, SYN | ACK, SynRecv),
+            (true, ACK, Established),
+            (true, FIN | ACK, FinWait),
+            (false, FIN | ACK, LastAck),
+        ],
+    );
+    let syn = tcp(NS1, REMOTE, 40100, 80, SYN);
+    assert_eq!(egress(&mut dp, &syn).0, TCX_NEXT);
+    assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 0);
+    assert_eq!(super::tcp::only_tcp_state(&dp), LastAck);
+}

@@ -3,7 +3,7 @@
 use super::*;
 
 /// The TCP state of the only mapping in the tables.
-fn only_tcp_state(dp: &Datapath) -> bpfnat_common::TcpState {
+pub(crate) fn only_tcp_state(dp: &Datapath) -> bpfnat_common::TcpState {
     let out: Vec<_> = dp.nat_out().unwrap().iter().map(Result::unwrap).collect();
     let inb: Vec<_> = dp.nat_in().unwrap().iter().map(Result::unwrap).collect();
     assert_eq!((out.len(), inb.len()), (1, 1), "exactly one mapping");
@@ -11,13 +11,50 @@ fn only_tcp_state(dp: &Datapath) -> bpfnat_common::TcpState {
 }
 
 /// One segment of a conversation: `true` = container -> outside, with its flags.
-type Step = (bool, u8, bpfnat_common::TcpState);
+pub(crate) type Step = (bool, u8, bpfnat_common::TcpState);
+
+/// Each side of a conversation numbers its bytes as a TCP does: from its own initial
+/// sequence number, acknowledging everything the other side sent (the datapath checks RSTs
+/// and FINs against both).
+pub(crate) struct Sides {
+    pub container_next: u32,
+    pub remote_next: u32,
+}
+
+impl Sides {
+    fn new() -> Self {
+        Self {
+            container_next: 1_000,
+            remote_next: 4_000_000_000,
+        }
+    }
+
+    /// Number `f`, a segment from the container (`outbound`) or from the remote.
+    fn number(&mut self, f: &mut Frame, outbound: bool, flags: u8) {
+        let (own, other) = if outbound {
+            (&mut self.container_next, self.remote_next)
+        } else {
+            (&mut self.remote_next, self.container_next)
+        };
+        f.tcp_seq = *own;
+        f.tcp_ack = if flags & ACK != 0 { other } else { 0 };
+        let len =
+            f.payload.len() as u32 + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0);
+        *own = own.wrapping_add(len);
+    }
+}
 
 fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
+    converse(name, steps).0
+}
+
+/// Run a conversation; the datapath, and where each side's sequence numbers are.
+pub(crate) fn converse(name: &str, steps: &[Step]) -> (Datapath, Sides) {
     let mut dp = datapath(None);
+    let mut sides = Sides::new();
     for (i, &(outbound, flags, want)) in steps.iter().enumerate() {
         let (verdict, got) = if outbound {
-            let f = Frame::new(
+            let mut f = Frame::new(
                 NS1,
                 REMOTE,
                 L4::Tcp {
@@ -26,11 +63,12 @@ fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
                     flags,
                 },
             );
+            sides.number(&mut f, true, flags);
             let r = egress(&mut dp, &f);
             assert_frame(&r.1, &with_src(&f, EXTERNAL, None), name);
             r
         } else {
-            let f = Frame::new(
+            let mut f = Frame::new(
                 REMOTE,
                 EXTERNAL,
                 L4::Tcp {
@@ -39,6 +77,7 @@ fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
                     flags,
                 },
             );
+            sides.number(&mut f, false, flags);
             let r = ingress(&mut dp, &f);
             assert_frame(&r.1, &with_dst(&f, NS1, None), name);
             r
@@ -52,7 +91,7 @@ fn run_conversation(name: &str, steps: &[Step]) -> Datapath {
             if outbound { "out" } else { "in" }
         );
     }
-    dp
+    (dp, sides)
 }
 
 /// Every state transition, driven by real segments through both programs.

@@ -562,3 +562,219 @@ fn item5_containers_cannot_spoof_nor_take_an_address_over() {
     assert!(ping(&neighbour, unused), "the neighbour reaches the owner");
     drop(echo);
 }
+
+/// Item 7: blind RSTs do not close a connection. A remote that knows a connection's
+/// addresses and ports but not its sequence numbers sends RSTs across the sequence space;
+/// they are dropped (counted), the connection stays ESTABLISHED and is not swept (CLOSE
+/// would expire after 1 s here), and it keeps carrying data.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item7_blind_resets_do_not_close_a_connection() {
+    let _slot = crate::support::require_root();
+    let lab = lab("bnt-ho-rs", 4, 1);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let c = lab.spec.containers[0].netns.clone();
+    let (ext, remote) = (lab.spec.uplink_addr, lab.spec.remote_server);
+    let _daemon = Daemon::start(
+        &host,
+        &[
+            "--uplink",
+            "up0",
+            "--bridge",
+            "br0",
+            "--timeout",
+            "tcp_close=1",
+            "--sweep-interval",
+            "1",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&wan, SocketAddrV4::new(remote, 7900), stop.clone());
+    let mut conn = spawn_in(&c, move || {
+        TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(remote, 7900)),
+            Duration::from_secs(5),
+        )
+    })
+    .join()
+    .expect("connect thread")
+    .expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut echo = |text: &[u8]| -> bool {
+        let mut buf = [0u8; 64];
+        conn.write_all(text).is_ok() && conn.read(&mut buf).is_ok_and(|n| &buf[..n] == text)
+    };
+    assert!(echo(b"before\n"));
+    let entries = conntrack_json(&host, &["--proto", "tcp", "--dport", "7900"]);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let ext_port = entries[0]["external_port"].as_u64().expect("external port") as u16;
+
+    // 64 RSTs spread over the sequence space, from the remote's address and port.
+    spawn_in(&wan, move || {
+        let raw = RawSender::open();
+        for i in 0..64u32 {
+            let mut f = Frame::new(
+                &remote.to_string(),
+                &ext.to_string(),
+                L4::Tcp {
+                    sport: 7900,
+                    dport: ext_port,
+                    flags: 0x04,
+                },
+            );
+            f.payload.clear();
+            f.tcp_seq = i.wrapping_mul(0x0400_0000).wrapping_add(12345);
+            assert!(raw.send(&f.ip_bytes(), ext));
+        }
+    })
+    .join()
+    .expect("attacker");
+    // Long enough for a CLOSE mapping to expire and be swept.
+    thread::sleep(Duration::from_secs(3));
+    let entries = conntrack_json(&host, &["--proto", "tcp", "--dport", "7900"]);
+    assert_eq!(entries.len(), 1, "the connection's mapping is still there");
+    assert_eq!(entries[0]["state"], "ESTABLISHED", "{:?}", entries[0]);
+    assert!(echo(b"after\n"), "the connection still carries data");
+    assert_eq!(counter(&stats_json(&host), "drop_tcp_window"), 64);
+    stop.store(true, Ordering::Relaxed);
+    drop(conn);
+    server.join().ok();
+}
+
+/// Item 9: a packet for a container whose TTL runs out at the host is dropped: the sender
+/// gets no ICMP time-exceeded quoting the container's address (which the host would send,
+/// quoting the packet as translated).
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item9_no_time_exceeded_quotes_a_container_address() {
+    let _slot = crate::support::require_root();
+    let lab = lab("bnt-ho-tl", 5, 1);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let container = lab.spec.containers[0].addr;
+    let (ext, remote) = (lab.spec.uplink_addr, lab.spec.remote_server);
+    let publish = format!("8082:{container}:80/tcp");
+    let _daemon = Daemon::start(
+        &host,
+        &["--uplink", "up0", "--bridge", "br0", "--publish", &publish],
+    );
+    let watcher = spawn_in(&wan, move || {
+        let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
+        let mut quoting = Vec::new();
+        let octets = container.octets();
+        while let Some(p) = raw.recv() {
+            if p.windows(4).any(|w| w == octets) {
+                quoting.push(p);
+            }
+        }
+        quoting
+    });
+    thread::sleep(Duration::from_millis(200));
+    spawn_in(&wan, move || {
+        let mut syn = Frame::new(
+            &remote.to_string(),
+            &ext.to_string(),
+            L4::Tcp {
+                sport: 45500,
+                dport: 8082,
+                flags: 0x02,
+            },
+        );
+        syn.payload.clear();
+        syn.ttl = 1;
+        assert!(RawSender::open().send(&syn.ip_bytes(), ext));
+    })
+    .join()
+    .expect("sender");
+    let quoting = watcher.join().expect("watcher");
+    assert!(
+        quoting.is_empty(),
+        "ICMP quoting the container's address reached the sender: {quoting:?}"
+    );
+    assert_eq!(counter(&stats_json(&host), "drop_ttl_exceeded"), 1);
+}
+
+/// Item 9: with inter-container traffic off, broadcast and multicast do not pass between
+/// containers either (the kernel bridge floods them where the port program cannot stop
+/// them): the ports are isolated in the kernel bridge, including a port plugged in after
+/// the daemon started, and they stay isolated while the daemon is down.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item9_icc_off_holds_for_broadcast_new_ports_and_a_stopped_daemon() {
+    let _slot = crate::support::require_root();
+    let lab = lab("bnt-ho-ic", 6, 2);
+    let host = lab.spec.host_netns.clone();
+    let sender = lab.spec.containers[0].netns.clone();
+    let late = lab.spec.containers[1].clone();
+    run(&host, &["ip", "link", "set", &late.host_veth, "nomaster"]);
+    let daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0:icc=false"]);
+    run(
+        &host,
+        &["ip", "link", "set", &late.host_veth, "master", "br0"],
+    );
+    let isolated = |ns: &str, dev: &str| {
+        ns_exec(ns, &["bridge", "-d", "link", "show", "dev", dev])
+            .1
+            .contains("isolated on")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !isolated(&host, &late.host_veth) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(isolated(&host, &late.host_veth), "the new port is isolated");
+    assert!(isolated(&host, &lab.spec.containers[0].host_veth));
+
+    let broadcast = lab.spec.bridge_addr.octets();
+    let subnet_broadcast = Ipv4Addr::new(broadcast[0], broadcast[1], broadcast[2], 255);
+    let send_all = |sender: &str| {
+        spawn_in(sender, move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            sock.set_broadcast(true).expect("SO_BROADCAST");
+            sock.set_multicast_ttl_v4(1).ok();
+            for dst in [
+                Ipv4Addr::BROADCAST,
+                subnet_broadcast,
+                Ipv4Addr::new(224, 0, 0, 251),
+            ] {
+                let _ = sock.send_to(b"flood", SocketAddrV4::new(dst, 9999));
+            }
+        })
+        .join()
+        .expect("sender");
+    };
+    let receive = |ns: &str| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let h = spawn_in(ns, move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:9999").expect("bind receiver");
+            sock.join_multicast_v4(&Ipv4Addr::new(224, 0, 0, 251), &Ipv4Addr::UNSPECIFIED)
+                .ok();
+            sock.set_read_timeout(Some(Duration::from_millis(800))).ok();
+            ready_tx.send(()).ok();
+            let mut got = 0;
+            let mut buf = [0u8; 64];
+            while sock.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+            got
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("receiver");
+        h
+    };
+    let receiver = receive(&late.netns);
+    send_all(&sender);
+    assert_eq!(receiver.join().expect("receiver"), 0, "nothing passed");
+
+    // The daemon stops; the ports stay isolated.
+    let _ = daemon.stop();
+    assert!(isolated(&host, &late.host_veth));
+    let receiver = receive(&late.netns);
+    send_all(&sender);
+    assert_eq!(
+        receiver.join().expect("receiver"),
+        0,
+        "nothing passed while the daemon is down"
+    );
+}
