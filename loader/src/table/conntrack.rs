@@ -519,7 +519,7 @@ mod tests {
             addr: addr_to_map([192, 0, 2, 131]),
             port: port_to_map(sport),
             flags: NAT_FLAG_ORIGINAL,
-            tcp_flags: 0,
+            ..NatEntry::default()
         };
         let reply = reply_pkts.map(|p| NatEntry {
             last_seen_ns: 9_500_000_000,
@@ -528,8 +528,7 @@ mod tests {
             bytes: p * 50,
             addr: original.src_addr,
             port: original.src_port,
-            flags: 0,
-            tcp_flags: 0,
+            ..NatEntry::default()
         });
         let mut t = Timeouts::KERNEL;
         t.udp_both_ways = 4;
@@ -609,6 +608,7 @@ mod tests {
             port: port_to_map(80),
             flags: NAT_FLAG_PUBLISHED,
             tcp_flags,
+            ..NatEntry::default()
         };
         let out_entry = |tcp_flags, packets| NatEntry {
             addr: host,
@@ -619,14 +619,15 @@ mod tests {
         let t = Timeouts::KERNEL;
         let now = 10_000_000_000;
         use bpfnat_common::{TCP_SEEN_ACK as A, TCP_SEEN_SYN as S};
-        // The client's SYN, no answer yet.
+        // The client's SYN, no answer yet: its timeout runs from the SYN (1 s), not from the
+        // last packet (9 s).
         let c = Connection::new(out_key, out_entry(0, 0), Some(in_entry(S, 1)), &t, now);
         assert!(c.published());
         assert_eq!(c.state(), Some(TcpState::SynSent));
         assert_eq!(c.timeout, Duration::from_secs(u64::from(t.tcp_syn_sent)));
         assert_eq!(
             c.line(),
-            "tcp      6 119 SYN_SENT src=192.0.2.201 dst=192.0.2.101 sport=50000 dport=8080 \
+            "tcp      6 111 SYN_SENT src=192.0.2.201 dst=192.0.2.101 sport=50000 dport=8080 \
              packets=1 bytes=60 [UNREPLIED] src=10.92.1.2 dst=192.0.2.201 sport=80 dport=50000 \
              packets=0 bytes=0"
         );
