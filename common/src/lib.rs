@@ -620,7 +620,9 @@ pub struct HairpinEntry {
     pub dst_addr: u32,
     pub src_port: u16,
     pub dst_port: u16,
-    pub pad: u32,
+    /// TCP: the FIN and RST flags (as in the header) this direction has sent, for expiry.
+    pub tcp_flags: u8,
+    pub pad: [u8; 3],
 }
 
 /// Packets and bytes of one (hook, protocol) pair, in the per-CPU `TRAFFIC` array at index

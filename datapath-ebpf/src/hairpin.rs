@@ -9,10 +9,14 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
-use bpfnat_common::{Counter, FlowKey, HairpinEntry, PublishTarget};
+use bpfnat_common::{
+    wire::{TCP_FIN, TCP_RST},
+    Counter, FlowKey, HairpinEntry, PublishTarget,
+};
 
 use crate::{
     csum::{rewrite_addr, rewrite_port},
+    host,
     maps::HAIRPIN,
     parse::{Packet, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
@@ -33,22 +37,37 @@ fn key_of(pkt: &Packet) -> FlowKey {
     )
 }
 
-/// The rewrite for a packet of a known hairpin connection (either direction).
+/// The entry of a known hairpin connection (either direction) for `pkt`.
 #[inline(always)]
-pub fn lookup(pkt: &Packet) -> Option<HairpinEntry> {
-    let entry = HAIRPIN.get_ptr_mut(key_of(pkt))?;
+pub fn find(pkt: &Packet) -> Option<*mut HairpinEntry> {
+    HAIRPIN.get_ptr_mut(key_of(pkt))
+}
+
+/// A packet of the hairpin connection `entry`: stamp it, note the FIN and RST a TCP segment
+/// carries (the sweeper ages a closed connection sooner), and return the rewrite.
+#[inline(always)]
+pub fn touch(entry: *mut HairpinEntry, pkt: &Packet) -> HairpinEntry {
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST);
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
-        Some(*entry)
+        if closing & !(*entry).tcp_flags != 0 {
+            (*entry).tcp_flags |= closing;
+        }
+        *entry
     }
 }
 
 /// A new hairpin connection from `pkt` (to the host's address and a published port) to
 /// `target`, sourced from `gateway`. Returns the rewrite of this first packet.
 #[inline(always)]
-pub fn create(pkt: &Packet, target: &PublishTarget, gateway: u32) -> Result<HairpinEntry, Counter> {
+pub fn create(
+    ctx: &TcContext,
+    pkt: &Packet,
+    target: &PublishTarget,
+    gateway: u32,
+) -> Result<HairpinEntry, Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut gw_port = pkt.src_port;
@@ -56,13 +75,22 @@ pub fn create(pkt: &Packet, target: &PublishTarget, gateway: u32) -> Result<Hair
     while i < TRIES {
         // The answer's direction, as the published container will send it.
         let back_key = FlowKey::new(target.addr, gateway, target.port, gw_port, pkt.proto);
+        // A gateway port the host uses with that container (or has bound) is the host's.
+        if host::has_socket(ctx, pkt.proto, target.addr, gateway, target.port, gw_port) {
+            count(Counter::PortHostOwned);
+            // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
+            gw_port = ((1024 + unsafe { bpf_get_prandom_u32() } % 64512) as u16).to_be();
+            i += 1;
+            continue;
+        }
         let back = HairpinEntry {
             last_seen_ns: now,
             src_addr: pkt.dst_addr,
             dst_addr: pkt.src_addr,
             src_port: pkt.dst_port,
             dst_port: pkt.src_port,
-            pad: 0,
+            tcp_flags: 0,
+            pad: [0; 3],
         };
         if HAIRPIN.insert(back_key, back, BPF_NOEXIST as u64).is_ok() {
             let out = HairpinEntry {
@@ -71,7 +99,8 @@ pub fn create(pkt: &Packet, target: &PublishTarget, gateway: u32) -> Result<Hair
                 dst_addr: target.addr,
                 src_port: gw_port,
                 dst_port: target.port,
-                pad: 0,
+                tcp_flags: 0,
+                pad: [0; 3],
             };
             if HAIRPIN.insert(key_of(pkt), out, 0).is_err() {
                 let _ = HAIRPIN.remove(back_key);

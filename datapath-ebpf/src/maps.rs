@@ -76,10 +76,10 @@ pub static ASSIGNED_PORTS: HashMap<u32, u32, 4096> = HashMap::new();
 pub static PUBLISH: HashMap<PublishKey, PublishTarget, 16384> = HashMap::new();
 
 /// Hairpin connections (a container reaching a published port through the host's address),
-/// one entry per direction. LRU: rare, short-lived in practice, and a forgotten one only
-/// makes the next packet start a new hairpin mapping.
+/// one entry per direction. Aged by the loader's sweeper like the connection tables; not
+/// LRU, so that one container's many hairpin connections cannot push others' out.
 #[btf_map]
-pub static HAIRPIN: LruHashMap<FlowKey, HairpinEntry, 16384> = LruHashMap::new();
+pub static HAIRPIN: HashMap<FlowKey, HairpinEntry, 16384> = HashMap::new();
 
 /// What to trace; tracing is off while `enabled` is 0, and then costs one array read.
 #[btf_map]

@@ -25,7 +25,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    embryonic, host,
+    embryonic, fwd, host,
     maps::{NatTable, CONFIG, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
@@ -521,9 +521,21 @@ pub fn create_published_mapping(
     NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)
 }
 
-/// Where a published host port leads, if it is published (on this address or on all).
+/// Where a published host port leads, if it is published (on this address or on all) to a
+/// container that may be reached from outside: never one on an internal network, whatever
+/// the table says (a publish kept across a restart into a bridge now internal).
 #[inline(always)]
 pub fn published(proto: u8, host_addr: u32, host_port: u16) -> Option<PublishTarget> {
+    let target = published_target(proto, host_addr, host_port)?;
+    match fwd::bridge_of(target.addr) {
+        Some(bridge) if fwd::is_internal_bridge(bridge) => None,
+        _ => Some(target),
+    }
+}
+
+/// The published-port table's entry for a host port (on this address or on all).
+#[inline(always)]
+fn published_target(proto: u8, host_addr: u32, host_port: u16) -> Option<PublishTarget> {
     let exact = PublishKey {
         host_addr,
         host_port,

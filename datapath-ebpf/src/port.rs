@@ -183,8 +183,8 @@ fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
     if pkt.proto == IPPROTO_ICMP {
         return Ok(NEXT);
     }
-    let to = match hairpin::lookup(&pkt) {
-        Some(to) => to,
+    let to = match hairpin::find(&pkt) {
+        Some(entry) => hairpin::touch(entry, &pkt),
         None => {
             if external == 0 || pkt.dst_addr != external {
                 return Ok(NEXT);
@@ -203,7 +203,7 @@ fn hairpin_path(ctx: &TcContext, external: u32) -> Result<i32, Counter> {
             else {
                 return Ok(NEXT);
             };
-            hairpin::create(&pkt, &target, gateway)?
+            hairpin::create(ctx, &pkt, &target, gateway)?
         }
     };
     hairpin::rewrite(ctx, &pkt, &to)?;

@@ -98,16 +98,25 @@ pub struct Datapath {
 /// The directory of an instance's pinned TCX links.
 pub(crate) const LINKS_DIR: &str = "links";
 
-/// Where the link of `hook` on `iface` is pinned in instance directory `dir` (a `.` in the
-/// name becomes `_`: bpffs refuses dots).
+/// Where the link of `hook` on `iface` is pinned in instance directory `dir`. bpffs refuses
+/// dots in names, so the interface name is escaped, one-to-one: `_` becomes `__` and `.`
+/// becomes `_d` (`eth0.100` and `eth0_100`, both valid names, must not share a pin, or one
+/// interface's program would replace the other's).
 pub(crate) fn link_pin_path(dir: &Path, iface: &str, hook: TcAttachType) -> std::path::PathBuf {
     let hook = match hook {
         TcAttachType::Ingress => "ingress",
         TcAttachType::Egress => "egress",
         TcAttachType::Custom(_) => "custom",
     };
-    dir.join(LINKS_DIR)
-        .join(format!("{}-{hook}", iface.replace('.', "_")))
+    let mut name = String::with_capacity(iface.len() + 8);
+    for c in iface.chars() {
+        match c {
+            '_' => name.push_str("__"),
+            '.' => name.push_str("_d"),
+            c => name.push(c),
+        }
+    }
+    dir.join(LINKS_DIR).join(format!("{name}-{hook}"))
 }
 
 /// How a program came to hang on a hook.
@@ -679,6 +688,13 @@ impl Datapath {
         }
     }
 
+    /// The hairpin connections, writable (expiry).
+    pub(crate) fn hairpin_map(
+        &mut self,
+    ) -> anyhow::Result<HashMap<&mut MapData, FlowKey, bpfnat_common::HairpinEntry>> {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_HAIRPIN)?)?)
+    }
+
     /// Counters summed over all CPUs, in `Counter::ALL` order.
     pub(crate) fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
         read_counters(self.map(names::MAP_COUNTERS)?)
@@ -889,4 +905,32 @@ pub fn tcx_programs(iface: &str) -> anyhow::Result<Vec<AttachedProgram>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Item 12 of issue 13: interface names that differ only by `.` and `_` get different
+    /// link pins (bpffs refuses dots, and a shared pin let one interface's program replace
+    /// the other's).
+    #[test]
+    fn link_pins_of_dotted_and_underscored_names_differ() {
+        let dir = Path::new("/sys/fs/bpf/bpfnat/x");
+        let pin = |name| link_pin_path(dir, name, TcAttachType::Ingress);
+        let names = [
+            "eth0.100",
+            "eth0_100",
+            "eth0__100",
+            "eth0_d100",
+            "eth0.d100",
+            "eth0",
+        ];
+        let pins: std::collections::HashSet<_> = names.iter().map(|n| pin(n)).collect();
+        assert_eq!(pins.len(), names.len(), "{pins:?}");
+        for p in &pins {
+            assert!(!p.file_name().unwrap().to_string_lossy().contains('.'));
+        }
+        assert_eq!(pin("veth-ns1"), dir.join("links/veth-ns1-ingress"));
+    }
 }

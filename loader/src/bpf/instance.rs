@@ -45,7 +45,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::maps::{Array, Map, MapData};
-use bpfnat_common::{names, PublishKey, PublishTarget};
+use bpfnat_common::{names, HairpinEntry, PublishKey, PublishTarget};
 use log::{info, warn};
 
 /// Where every instance directory lives: `bpfnat/` in the bpffs (`/sys/fs/bpf/bpfnat`; the
@@ -607,7 +607,7 @@ impl PinnedMaps {
     ) -> anyhow::Result<(
         aya::maps::HashMap<&mut MapData, PublishKey, PublishTarget>,
         crate::bpf::datapath::NatTables<'_>,
-        aya::maps::HashMap<&mut MapData, bpfnat_common::FlowKey, bpfnat_common::HairpinEntry>,
+        aya::maps::HashMap<&mut MapData, bpfnat_common::FlowKey, HairpinEntry>,
     )> {
         Ok((
             aya::maps::HashMap::try_from(&mut self.publish)?,
@@ -657,10 +657,13 @@ impl PinnedMaps {
             };
             Ok(data.info()?.max_entries())
         };
+        let hairpin: aya::maps::HashMap<&MapData, bpfnat_common::FlowKey, HairpinEntry> =
+            aya::maps::HashMap::try_from(&self.hairpin)?;
         Ok(Occupancy {
             nat_out: count(&self.nat_out)?,
             nat_in: count(&self.nat_in)?,
             max_entries: max(&self.nat_out)?,
+            hairpin: hairpin.keys().filter(Result::is_ok).count() as u64,
         })
     }
 }
@@ -672,6 +675,8 @@ pub struct Occupancy {
     pub nat_in: u64,
     /// Capacity of each of the two maps.
     pub max_entries: u32,
+    /// Entries of the hairpin table (two per hairpin connection).
+    pub hairpin: u64,
 }
 
 #[cfg(test)]

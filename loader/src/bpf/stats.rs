@@ -46,6 +46,7 @@ impl Stats {
                 "nat_out": self.occupancy.nat_out,
                 "nat_in": self.occupancy.nat_in,
                 "max_entries": self.occupancy.max_entries,
+                "hairpin": self.occupancy.hairpin,
             },
             "traffic": self.traffic.iter().map(|t| json!({
                 "hook": t.hook, "proto": t.proto, "packets": t.packets, "bytes": t.bytes,

@@ -66,6 +66,11 @@ pub(crate) fn render(stats: &Stats) -> String {
     );
     let _ = writeln!(
         out,
+        "bpfnat_table_entries{{instance=\"{inst}\",table=\"hairpin\"}} {}",
+        stats.occupancy.hairpin
+    );
+    let _ = writeln!(
+        out,
         "# HELP bpfnat_table_max_entries Capacity of each connection-tracking map."
     );
     let _ = writeln!(out, "# TYPE bpfnat_table_max_entries gauge");
@@ -140,6 +145,7 @@ mod tests {
                 nat_out: 3,
                 nat_in: 4,
                 max_entries: 262_144,
+                hairpin: 2,
             },
             traffic: vec![crate::bpf::instance::TrafficRow {
                 hook: "uplink_egress",
@@ -158,6 +164,7 @@ mod tests {
             assert!(text.contains(&line), "missing {line}");
         }
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"nat_in\"} 4"));
+        assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"hairpin\"} 2"));
         assert!(text.contains("bpfnat_table_max_entries{instance=\"lab-host\"} 262144"));
         assert!(text.contains("bpfnat_traffic_bytes_total{instance=\"lab-host\",hook=\"uplink_egress\",proto=\"tcp\"} 300"));
         // Every sample line belongs to a declared metric family.

@@ -19,7 +19,9 @@ use crate::{
     },
     host::{iface, system},
     table::{conntrack, expiry, publish},
+    util::addr::Ipv4Net,
 };
+use bpfnat_common::{PublishKey, PublishTarget};
 
 /// How often the uplink's address is checked.
 const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -162,6 +164,7 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         .map(|hook| crate::bpf::datapath::link_pin_path(lock.dir(), &opts.uplink, hook))
         .collect();
         ports.prune(&mut dp, &uplink_pins);
+        forget_internal_publishes(&mut dp, &bridges)?;
     }
     ports.assign_addresses(&mut dp, &links).await;
 
@@ -304,6 +307,18 @@ async fn serve(
                     Ok(_) => {}
                     Err(e) => warn!("expiry sweep failed: {e:#}"),
                 }
+                if !sweeper.mid_pass() {
+                    // Hairpin connections age with every pass (their table is small).
+                    match dp.hairpin_map() {
+                        Ok(mut map) => {
+                            let n = expiry::sweep_hairpin(&mut map, &opts.timeouts);
+                            if n > 0 {
+                                info!("expired {n} hairpin connections");
+                            }
+                        }
+                        Err(e) => warn!("hairpin expiry failed: {e:#}"),
+                    }
+                }
                 next_sweep = if sweeper.mid_pass() {
                     tokio::time::Instant::now() + (started.elapsed() * SWEEP_PAUSE_FACTOR).max(Duration::from_millis(50))
                 } else {
@@ -317,6 +332,40 @@ async fn serve(
             }
         }
     }
+}
+
+/// After adopting pinned state: unpublish the ports that lead into a bridge that is now
+/// internal (nothing of an internal network is reachable from outside; the datapath refuses
+/// them anyway, this keeps `publish list` truthful).
+fn forget_internal_publishes(dp: &mut Datapath, bridges: &[Bridge]) -> anyhow::Result<()> {
+    let internal: Vec<Ipv4Net> = bridges
+        .iter()
+        .filter(|b| b.internal)
+        .flat_map(|b| b.subnets.iter().copied())
+        .collect();
+    if internal.is_empty() {
+        return Ok(());
+    }
+    let mut map = dp.publish_map()?;
+    let doomed: Vec<(PublishKey, PublishTarget)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, t)| {
+            let addr = Ipv4Addr::from(t.addr.to_ne_bytes());
+            internal.iter().any(|n| n.contains(addr))
+        })
+        .collect();
+    for (key, target) in doomed {
+        if map.remove(&key).is_ok() {
+            warn!(
+                "unpublished host port {} ({}): it leads to {}, on a bridge that is now internal",
+                u16::from_be(key.host_port),
+                crate::util::addr::proto_name(key.proto),
+                Ipv4Addr::from(target.addr.to_ne_bytes())
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Netlink messages announcing link changes, as the connection hands them over.

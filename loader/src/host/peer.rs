@@ -119,8 +119,7 @@ fn namespace_ids(paths: &[PathBuf]) -> anyhow::Result<Vec<Option<i32>>> {
             let mut id = None;
             let mut response = handle.clone().request(req).context("RTM_GETNSID")?;
             while let Some(reply) = response.next().await {
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) =
-                    reply.payload
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) = reply.payload
                 {
                     id = m.attributes.iter().find_map(|a| match a {
                         NsidAttribute::Id(i) if *i >= 0 => Some(*i),

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use bpfnat_common::{
     batch::{self, BatchAttr, BPF_MAP_LOOKUP_BATCH},
-    FlowKey, NatEntry, Timeouts,
+    FlowKey, HairpinEntry, NatEntry, Timeouts,
 };
 
 use crate::{
     bpf::datapath::NatTables,
     table::{
         conntrack,
-        timeouts::{idle_since, idle_timeout, monotonic_ns, shortest_timeout},
+        timeouts::{hairpin_timeout, idle_since, idle_timeout, monotonic_ns, shortest_timeout},
     },
 };
 
@@ -166,4 +166,49 @@ impl Sweeper {
             orphans: orphans.len() as u64,
         })
     }
+}
+
+/// The other direction of a hairpin connection's entry: the tuple its rewrite produces,
+/// reversed (the same for either direction).
+pub(crate) fn hairpin_partner(key: &FlowKey, to: &HairpinEntry) -> FlowKey {
+    FlowKey::new(
+        to.dst_addr,
+        to.src_addr,
+        to.dst_port,
+        to.src_port,
+        key.proto,
+    )
+}
+
+/// Expiry of hairpin connections (`HAIRPIN`, at most 16,384 entries, read whole): both
+/// directions of a connection idle past its timeout go together. Returns how many
+/// connections.
+pub fn sweep_hairpin<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    hairpin: &mut aya::maps::HashMap<T, FlowKey, HairpinEntry>,
+    timeouts: &Timeouts,
+) -> u64 {
+    let now = monotonic_ns();
+    let entries: std::collections::HashMap<FlowKey, HairpinEntry> =
+        hairpin.iter().filter_map(Result::ok).collect();
+    let mut removed = 0;
+    let mut done = std::collections::HashSet::new();
+    for (key, entry) in &entries {
+        if done.contains(key) {
+            continue;
+        }
+        let partner = hairpin_partner(key, entry);
+        let other = entries.get(&partner);
+        done.insert(*key);
+        done.insert(partner);
+        let last = other.map_or(entry.last_seen_ns, |o| {
+            o.last_seen_ns.max(entry.last_seen_ns)
+        });
+        let timeout = hairpin_timeout(timeouts, key.proto, entry, other).as_nanos() as u64;
+        if now.saturating_sub(last) > timeout {
+            let _ = hairpin.remove(key);
+            let _ = hairpin.remove(&partner);
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bpfnat_common::{
-    tcp_state, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    tcp_state,
+    wire::{TCP_FIN, TCP_RST},
+    HairpinEntry, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     NAT_FLAG_PUBLISHED,
 };
 
@@ -44,6 +46,27 @@ pub(crate) fn idle_timeout(
         IPPROTO_UDP if both_ways => timeouts.udp_both_ways,
         IPPROTO_UDP => timeouts.udp_one_way,
         IPPROTO_ICMP => timeouts.icmp,
+        _ => timeouts.generic,
+    };
+    Duration::from_secs(u64::from(secs))
+}
+
+/// How long a hairpin connection may stay idle, from its two directions (`a`, and `b` if
+/// present): closed TCP connections go soon, like a mapping's (RST: CLOSE; FIN both ways:
+/// TIME_WAIT; one way: FIN_WAIT); an open one gets ESTABLISHED's; UDP its both-ways timeout.
+pub(crate) fn hairpin_timeout(
+    timeouts: &Timeouts,
+    proto: u8,
+    a: &HairpinEntry,
+    b: Option<&HairpinEntry>,
+) -> Duration {
+    let (fa, fb) = (a.tcp_flags, b.map_or(0, |b| b.tcp_flags));
+    let secs = match proto {
+        IPPROTO_TCP if (fa | fb) & TCP_RST != 0 => timeouts.tcp_close,
+        IPPROTO_TCP if fa & fb & TCP_FIN != 0 => timeouts.tcp_time_wait,
+        IPPROTO_TCP if (fa | fb) & TCP_FIN != 0 => timeouts.tcp_fin_wait,
+        IPPROTO_TCP => timeouts.tcp_established,
+        IPPROTO_UDP => timeouts.udp_both_ways,
         _ => timeouts.generic,
     };
     Duration::from_secs(u64::from(secs))

@@ -1,6 +1,7 @@
-//! The host's own sockets share the uplink address with the containers' mappings (issue 13,
-//! items 1 and 8): a port the host uses is never handed to a container, and a mapping created
-//! by two CPUs at once keeps both halves. Each test names the item it covers.
+//! The host's own sockets share the uplink address with the containers' mappings, and the
+//! gateway address with hairpin connections (issue 13, items 1, 2 and 8): a port the host uses
+//! is never handed to a container nor to a hairpin connection, hairpin connections age, and a
+//! mapping created by two CPUs at once keeps both halves. Each test names the item it covers.
 
 use crate::support::{
     cli::{counter, stats_json},
@@ -10,9 +11,12 @@ use crate::support::{
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    sync::{Arc, Barrier},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Barrier,
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 fn lab(prefix: &str, n: u8) -> Lab {
@@ -269,4 +273,147 @@ fn conntrack_halves(host: &str) -> (usize, usize) {
         .filter(|e| e["reply_half"] != serde_json::Value::Bool(true))
         .count();
     (entries.len(), missing)
+}
+
+/// Connect from `local` (in `ns`) to `dst`, with a 3 s read timeout.
+fn connect_from(ns: &str, local: SocketAddrV4, dst: SocketAddrV4) -> std::io::Result<TcpStream> {
+    spawn_in(ns, move || -> std::io::Result<TcpStream> {
+        use nix::sys::socket::{
+            bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &SockaddrIn::from(local),
+        )?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &SockaddrIn::from(dst),
+        )?;
+        let stream = TcpStream::from(sock);
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(stream)
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// One line through an echo connection.
+fn echoes(stream: &mut TcpStream, text: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 64];
+    stream.write_all(text).is_ok() && stream.read(&mut buf).is_ok_and(|n| &buf[..n] == text)
+}
+
+fn hairpin_lab(
+    prefix: &str,
+    n: u8,
+) -> (
+    Lab,
+    Daemon,
+    SocketAddrV4,
+    Arc<AtomicBool>,
+    thread::JoinHandle<()>,
+) {
+    let lab = Lab::up(crate::support::topo::test_lab(
+        prefix,
+        [10, 87, n],
+        2,
+        Ipv4Addr::new(192, 0, 2, 40 + n),
+        Ipv4Addr::new(192, 0, 2, 50 + n),
+        Ipv4Addr::new(198, 51, 100, 87),
+    ));
+    let service = SocketAddrV4::new(lab.spec.containers[1].addr, 80);
+    let publish = format!("8083:{service}/tcp");
+    let daemon = Daemon::start(
+        &lab.spec.host_netns,
+        &[
+            "--uplink",
+            "up0",
+            "--bridge",
+            "br0",
+            "--publish",
+            &publish,
+            "--timeout",
+            "tcp_fin_wait=1",
+            "--timeout",
+            "tcp_time_wait=1",
+            "--sweep-interval",
+            "1",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab.spec.containers[1].netns, service, stop.clone());
+    (lab, daemon, service, stop, server)
+}
+
+/// Item 2: a hairpin connection (a container reaching a published port through the uplink
+/// address) never takes a gateway port the host itself uses with the published container: the
+/// host holds a connection from the gateway and a port to the container, then another
+/// container reaches the published port from that same port; both connections work.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item2_hairpin_avoids_the_hosts_own_connection_to_a_container() {
+    let _slot = require_root();
+    let (lab, _daemon, service, stop, server) = hairpin_lab("bnt-hs-hp", 4);
+    let host = lab.spec.host_netns.clone();
+    let client = lab.spec.containers[0].netns.clone();
+    let gateway = lab.spec.bridge_addr;
+    const PORT: u16 = 47100;
+    let mut host_conn = connect_from(&host, SocketAddrV4::new(gateway, PORT), service)
+        .expect("the host's connection to the container");
+    assert!(echoes(&mut host_conn, b"host-1"));
+    let published = SocketAddrV4::new(lab.spec.uplink_addr, 8083);
+    let mut hairpin = connect_from(
+        &client,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
+        published,
+    )
+    .expect("the hairpin connection");
+    assert!(
+        echoes(&mut hairpin, b"hairpin"),
+        "the hairpin connection works"
+    );
+    assert!(
+        echoes(&mut host_conn, b"host-2"),
+        "the host's connection still works"
+    );
+    assert!(counter(&stats_json(&host), "port_host_owned") >= 1);
+    stop.store(true, Ordering::Relaxed);
+    drop((host_conn, hairpin));
+    server.join().ok();
+}
+
+/// Item 2: hairpin connections age like mappings (the table is no longer an LRU that keeps
+/// them forever): a closed one is gone once its FIN timeouts pass.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item2_closed_hairpin_connections_expire() {
+    let _slot = require_root();
+    let (lab, _daemon, _service, stop, server) = hairpin_lab("bnt-hs-ha", 5);
+    let host = lab.spec.host_netns.clone();
+    let client = lab.spec.containers[0].netns.clone();
+    let published = SocketAddrV4::new(lab.spec.uplink_addr, 8083);
+    let hairpin_entries = || stats_json(&host)["table"]["hairpin"].as_u64();
+    let mut conn = connect_from(
+        &client,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        published,
+    )
+    .expect("the hairpin connection");
+    assert!(echoes(&mut conn, b"hello"));
+    assert_eq!(hairpin_entries(), Some(2), "one connection, two directions");
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hairpin_entries() != Some(0) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(hairpin_entries(), Some(0), "the closed connection expired");
+    stop.store(true, Ordering::Relaxed);
+    server.join().ok();
 }

@@ -298,3 +298,85 @@ fn item12_adopting_after_an_address_change_forgets_the_old_address() {
         [std::net::SocketAddr::from((new, 41500))]
     );
 }
+
+/// Item 12: a published port kept across a restart into a bridge that has become internal is
+/// dropped: the restarted daemon unpublishes it (with a warning), and connections from
+/// outside to it get nowhere.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item12_publish_into_a_bridge_now_internal_does_not_survive_adoption() {
+    let _slot = require_root();
+    let lab = lab("bnt-sh-in", 5);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let container = lab.spec.containers[0].clone();
+    let ext = lab.spec.uplink_addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = echo_server(
+        &container.netns,
+        SocketAddrV4::new(container.addr, 80),
+        stop.clone(),
+    );
+    let publish = format!("8084:{}:80/tcp", container.addr);
+    let published = SocketAddrV4::new(ext, 8084);
+    let reach = || {
+        spawn_in(&wan, move || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::V4(published),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        })
+        .join()
+        .expect("client")
+    };
+    let daemon = Daemon::start(
+        &host,
+        &["--uplink", "up0", "--bridge", "br0", "--publish", &publish],
+    );
+    assert!(reach(), "published while the bridge is not internal");
+    let _ = daemon.stop();
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0:internal"]);
+    let (ok, list, _) = bpfnat_in(&host, &["publish", "list"]);
+    assert!(ok && !list.contains("8084"), "still published: {list}");
+    assert!(!reach(), "the internal container is reachable from outside");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().ok();
+}
+
+/// Item 12: interfaces whose names differ only by `.` and `_` (`p.1`, `p_1`) each keep their
+/// own pinned link and program (a shared pin let one replace the other's program).
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item12_dotted_and_underscored_port_names_keep_their_own_programs() {
+    let _slot = require_root();
+    let lab = Lab::up(crate::support::topo::test_lab(
+        "bnt-sh-ln",
+        [10, 86, 6],
+        2,
+        Ipv4Addr::new(192, 0, 2, 26),
+        Ipv4Addr::new(192, 0, 2, 36),
+        Ipv4Addr::new(198, 51, 100, 86),
+    ));
+    let host = lab.spec.host_netns.clone();
+    let remote = lab.spec.remote_server;
+    for (container, name) in lab.spec.containers.iter().zip(["bnt-ln.1", "bnt-ln_1"]) {
+        run(&host, &["ip", "link", "set", &container.host_veth, "down"]);
+        run(
+            &host,
+            &["ip", "link", "set", &container.host_veth, "name", name],
+        );
+        run(&host, &["ip", "link", "set", name, "up"]);
+    }
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    for name in ["bnt-ln.1", "bnt-ln_1"] {
+        assert!(
+            tc_programs(&host, name).contains("port_ingress"),
+            "{name} has its own program: {:?}",
+            tc_programs(&host, name)
+        );
+    }
+    for c in &lab.spec.containers {
+        assert!(ping(&c.netns, remote), "{} reaches {remote}", c.netns);
+    }
+}

@@ -10,7 +10,10 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -568,4 +571,35 @@ impl Drop for HeldTcp {
         // Dropping the sender wakes the client, which closes; the server then sees EOF.
         self.release.take();
     }
+}
+
+/// A TCP echo server on `addr` in `ns`, until `stop`.
+pub fn echo_server(ns: &str, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind echo server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).ok();
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut sock, _)) => {
+                    thread::spawn(move || {
+                        sock.set_nonblocking(false).ok();
+                        sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = sock.read(&mut buf) {
+                            if n == 0 || sock.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("echo server ready");
+    h
 }
