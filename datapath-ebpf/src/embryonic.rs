@@ -74,7 +74,7 @@ fn evict_if_unanswered(key: &FlowKey, created: u64) {
         return; // a later connection of the same tuple, with its own slot
     }
     let original = FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto);
-    let answered = match NAT_OUT.get_ptr(&original) {
+    let answered = match NAT_OUT.get_ptr(original) {
         // SAFETY: as above.
         Some(out) => unsafe {
             (*out).packets > 0
@@ -87,7 +87,7 @@ fn evict_if_unanswered(key: &FlowKey, created: u64) {
         return;
     }
     // Original half first, then the reply half, as everywhere else.
-    let _ = NAT_OUT.remove(&original);
+    let _ = NAT_OUT.remove(original);
     let _ = NAT_IN.remove(key);
     count(Counter::EarlyDrops);
 }

@@ -289,7 +289,7 @@ pub fn create_mapping(
         }
         if host_uses(ctx, &search.reply) {
             // Give it back: the host's socket keeps it, the next search starts elsewhere.
-            let _ = NAT_IN.remove(&search.reply);
+            let _ = NAT_IN.remove(search.reply);
             continue;
         }
         claimed = true;
@@ -309,7 +309,7 @@ pub fn create_mapping(
     outbound.addr = cfg.external_addr;
     outbound.port = reply.dst_port;
     outbound.flags = flags;
-    match NAT_OUT.insert(key, &*outbound, BPF_NOEXIST as u64) {
+    match NAT_OUT.insert(key, *outbound, BPF_NOEXIST as u64) {
         Ok(()) => count(Counter::NewMappings),
         Err(e) if e == -EEXIST => {
             // Another CPU mapped this same flow an instant earlier: use its mapping. Give
@@ -495,7 +495,7 @@ pub fn create_published_mapping(
         flags: NAT_FLAG_PUBLISHED,
         ..NatEntry::default()
     };
-    match NAT_IN.insert(key, &half, BPF_NOEXIST as u64) {
+    match NAT_IN.insert(key, half, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU created it an instant earlier: use theirs.
         Err(e) if e == -EEXIST => return NAT_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull),
@@ -512,7 +512,7 @@ pub fn create_published_mapping(
     half.addr = key.dst_addr;
     half.port = key.dst_port;
     half.flags = NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL;
-    if NAT_OUT.insert(reply, &half, BPF_NOEXIST as u64).is_err() {
+    if NAT_OUT.insert(reply, half, BPF_NOEXIST as u64).is_err() {
         let _ = NAT_IN.remove(key);
         return Err(Counter::DropTableFull);
     }

@@ -11,7 +11,7 @@ use crate::support::{
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
