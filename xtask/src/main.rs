@@ -319,4 +319,39 @@ mod tests {
             v(&["-p", "bpfnat", "--", "--include-ignored", "--nocapture"])
         );
     }
+
+    /// Every test `docs/security.md` names (`datapath/FILE::NAME`, `e2e/FILE::NAME`,
+    /// `unit/PATH::NAME`) exists: a claim must not outlive the test that backs it.
+    #[test]
+    fn security_page_names_existing_tests() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = std::fs::read_to_string(root.join("docs/security.md")).expect("security.md");
+        let mut named = 0;
+        for cited in page.split('`').skip(1).step_by(2) {
+            let Some((kind, path)) = cited.split_once('/') else {
+                continue;
+            };
+            let Some((module, name)) = path.rsplit_once("::") else {
+                continue;
+            };
+            let file = match kind {
+                "datapath" | "e2e" => root.join(format!("loader/tests/{kind}/{module}.rs")),
+                "unit" => {
+                    // `a::b::tests::name` is a test in loader/src/a/b.rs.
+                    let module = module.trim_end_matches("::tests").replace("::", "/");
+                    root.join(format!("loader/src/{module}.rs"))
+                }
+                _ => continue,
+            };
+            let source = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{cited}: {}: {e}", file.display()));
+            assert!(
+                source.contains(&format!("fn {name}()")),
+                "{cited}: no test {name} in {}",
+                file.display()
+            );
+            named += 1;
+        }
+        assert!(named >= 30, "only {named} tests named");
+    }
 }
