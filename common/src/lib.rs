@@ -501,6 +501,9 @@ counters! {
     /// Dropped: a packet for a container whose TTL ran out at the host (the host's ICMP
     /// time-exceeded would quote the container's address to the sender).
     DropTtlExceeded => "drop_ttl_exceeded",
+    /// The host's own flows given another port because a container's mapping already held
+    /// their reply tuple (the host chose the port without knowing of the mapping).
+    HostFlowsRemapped => "host_flows_remapped",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.

@@ -227,13 +227,23 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
             // Only traffic from the containers' subnets is ours; the host's own traffic
             // (already sourced from the uplink address) passes untouched. One subnet lookup
             // answers both questions: whose, and which bridge.
-            let Some(bridge) = fwd::bridge_of(pkt.src_addr) else {
-                return Ok(pass(Counter::PassNoMatch));
-            };
-            // An internal network never leaves, even through the host's own forwarding
-            // (before the loader has attached the port program to a new container's port).
-            if fwd::is_internal_bridge(bridge) {
-                return Err(Counter::DropInternal);
+            match fwd::bridge_of(pkt.src_addr) {
+                Some(bridge) => {
+                    // An internal network never leaves, even through the host's own
+                    // forwarding (before the loader has attached the port program to a new
+                    // container's port).
+                    if fwd::is_internal_bridge(bridge) {
+                        return Err(Counter::DropInternal);
+                    }
+                }
+                // The host's own flow: its own, unless a container's mapping already holds
+                // its reply tuple (the host picked the port without knowing of the mapping).
+                // Then the peer's answers would go to the container: the host's flow gets
+                // another port instead, as nf_nat remaps a host flow that clashes.
+                None if pkt.src_addr == cfg.external_addr && clashes_with_a_mapping(&key) => {
+                    count(Counter::HostFlowsRemapped);
+                }
+                None => return Ok(pass(Counter::PassNoMatch)),
             }
             if pkt.proto == IPPROTO_TCP && !valid_tcp_flags(pkt.tcp_flags) {
                 return Err(Counter::DropInvalidTcp);
@@ -243,6 +253,20 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
     };
     apply(ctx, DIR, &pkt, &key, entry)?;
     Ok(NEXT)
+}
+
+/// Whether the host's own flow `key` (from the uplink address) has a reply tuple that a
+/// mapping already holds: the peer's answers to it would be translated for that mapping.
+#[inline(always)]
+fn clashes_with_a_mapping(key: &FlowKey) -> bool {
+    let reply = FlowKey::new(
+        key.dst_addr,
+        key.src_addr,
+        key.dst_port,
+        key.src_port,
+        key.proto,
+    );
+    NAT_IN.get_ptr(reply).is_some()
 }
 
 /// Egress of what is not a flow's packet: ICMP errors, later fragments, what passes.

@@ -456,3 +456,52 @@ fn item9_a_syn_does_not_reopen_last_ack() {
     assert_eq!(dp.counter(Counter::TcpReopened).unwrap(), 0);
     assert_eq!(super::tcp::only_tcp_state(&dp), LastAck);
 }
+
+/// Item 1, the other order: the host's own flow whose reply tuple a container's mapping
+/// already holds (the host picked the port without knowing of it) gets another port, as
+/// nf_nat remaps a clashing host flow; its answers come back to the host on its own port,
+/// and the container's keep going to the container.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item1_a_host_flow_clashing_with_a_mapping_gets_another_port() {
+    let _slot = require_root();
+    let mut dp = datapath(None);
+    let container = tcp(NS1, REMOTE, 40700, 80, SYN);
+    assert_eq!(egress(&mut dp, &container).0, TCX_NEXT);
+    assert_eq!(
+        external_port(&dp, &container),
+        40700,
+        "the container keeps its port"
+    );
+    let host = tcp(EXTERNAL, REMOTE, 40700, 80, SYN);
+    let (v, got) = egress(&mut dp, &host);
+    assert_eq!(v, TCX_NEXT);
+    let remapped = external_port(&dp, &host);
+    assert_ne!(remapped, 40700);
+    assert_frame(
+        &got,
+        &with_src(&host, EXTERNAL, Some(remapped)),
+        "host flow, remapped",
+    );
+    assert_eq!(dp.counter(Counter::HostFlowsRemapped).unwrap(), 1);
+    // Answers: the host's to the host (on its own port), the container's to the container.
+    let to_host = tcp(REMOTE, EXTERNAL, 80, remapped, SYN | ACK);
+    let (v, got) = ingress(&mut dp, &to_host);
+    assert_eq!(v, TCX_NEXT, "to the host's stack");
+    assert_frame(
+        &got,
+        &with_dst(&to_host, EXTERNAL, Some(40700)),
+        "answer to the host",
+    );
+    let to_container = tcp(REMOTE, EXTERNAL, 80, 40700, SYN | ACK);
+    let (_, got) = ingress(&mut dp, &to_container);
+    assert_frame(
+        &got,
+        &with_dst(&to_container, NS1, None),
+        "answer to the container",
+    );
+    // The host's flows that clash with nothing stay untouched.
+    let other = tcp(EXTERNAL, REMOTE, 40701, 80, SYN);
+    let (v, got) = egress(&mut dp, &other);
+    assert_eq!((v, got), (TCX_NEXT, other.build()));
+}

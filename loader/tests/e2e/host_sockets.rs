@@ -49,9 +49,11 @@ fn item1_host_udp_port_is_not_given_to_a_container() {
 
     // The peer: records who sent each datagram, answers the first two with a datagram to
     // the host's port, then reports.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let peer_thread = spawn_in(&wan, move || {
         let sock = UdpSocket::bind(peer).expect("bind peer");
         sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        ready_tx.send(()).ok();
         let mut from = Vec::new();
         let mut buf = [0u8; 64];
         while from.len() < 2 {
@@ -63,6 +65,9 @@ fn item1_host_udp_port_is_not_given_to_a_container() {
         }
         from
     });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the peer is listening");
     // The host's socket, connected to the peer.
     let host_sock = spawn_in(&host, move || {
         let sock = UdpSocket::bind(host_end).expect("bind the host's socket");
@@ -416,4 +421,42 @@ fn item2_closed_hairpin_connections_expire() {
     assert_eq!(hairpin_entries(), Some(0), "the closed connection expired");
     stop.store(true, Ordering::Relaxed);
     server.join().ok();
+}
+
+/// Item 1, the other order: a container holds a connection to a peer from its own port, kept
+/// on the uplink; then the host connects to the same peer from that same port (its kernel
+/// knows nothing of the container's mapping). The host's connection gets another external
+/// port, and both connections work.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item1_host_connection_on_a_port_a_container_holds_gets_another() {
+    let _slot = require_root();
+    let lab = lab("bnt-hs-rv", 6);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let c = lab.spec.containers[0].netns.clone();
+    let (uplink, remote) = (lab.spec.uplink_addr, lab.spec.remote_server);
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    let server = SocketAddrV4::new(remote, 7601);
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = echo_server(&wan, server, stop.clone());
+    const PORT: u16 = 47200;
+    let mut container_conn =
+        connect_from(&c, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT), server)
+            .expect("the container's connection");
+    assert!(echoes(&mut container_conn, b"container-1"));
+    let mut host_conn = connect_from(&host, SocketAddrV4::new(uplink, PORT), server)
+        .expect("the host connects from the port the container's mapping holds");
+    assert!(
+        echoes(&mut host_conn, b"host"),
+        "the host's connection works"
+    );
+    assert!(
+        echoes(&mut container_conn, b"container-2"),
+        "the container's connection still works"
+    );
+    assert!(counter(&stats_json(&host), "host_flows_remapped") >= 1);
+    stop.store(true, Ordering::Relaxed);
+    drop((container_conn, host_conn));
+    echo.join().ok();
 }

@@ -117,6 +117,25 @@ impl RawSender {
     }
 }
 
+/// Run `body` with a raw socket of `proto` opened in `ns`; returns once the socket is open,
+/// so that what is sent next cannot arrive before it.
+fn with_raw_socket<T: Send + 'static>(
+    ns: &str,
+    proto: i32,
+    body: impl FnOnce(RawSender) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || {
+        let raw = RawSender::of_protocol(proto);
+        ready_tx.send(()).ok();
+        body(raw)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("raw socket open");
+    h
+}
+
 /// A TCP segment from `src:sport` to `dst:dport` with `flags` and no payload, as IP bytes.
 fn segment(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = Frame::new(
@@ -329,8 +348,7 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
     const EXPERIMENT: i32 = 253;
 
     // Out and back.
-    let remote_side = spawn_in(&wan, move || {
-        let raw = RawSender::of_protocol(EXPERIMENT);
+    let remote_side = with_raw_socket(&wan, EXPERIMENT, move |raw| {
         // From the remote server's address (the wan device has another).
         raw.bind(remote);
         let got = raw.recv();
@@ -339,7 +357,6 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
         }
         got.map(|p| ip_src(&p))
     });
-    thread::sleep(Duration::from_millis(200));
     let container_side = spawn_in(&c, move || {
         let raw = RawSender::of_protocol(EXPERIMENT);
         assert!(raw.send(b"question", remote));
@@ -352,8 +369,7 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
     assert!(answer.ends_with(b"answer"));
 
     // An ICMP timestamp request: the remote receives nothing from the container's address.
-    let watcher = spawn_in(&wan, move || {
-        let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
+    let watcher = with_raw_socket(&wan, libc::IPPROTO_ICMP, move |raw| {
         let mut leaked = Vec::new();
         while let Some(p) = raw.recv() {
             if ip_src(&p) == container {
@@ -362,7 +378,6 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
         }
         leaked
     });
-    thread::sleep(Duration::from_millis(200));
     spawn_in(&c, move || {
         let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
         // type 13, code 0, checksum, id, seq, three timestamps
@@ -393,8 +408,7 @@ fn item4_other_protocols_leave_masqueraded_and_never_enter_directly() {
         ],
     );
     assert!(ok, "route to the container: {out}");
-    let inside = spawn_in(&c, move || RawSender::of_protocol(EXPERIMENT).recv());
-    thread::sleep(Duration::from_millis(200));
+    let inside = with_raw_socket(&c, EXPERIMENT, |raw| raw.recv());
     spawn_in(&wan, move || {
         assert!(RawSender::of_protocol(EXPERIMENT).send(b"direct", container));
     })
@@ -480,7 +494,11 @@ fn item5_containers_cannot_spoof_nor_take_an_address_over() {
         .join()
         .expect("spoofer");
     }
-    thread::sleep(Duration::from_millis(300));
+    // The raw datagrams go through the spoofer's neighbour resolution first: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(&stats_json(&host), "drop_spoofed") < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         counter(&stats_json(&host), "drop_spoofed"),
         2,
@@ -628,8 +646,7 @@ fn item9_no_time_exceeded_quotes_a_container_address() {
         &host,
         &["--uplink", "up0", "--bridge", "br0", "--publish", &publish],
     );
-    let watcher = spawn_in(&wan, move || {
-        let raw = RawSender::of_protocol(libc::IPPROTO_ICMP);
+    let watcher = with_raw_socket(&wan, libc::IPPROTO_ICMP, move |raw| {
         let mut quoting = Vec::new();
         let octets = container.octets();
         while let Some(p) = raw.recv() {
@@ -639,7 +656,6 @@ fn item9_no_time_exceeded_quotes_a_container_address() {
         }
         quoting
     });
-    thread::sleep(Duration::from_millis(200));
     spawn_in(&wan, move || {
         let mut syn = Frame::new(
             &remote.to_string(),
