@@ -303,7 +303,7 @@ async fn serve(
                     sweeper.step(&mut tables, &opts.timeouts, opts.sweep_interval * 2, SWEEP_SLICE)
                 });
                 match swept {
-                    Ok(r) if r.expired + r.orphans > 0 => info!("expired {} mappings, {} orphan halves", r.expired, r.orphans),
+                    Ok(r) if r.expired + r.orphans + r.repaired > 0 => info!("expired {} mappings, {} orphan halves; repaired {} mappings missing their reply half", r.expired, r.orphans, r.repaired),
                     Ok(_) => {}
                     Err(e) => warn!("expiry sweep failed: {e:#}"),
                 }

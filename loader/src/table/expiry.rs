@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bpfnat_common::{
     batch::{self, BatchAttr, BPF_MAP_LOOKUP_BATCH},
-    FlowKey, HairpinEntry, NatEntry, Timeouts,
+    wire::BPF_NOEXIST,
+    FlowKey, HairpinEntry, NatEntry, Timeouts, NAT_FLAG_PUBLISHED,
 };
 
 use crate::{
@@ -23,6 +24,9 @@ pub struct SweepReport {
     pub expired: u64,
     /// Reply entries removed because their original half was gone.
     pub orphans: u64,
+    /// Original halves whose reply half was gone, given it back (replies to the flow would
+    /// not be translated otherwise); or removed when another mapping had taken its tuple.
+    pub repaired: u64,
 }
 
 /// Up to `max` entries of the hash map behind `fd` from where `cursor` stopped (`None`: from
@@ -117,18 +121,28 @@ impl Sweeper {
         }
         let mut expired = Vec::new();
         let mut orphans = Vec::new();
+        let mut halfless = Vec::new();
         {
             let (out, inbound) = (&tables.out, &tables.inbound);
             if self.out_pending {
                 let (batch, end) = lookup_batch(out_fd, &mut self.out_cursor, budget)?;
                 self.out_pending = !end;
+                // The orphan pass also looks at the reply half of every live mapping.
+                let check_halves = self.in_pending;
                 for (key, entry) in batch {
                     let idle = now.saturating_sub(entry.last_seen_ns);
                     if idle <= shortest_timeout(timeouts, key.proto).as_nanos() as u64 {
+                        if check_halves && inbound.get(&key.reply_key(&entry), 0).is_err() {
+                            halfless.push((key, entry));
+                        }
                         continue; // alive whatever its other half says
                     }
                     let reply = key.reply_key(&entry);
                     let reply_entry = inbound.get(&reply, 0).ok();
+                    if reply_entry.is_none() && check_halves {
+                        halfless.push((key, entry));
+                        continue;
+                    }
                     let last = idle_since(key.proto, &entry, reply_entry.as_ref());
                     let timeout = idle_timeout(timeouts, key.proto, &entry, reply_entry.as_ref())
                         .as_nanos() as u64;
@@ -161,10 +175,41 @@ impl Sweeper {
             .chain(orphans.iter().copied())
             .collect();
         conntrack::remove_reply_halves(tables, &halves);
+        let repaired = halfless
+            .iter()
+            .filter(|(key, entry)| give_back_reply_half(tables, key, entry))
+            .count() as u64;
         Ok(SweepReport {
             expired: expired.len() as u64,
             orphans: orphans.len() as u64,
+            repaired,
         })
+    }
+}
+
+/// A mapping's original half `key` whose reply half is gone (nothing the datapath or the
+/// tools do leaves one behind now, but a mapping in that state translates its flow one way
+/// only, forever): give it its reply half back, as the datapath would have created it; if
+/// another mapping holds that reply tuple meanwhile, remove the original half instead, so the
+/// flow's next packet creates a whole mapping. Whether anything was done.
+fn give_back_reply_half(tables: &mut NatTables, key: &FlowKey, entry: &NatEntry) -> bool {
+    let reply = key.reply_key(entry);
+    let half = NatEntry {
+        last_seen_ns: entry.last_seen_ns,
+        created_ns: entry.created_ns,
+        addr: key.src_addr,
+        port: key.src_port,
+        flags: entry.flags & NAT_FLAG_PUBLISHED,
+        ..NatEntry::default()
+    };
+    match tables.inbound.insert(reply, half, BPF_NOEXIST) {
+        Ok(()) => true,
+        Err(_) => match tables.inbound.get(&reply, 0) {
+            // Taken back by the flow itself meanwhile.
+            Ok(back) if back.addr == key.src_addr && back.port == key.src_port => false,
+            Ok(_) => tables.out.remove(key).is_ok(),
+            Err(_) => false,
+        },
     }
 }
 

@@ -95,3 +95,46 @@ fn reply_half_taken_back_during_a_flush_survives_it() {
     assert_eq!(kept_deleted, 1);
     assert_eq!(dp.nat_in().unwrap().keys().count(), 0);
 }
+
+/// Item 8 of issue 13: a mapping whose reply half is gone (the race that left one behind is
+/// fixed, but a mapping in that state would translate its flow one way only, forever) gets
+/// its reply half back from the sweeper's orphan pass, even while the flow is busy; the
+/// replies are then translated again.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn item8_sweeper_gives_a_lost_reply_half_back() {
+    let _slot = require_root();
+    let mut dp = datapath(None);
+    let f = Frame::new(
+        NS1,
+        REMOTE,
+        L4::Udp {
+            sport: 40800,
+            dport: 53,
+        },
+    );
+    assert_eq!(egress(&mut dp, &f).0, TCX_NEXT);
+    let reply_keys: Vec<FlowKey> = dp.nat_in().unwrap().keys().map(Result::unwrap).collect();
+    dp.nat_in_mut().unwrap().remove(&reply_keys[0]).unwrap();
+    let answer = Frame::new(
+        REMOTE,
+        EXTERNAL,
+        L4::Udp {
+            sport: 53,
+            dport: 40800,
+        },
+    );
+    let (_, got) = ingress(&mut dp, &answer);
+    assert_eq!(got, answer.build(), "no reply half: not translated");
+    let report = bpfnat::table::expiry::Sweeper::default()
+        .step(
+            &mut dp.tables().unwrap(),
+            &bpfnat_common::Timeouts::KERNEL,
+            std::time::Duration::from_secs(1),
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(report.repaired, 1);
+    let (_, got) = ingress(&mut dp, &answer);
+    assert_frame(&got, &with_dst(&answer, NS1, None), "translated again");
+}
