@@ -273,14 +273,17 @@ fn parse_l4<R: Reader>(ctx: &R, ip: &Ipv4, l4_off: usize, quoted: bool) -> Resul
             };
             Ok(L4Kind::Packet(packet(ports[0], ports[1], 0, tcp_flags, l4)))
         }
-        IPPROTO_UDP => {
+        // UDP, and the protocols with its layout (ports, then a checksum over the
+        // pseudo-header at 6), translated like it, except that a zero UDP-Lite or DCCP
+        // checksum is not "none". Only UDP inside an ICMP error.
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP if ip.proto == IPPROTO_UDP || !quoted => {
             let hdr: [u16; 4] = ctx.read(l4_off).ok_or(Counter::DropMalformed)?;
             let l4 = L4 {
                 src_port_off: l4_off,
                 dst_port_off: l4_off + 2,
                 csum_off: l4_off + 6,
                 pseudo_header: true,
-                udp: true,
+                udp: ip.proto == IPPROTO_UDP,
             };
             Ok(L4Kind::Packet(packet(hdr[0], hdr[1], 0, 0, l4)))
         }
@@ -304,19 +307,6 @@ fn parse_l4<R: Reader>(ctx: &R, ip: &Ipv4, l4_off: usize, quoted: bool) -> Resul
                 }
                 _ => Ok(L4Kind::Pass(Counter::PassUnsupportedProto)),
             }
-        }
-        // Ports and a checksum over the pseudo-header, where UDP has them: translated like
-        // UDP (a zero UDP-Lite checksum is not "none").
-        IPPROTO_UDPLITE | IPPROTO_DCCP if !quoted => {
-            let hdr: [u16; 4] = ctx.read(l4_off).ok_or(Counter::DropMalformed)?;
-            let l4 = L4 {
-                src_port_off: l4_off,
-                dst_port_off: l4_off + 2,
-                csum_off: l4_off + 6,
-                pseudo_header: true,
-                udp: false,
-            };
-            Ok(L4Kind::Packet(packet(hdr[0], hdr[1], 0, 0, l4)))
         }
         // SCTP: ports, and a CRC32c over the packet that the addresses are not part of. The
         // datapath cannot recompute the CRC, so an association keeps its ports (a taken port

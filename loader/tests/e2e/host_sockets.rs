@@ -130,8 +130,10 @@ fn item1_host_tcp_port_is_not_given_to_a_container() {
     const PORT: u16 = 47001;
 
     // The server echoes one line per connection, with the client's address.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server_thread = spawn_in(&wan, move || {
         let listener = TcpListener::bind(server).expect("bind server");
+        ready_tx.send(()).ok();
         let mut peers = Vec::new();
         for _ in 0..2 {
             let (mut sock, peer) = listener.accept().expect("accept");
@@ -148,45 +150,21 @@ fn item1_host_tcp_port_is_not_given_to_a_container() {
         }
         peers
     });
-    let connect_from = |ns: &str, local: SocketAddrV4| {
-        spawn_in(ns, move || -> std::io::Result<TcpStream> {
-            let sock = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Stream,
-                nix::sys::socket::SockFlag::empty(),
-                None,
-            )?;
-            nix::sys::socket::bind(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                &nix::sys::socket::SockaddrIn::from(local),
-            )?;
-            nix::sys::socket::connect(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                &nix::sys::socket::SockaddrIn::from(server),
-            )?;
-            let stream = TcpStream::from(sock);
-            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-            Ok(stream)
-        })
-        .join()
-        .expect("connect thread")
-    };
-    let echo = |stream: &mut TcpStream, text: &[u8]| -> bool {
-        use std::io::{Read, Write};
-        let mut buf = [0u8; 64];
-        stream.write_all(text).is_ok() && stream.read(&mut buf).is_ok_and(|n| &buf[..n] == text)
-    };
-    let mut host_conn =
-        connect_from(&host, SocketAddrV4::new(uplink, PORT)).expect("the host's connection");
-    assert!(echo(&mut host_conn, b"host-1"));
-    let mut container_conn = connect_from(&c, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))
-        .expect("the container connects from the host's port");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the server is listening");
+    let mut host_conn = connect_from(&host, SocketAddrV4::new(uplink, PORT), server)
+        .expect("the host's connection");
+    assert!(echoes(&mut host_conn, b"host-1"));
+    let mut container_conn =
+        connect_from(&c, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT), server)
+            .expect("the container connects from the host's port");
     assert!(
-        echo(&mut container_conn, b"container"),
+        echoes(&mut container_conn, b"container"),
         "the container's connection works"
     );
     assert!(
-        echo(&mut host_conn, b"host-2"),
+        echoes(&mut host_conn, b"host-2"),
         "the host's connection still works after the container's"
     );
     let peers = server_thread.join().expect("server");
