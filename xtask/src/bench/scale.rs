@@ -142,40 +142,32 @@ fn now_ns() -> anyhow::Result<u64> {
 /// Mapping number `i`: internal 10.91.x.y:(1024+k) -> 198.18.x.y:443 over TCP, external
 /// UPLINK:(1024+k). None of it can match the benchmark's traffic (client 10.90.0.2, server
 /// 198.51.100.90).
-fn entry(i: u64, now: u64) -> ([u8; 16], [u8; 40], [u8; 16], [u8; 40]) {
+fn entry(i: u64, now: u64) -> (FlowKey, NatEntry, FlowKey, NatEntry) {
     let (j, k) = ((i / 60_000) as u16, (i % 60_000) as u16);
     let [jh, jl] = j.to_be_bytes();
-    let internal = [10, 91, jh, jl];
-    let remote = [198, 18, jh, jl];
-    let external = UPLINK_ADDR.octets();
-    let port = (1024 + k).to_be_bytes();
-    let rport = 443u16.to_be_bytes();
-    let key = |src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2]| {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&src);
-        b[4..8].copy_from_slice(&dst);
-        b[8..10].copy_from_slice(&sport);
-        b[10..12].copy_from_slice(&dport);
-        b[12] = IPPROTO_TCP;
-        b
-    };
-    let value = |addr: [u8; 4], port: [u8; 2], flags: u8| {
-        let mut b = [0u8; 40];
-        b[0..8].copy_from_slice(&now.to_ne_bytes()); // last_seen_ns
-        b[8..16].copy_from_slice(&now.to_ne_bytes()); // created_ns
-        b[16..24].copy_from_slice(&1u64.to_ne_bytes()); // packets
-        b[24..32].copy_from_slice(&60u64.to_ne_bytes()); // bytes
-        b[32..36].copy_from_slice(&addr);
-        b[36..38].copy_from_slice(&port);
-        b[38] = flags;
-        b[39] = SEEN_SYN_ACK;
-        b
+    let addr = |octets: [u8; 4]| u32::from_ne_bytes(octets);
+    let internal = addr([10, 91, jh, jl]);
+    let remote = addr([198, 18, jh, jl]);
+    let external = addr(UPLINK_ADDR.octets());
+    let port = (1024 + k).to_be();
+    let rport = 443u16.to_be();
+    // Typed, so the bytes follow the shared types' layout whatever it becomes.
+    let half = |addr: u32, flags: u8| NatEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        packets: 1,
+        bytes: 60,
+        addr,
+        port,
+        flags,
+        tcp_flags: SEEN_SYN_ACK,
+        ..NatEntry::default()
     };
     (
-        key(internal, remote, port, rport),
-        value(external, port, NAT_FLAG_ORIGINAL),
-        key(remote, external, rport, port),
-        value(internal, port, 0),
+        FlowKey::new(internal, remote, port, rport, IPPROTO_TCP),
+        half(external, NAT_FLAG_ORIGINAL),
+        FlowKey::new(remote, external, rport, port, IPPROTO_TCP),
+        half(internal, 0),
     )
 }
 
@@ -293,10 +285,10 @@ fn synthetic(from: u64, to: u64, write: bool) -> anyhow::Result<Duration> {
         );
         for i in start..end {
             let (k1, v1, k2, v2) = entry(i, now);
-            ok.extend_from_slice(&k1);
-            ov.extend_from_slice(&v1);
-            ik.extend_from_slice(&k2);
-            iv.extend_from_slice(&v2);
+            ok.extend_from_slice(bytemuck::bytes_of(&k1));
+            ov.extend_from_slice(bytemuck::bytes_of(&v1));
+            ik.extend_from_slice(bytemuck::bytes_of(&k2));
+            iv.extend_from_slice(bytemuck::bytes_of(&v2));
         }
         if write {
             inbound.update_batch(&ik, &iv, n)?;
