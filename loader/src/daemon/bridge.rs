@@ -197,6 +197,8 @@ struct Port {
     assigned: Option<peer::Peer>,
     /// Searches for its container's end so far.
     lookups: u32,
+    /// We isolated it in the kernel bridge (its bridge has inter-container traffic off).
+    isolated: bool,
 }
 
 /// Finds the ports of the served bridges and keeps the port program attached to exactly
@@ -434,7 +436,8 @@ impl PortWatcher {
         // Inter-container traffic off: the kernel bridge isolates the port as well, so that
         // what the port program does not see (flooded broadcast and multicast) or cannot
         // (before it is attached, while the loader is down) does not pass either.
-        if self.isolated.contains(&bridge) {
+        let isolated = self.isolated.contains(&bridge);
+        if isolated {
             iface::set_port_isolated(handle, index, true)
                 .await
                 .with_context(|| format!("isolating port {name}"))?;
@@ -477,6 +480,7 @@ impl PortWatcher {
                     added_clsact,
                     assigned: None,
                     lookups: 0,
+                    isolated,
                 })
             }
             Err(e) => {
@@ -586,10 +590,16 @@ impl PortWatcher {
                 link,
                 pin,
                 added_clsact,
+                isolated,
                 ..
             } = port;
+            // Kept: the isolation stays with the programs, so the bridge's policy holds while
+            // the loader is down. Stopped for good: the bridge is the kernel's again.
             if keep {
                 continue;
+            }
+            if isolated {
+                let _ = iface::set_port_isolated(handle, index, false).await;
             }
             if let Some(pin) = pin {
                 let _ = std::fs::remove_file(pin);

@@ -683,7 +683,8 @@ fn item9_no_time_exceeded_quotes_a_container_address() {
 /// Item 9: with inter-container traffic off, broadcast and multicast do not pass between
 /// containers either (the kernel bridge floods them where the port program cannot stop
 /// them): the ports are isolated in the kernel bridge, including a port plugged in after
-/// the daemon started, and they stay isolated while the daemon is down.
+/// the daemon started, and they stay isolated while the loader is down (stopped with
+/// `--keep`, the datapath running on); `down` gives the bridge back as it was.
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn item9_icc_off_holds_for_broadcast_new_ports_and_a_stopped_daemon() {
@@ -693,7 +694,11 @@ fn item9_icc_off_holds_for_broadcast_new_ports_and_a_stopped_daemon() {
     let sender = lab.spec.containers[0].netns.clone();
     let late = lab.spec.containers[1].clone();
     run(&host, &["ip", "link", "set", &late.host_veth, "nomaster"]);
-    let daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0:icc=false"]);
+    let daemon = Daemon::start(
+        &host,
+        &["--uplink", "up0", "--bridge", "br0:icc=false", "--keep"],
+    );
+    let _down = DownOnDrop(host.clone());
     run(
         &host,
         &["ip", "link", "set", &late.host_veth, "master", "br0"],
@@ -752,7 +757,7 @@ fn item9_icc_off_holds_for_broadcast_new_ports_and_a_stopped_daemon() {
     send_all(&sender);
     assert_eq!(receiver.join().expect("receiver"), 0, "nothing passed");
 
-    // The daemon stops; the ports stay isolated.
+    // The loader stops, keeping the datapath; the ports stay isolated.
     let _ = daemon.stop();
     assert!(isolated(&host, &late.host_veth));
     let receiver = receive(&late.netns);
@@ -762,4 +767,21 @@ fn item9_icc_off_holds_for_broadcast_new_ports_and_a_stopped_daemon() {
         0,
         "nothing passed while the daemon is down"
     );
+    // A normal stop gives the ports back: the next daemon (no --keep) adopts the state and,
+    // when it stops, lifts the isolation it set.
+    let daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0:icc=false"]);
+    let _ = daemon.stop();
+    assert!(
+        !isolated(&host, &late.host_veth),
+        "isolation lifted by a normal stop"
+    );
+}
+
+/// `bpfnat down` for an instance left pinned by `--keep`, even when the test fails.
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = crate::support::cli::bpfnat(&["--netns", &self.0, "down"]);
+    }
 }
