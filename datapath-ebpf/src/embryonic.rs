@@ -62,18 +62,16 @@ fn evict_if_unanswered(key: &FlowKey, created: u64) {
     };
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
-    let (in_created, addr, port, client_flags) = unsafe {
+    let (in_created, client_flags, original) = unsafe {
         (
             (*inbound).created_ns,
-            (*inbound).addr,
-            (*inbound).port,
             (*inbound).tcp_flags,
+            key.original_key(&*inbound),
         )
     };
     if in_created != created {
         return; // a later connection of the same tuple, with its own slot
     }
-    let original = FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto);
     let answered = match NAT_OUT.get_ptr(original) {
         // SAFETY: as above.
         Some(out) => unsafe {

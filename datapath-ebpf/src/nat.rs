@@ -360,17 +360,18 @@ fn seq_after(a: u32, b: u32) -> bool {
 
 /// Whether a RST or FIN from the direction of `entry` is inside the connection's window, as
 /// nf_conntrack's `tcp_in_window` requires before it changes a connection's state: its
-/// sequence number lies between what the other direction has acknowledged and what this one
-/// has sent (a RST carries the sender's next sequence number, or the acknowledgement number
-/// of the segment it answers). A sender that has sent nothing yet can only be refusing the
-/// other side's SYN, and must acknowledge it exactly. With nothing known of either side (a
-/// connection picked up mid-stream) there is nothing to check.
+/// sequence number lies between what the other direction (`peer`, the other half, if any)
+/// has acknowledged and what this one has sent (a RST carries the sender's next sequence
+/// number, or the acknowledgement number of the segment it answers). A sender that has sent
+/// nothing yet can only be refusing the other side's SYN, and must acknowledge it exactly.
+/// With nothing known of either side (a connection picked up mid-stream) there is nothing to
+/// check.
 #[inline(always)]
-fn in_window(entry: *mut NatEntry, seg: &Segment, other_table: &NatTable, other: &FlowKey) -> bool {
+fn in_window(entry: *mut NatEntry, seg: &Segment, peer: Option<*mut NatEntry>) -> bool {
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     let (own_seen, own_end) = unsafe { ((*entry).tcp_flags, (*entry).seq_end) };
-    let (peer_seen, peer_end, peer_ack) = match other_table.get_ptr(other) {
+    let (peer_seen, peer_end, peer_ack) = match peer {
         // SAFETY: as above.
         Some(p) => unsafe { ((*p).tcp_flags, (*p).seq_end, (*p).max_ack) },
         None => (0, 0, 0),
@@ -392,8 +393,8 @@ fn in_window(entry: *mut NatEntry, seg: &Segment, other_table: &NatTable, other:
 /// Record a TCP segment on the entry of its direction: its flags, and how far its sequence
 /// space and its acknowledgements go. A RST outside the window is refused
 /// (`drop_tcp_window`); a FIN outside it is let through without touching the state. The
-/// other half (`other` in `other_table`) is only looked up for a RST or a FIN, so the common
-/// case costs no extra lookup.
+/// other half (`other` in `other_table`) is looked up once, and only for a RST or a FIN, so
+/// the common case costs no extra lookup.
 #[inline(always)]
 pub fn track_tcp(
     entry: *mut NatEntry,
@@ -402,7 +403,12 @@ pub fn track_tcp(
     other: &FlowKey,
 ) -> Result<(), Counter> {
     let mut flags = seg.flags;
-    if flags & (TCP_RST | TCP_FIN) != 0 && !in_window(entry, seg, other_table, other) {
+    let peer = if flags & (TCP_RST | TCP_FIN) != 0 {
+        other_table.get_ptr_mut(other)
+    } else {
+        None
+    };
+    if flags & (TCP_RST | TCP_FIN) != 0 && !in_window(entry, seg, peer) {
         if flags & TCP_RST != 0 {
             return Err(Counter::DropTcpWindow);
         }
@@ -433,7 +439,7 @@ pub fn track_tcp(
         unsafe { (*entry).max_ack = seg.ack };
     }
     if flags & TCP_FIN != 0 && seen & TCP_SEEN_FIN == 0 {
-        if let Some(peer) = other_table.get_ptr_mut(other) {
+        if let Some(peer) = peer {
             // SAFETY: as above.
             unsafe { (*peer).tcp_flags |= TCP_SEEN_PEER_FIN };
         }

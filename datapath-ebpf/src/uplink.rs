@@ -259,14 +259,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
 /// mapping already holds: the peer's answers to it would be translated for that mapping.
 #[inline(always)]
 fn clashes_with_a_mapping(key: &FlowKey) -> bool {
-    let reply = FlowKey::new(
-        key.dst_addr,
-        key.src_addr,
-        key.dst_port,
-        key.src_port,
-        key.proto,
-    );
-    NAT_IN.get_ptr(reply).is_some()
+    NAT_IN.get_ptr(key.reversed()).is_some()
 }
 
 /// Egress of what is not a flow's packet: ICMP errors, later fragments, what passes.

@@ -275,22 +275,31 @@ pub fn run_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let ns_file = open_netns(name)?;
-    let ns_name = name.to_owned();
+    run_in_file(open_netns(name)?, name, f)
+}
+
+/// [`run_in`] for a namespace already opened (`ns_file`, e.g. one of Docker's, which are not
+/// under `/run/netns`); `label` names it in errors and in the thread's name.
+pub(crate) fn run_in_file<T: Send + 'static>(
+    ns_file: File,
+    label: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns_name = label.to_owned();
     thread::Builder::new()
         // The kernel keeps 15 bytes of a thread name; enough to spot it in `ps`.
-        .name(format!("ns:{name}"))
+        .name(format!("ns:{label}"))
         .spawn(move || -> Result<T> {
             setns(&ns_file, CloneFlags::CLONE_NEWNET)
                 .with_context(|| format!("setns into network namespace {ns_name}"))?;
             drop(ns_file);
             f()
         })
-        .with_context(|| format!("spawning thread for network namespace {name}"))?
+        .with_context(|| format!("spawning thread for network namespace {label}"))?
         .join()
         .map_err(|panic| {
             anyhow!(
-                "thread in network namespace {name} panicked: {}",
+                "thread in network namespace {label} panicked: {}",
                 panic_message(&*panic)
             )
         })?
@@ -455,19 +464,27 @@ where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
 {
-    run_in(name, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building tokio runtime for netlink")?;
-        runtime.block_on(async move {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().context("opening rtnetlink socket")?;
-            tokio::spawn(connection);
-            f(handle).await
-        })
+    run_in(name, move || block_on_netlink(f))
+        .with_context(|| format!("in network namespace {name}"))
+}
+
+/// Runs rtnetlink operations in the calling thread's namespace, blocking: a current-thread
+/// tokio runtime and a netlink socket made for them.
+pub(crate) fn block_on_netlink<T, F, Fut>(f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building tokio runtime for netlink")?;
+    runtime.block_on(async move {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening rtnetlink socket")?;
+        tokio::spawn(connection);
+        f(handle).await
     })
-    .with_context(|| format!("in network namespace {name}"))
 }
 
 /// The kernel errno carried by a netlink error reply, if any.

@@ -20,9 +20,8 @@ use std::{
 use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
-use nix::sched::{setns, CloneFlags};
 
-use super::netns::is_live_netns_mount;
+use super::netns::{block_on_netlink, is_live_netns_mount, run_in_file};
 
 /// Where named network namespaces are mounted.
 pub(crate) const NAMESPACE_DIRS: [&str; 2] = ["/run/netns", "/run/docker/netns"];
@@ -96,14 +95,7 @@ fn namespace_ids(paths: &[PathBuf]) -> anyhow::Result<Vec<Option<i32>>> {
         nsid::{NsidAttribute, NsidMessage},
         RouteNetlinkMessage,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building a tokio runtime")?;
-    runtime.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(connection);
+    block_on_netlink(|handle| async move {
         let mut ids = Vec::with_capacity(paths.len());
         for path in paths {
             let Ok(ns) = File::open(path) else {
@@ -137,67 +129,51 @@ fn namespace_ids(paths: &[PathBuf]) -> anyhow::Result<Vec<Option<i32>>> {
 fn peers_in(path: &std::path::Path, ports: &[PortRef]) -> anyhow::Result<BTreeMap<u32, Peer>> {
     let ns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let ports = ports.to_vec();
-    std::thread::Builder::new()
-        .name("peer-lookup".into())
-        .spawn(move || -> anyhow::Result<BTreeMap<u32, Peer>> {
-            setns(&ns, CloneFlags::CLONE_NEWNET).context("setns")?;
-            drop(ns);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building a tokio runtime")?;
-            runtime.block_on(async move {
-                let (connection, handle, _) =
-                    rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-                tokio::spawn(connection);
-                let mut out = BTreeMap::new();
-                let mut links = handle.link().get().execute();
-                let mut candidates = Vec::new();
-                while let Some(msg) = links.try_next().await.context("listing links")? {
-                    let (mut link, mut mac, mut other_ns) = (None, None, false);
-                    for attr in &msg.attributes {
-                        match attr {
-                            LinkAttribute::Link(l) => link = Some(*l),
-                            LinkAttribute::NetnsId(_) => other_ns = true,
-                            LinkAttribute::Address(a) => {
-                                mac = <[u8; 6]>::try_from(a.as_slice()).ok()
-                            }
-                            _ => {}
-                        }
-                    }
-                    // The veth that is the peer of one of our ports while that port is its
-                    // peer (its other end lives in another namespace: ours).
-                    let Some(port) = ports
-                        .iter()
-                        .find(|p| Some(p.port) == link && p.peer == msg.header.index)
-                    else {
-                        continue;
-                    };
-                    if let (true, Some(mac)) = (other_ns, mac) {
-                        candidates.push((port.port, msg.header.index, mac));
+    run_in_file(ns, "peer-lookup", move || {
+        block_on_netlink(|handle| async move {
+            let mut out = BTreeMap::new();
+            let mut links = handle.link().get().execute();
+            let mut candidates = Vec::new();
+            while let Some(msg) = links.try_next().await.context("listing links")? {
+                let (mut link, mut mac, mut other_ns) = (None, None, false);
+                for attr in &msg.attributes {
+                    match attr {
+                        LinkAttribute::Link(l) => link = Some(*l),
+                        LinkAttribute::NetnsId(_) => other_ns = true,
+                        LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                        _ => {}
                     }
                 }
-                for (port, index, mac) in candidates {
-                    let mut addrs = Vec::new();
-                    let mut stream = handle
-                        .address()
-                        .get()
-                        .set_link_index_filter(index)
-                        .execute();
-                    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
-                        if let Some(addr) = msg.attributes.iter().find_map(|a| match a {
-                            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                            _ => None,
-                        }) {
-                            addrs.push(addr);
-                        }
-                    }
-                    out.insert(port, Peer { mac, addrs });
+                // The veth that is the peer of one of our ports while that port is its
+                // peer (its other end lives in another namespace: ours).
+                let Some(port) = ports
+                    .iter()
+                    .find(|p| Some(p.port) == link && p.peer == msg.header.index)
+                else {
+                    continue;
+                };
+                if let (true, Some(mac)) = (other_ns, mac) {
+                    candidates.push((port.port, msg.header.index, mac));
                 }
-                Ok(out)
-            })
+            }
+            for (port, index, mac) in candidates {
+                let mut addrs = Vec::new();
+                let mut stream = handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute();
+                while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+                    if let Some(addr) = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    }) {
+                        addrs.push(addr);
+                    }
+                }
+                out.insert(port, Peer { mac, addrs });
+            }
+            Ok(out)
         })
-        .context("spawning a thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the lookup thread panicked"))?
+    })
 }

@@ -341,14 +341,7 @@ pub(crate) fn remove_hairpin<T: BorrowMut<MapData>>(
         if hairpin.remove(key).is_ok() {
             removed += 1;
         }
-        let back = FlowKey::new(
-            to.dst_addr,
-            to.src_addr,
-            to.dst_port,
-            to.src_port,
-            key.proto,
-        );
-        let _ = hairpin.remove(&back);
+        let _ = hairpin.remove(&crate::table::expiry::hairpin_partner(key, to));
     }
     removed
 }
