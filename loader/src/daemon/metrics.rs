@@ -54,21 +54,17 @@ pub(crate) fn render(stats: &Stats) -> String {
         "# HELP bpfnat_table_entries Entries in each connection-tracking map."
     );
     let _ = writeln!(out, "# TYPE bpfnat_table_entries gauge");
-    let _ = writeln!(
-        out,
-        "bpfnat_table_entries{{instance=\"{inst}\",table=\"nat_out\"}} {}",
-        stats.occupancy.nat_out
-    );
-    let _ = writeln!(
-        out,
-        "bpfnat_table_entries{{instance=\"{inst}\",table=\"nat_in\"}} {}",
-        stats.occupancy.nat_in
-    );
-    let _ = writeln!(
-        out,
-        "bpfnat_table_entries{{instance=\"{inst}\",table=\"hairpin\"}} {}",
-        stats.occupancy.hairpin
-    );
+    let o = &stats.occupancy;
+    for (table, entries) in [
+        ("nat_out", o.nat_out),
+        ("nat_in", o.nat_in),
+        ("hairpin", o.hairpin),
+    ] {
+        let _ = writeln!(
+            out,
+            "bpfnat_table_entries{{instance=\"{inst}\",table=\"{table}\"}} {entries}"
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP bpfnat_table_max_entries Capacity of each connection-tracking map."
