@@ -504,6 +504,9 @@ counters! {
     /// The host's own flows given another port because a container's mapping already held
     /// their reply tuple (the host chose the port without knowing of the mapping).
     HostFlowsRemapped => "host_flows_remapped",
+    /// Packets of a bridge with masquerade off (Docker's `enable_ip_masquerade=false`)
+    /// passed untranslated: the host routes them with the containers' own addresses.
+    PassNotMasqueraded => "pass_not_masqueraded",
 }
 
 /// Key of the fragment table: the datagram a non-first fragment belongs to.
@@ -572,6 +575,10 @@ pub const ENDPOINT_ASSIGNED: u8 = 1 << 0;
 pub const BRIDGE_ICC_OFF: u32 = 1 << 0;
 /// Bridge flag: internal network: no traffic leaves the subnet, no masquerade.
 pub const BRIDGE_INTERNAL: u32 = 1 << 1;
+/// Bridge flag: masquerade off (Docker's `com.docker.network.bridge.enable_ip_masquerade=
+/// false`): its containers' traffic is routed with their own addresses, untranslated; from
+/// outside, only a new TCP connection is refused (what else arrives is the host firewall's).
+pub const BRIDGE_NO_MASQUERADE: u32 = 1 << 2;
 
 /// A bridge the datapath serves, keyed by its interface index.
 #[repr(C)]

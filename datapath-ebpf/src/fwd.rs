@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext as _,
 };
-use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL};
+use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE};
 
 use crate::{
     csum::decrement_ttl,
@@ -36,13 +36,30 @@ pub fn is_internal(addr: u32) -> bool {
     bridge_of(addr).is_some()
 }
 
-/// Whether bridge `bridge` (an ifindex from [`bridge_of`]) is marked internal.
+/// The `BRIDGE_*` flags of bridge `bridge` (an ifindex from [`bridge_of`]; 0 if unknown).
 #[inline(always)]
-pub fn is_internal_bridge(bridge: u32) -> bool {
+pub fn bridge_flags(bridge: u32) -> u32 {
     match BRIDGES.get_ptr(bridge) {
         // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
         // whole program run (the verifier checks the lookup's result before any use).
-        Some(info) => (unsafe { (*info).flags } & BRIDGE_INTERNAL) != 0,
+        Some(info) => unsafe { (*info).flags },
+        None => 0,
+    }
+}
+
+/// Whether bridge `bridge` (an ifindex from [`bridge_of`]) is marked internal.
+#[inline(always)]
+pub fn is_internal_bridge(bridge: u32) -> bool {
+    bridge_flags(bridge) & BRIDGE_INTERNAL != 0
+}
+
+/// Whether `addr` is a container's address that must never cross the uplink untranslated:
+/// in a served subnet whose bridge masquerades (or is internal). The subnets of a bridge
+/// with masquerade off are routed as they are.
+#[inline(always)]
+pub fn is_masqueraded(addr: u32) -> bool {
+    match bridge_of(addr) {
+        Some(bridge) => bridge_flags(bridge) & BRIDGE_NO_MASQUERADE == 0,
         None => false,
     }
 }

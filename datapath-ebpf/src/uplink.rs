@@ -8,10 +8,10 @@
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{
-        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
-    Counter, FlowKey, NatEntry, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
+    Counter, FlowKey, NatEntry, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP,
     NAT_FLAG_PUBLISHED,
 };
 
@@ -215,7 +215,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
     if pkt.proto == IPPROTO_ICMP && pkt.icmp_type != ICMP_ECHO_REQUEST {
         // An echo reply has no mapping to leave by; from a container it would leave with
         // the container's address.
-        if fwd::is_internal(pkt.src_addr) {
+        if fwd::is_masqueraded(pkt.src_addr) {
             return Err(Counter::DropUntranslatable);
         }
         return Ok(pass(Counter::PassUnsupportedProto));
@@ -229,11 +229,15 @@ pub fn try_egress(ctx: &TcContext) -> Result<i32, Counter> {
             // answers both questions: whose, and which bridge.
             match fwd::bridge_of(pkt.src_addr) {
                 Some(bridge) => {
+                    let flags = fwd::bridge_flags(bridge);
                     // An internal network never leaves, even through the host's own
                     // forwarding (before the loader has attached the port program to a new
                     // container's port).
-                    if fwd::is_internal_bridge(bridge) {
+                    if flags & BRIDGE_INTERNAL != 0 {
                         return Err(Counter::DropInternal);
+                    }
+                    if flags & BRIDGE_NO_MASQUERADE != 0 {
+                        return Ok(pass(Counter::PassNotMasqueraded));
                     }
                 }
                 // The host's own flow: its own, unless a container's mapping already holds
@@ -272,7 +276,7 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
     }
     match parsed {
         Parsed::IcmpError(err) => {
-            if !fwd::is_internal(err.src_addr) {
+            if !fwd::is_masqueraded(err.src_addr) {
                 return Ok(pass(Counter::PassNoMatch));
             }
             if icmp::translate_outbound(ctx, &err)? {
@@ -282,7 +286,7 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
             Err(Counter::DropUntranslatable)
         }
         Parsed::LaterFragment(f) => {
-            if !fwd::is_internal(f.src_addr) {
+            if !fwd::is_masqueraded(f.src_addr) {
                 return Ok(pass(Counter::PassFragment));
             }
             // Unknown: forwarding it would leak the internal address.
@@ -295,7 +299,7 @@ fn egress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
             // Nothing leaves with a container's address: an ICMP message that is neither
             // echo nor a quotable error, or an error with a quote we cannot read.
             if reason != Counter::PassNotIpv4
-                && read_at::<u32>(ctx, IP_SRC_OFF).is_some_and(fwd::is_internal)
+                && read_at::<u32>(ctx, IP_SRC_OFF).is_some_and(fwd::is_masqueraded)
             {
                 return Err(Counter::DropUntranslatable);
             }
@@ -323,7 +327,16 @@ pub fn try_ingress(ctx: &TcContext) -> Result<i32, Counter> {
     if pkt.dst_addr != cfg.external_addr {
         // Docker 28's direct-access protection: nothing reaches a container from outside
         // except replies and published ports, even when the outside has a route to it.
-        if fwd::is_internal(pkt.dst_addr) {
+        if fwd::is_masqueraded(pkt.dst_addr) {
+            return Err(Counter::DropDirectAccess);
+        }
+        // A network with masquerade off is routed: its replies arrive here as they are.
+        // A new TCP connection to it is refused all the same (Docker's FORWARD rules accept
+        // only established traffic and published ports).
+        if pkt.proto == IPPROTO_TCP
+            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && fwd::is_internal(pkt.dst_addr)
+        {
             return Err(Counter::DropDirectAccess);
         }
         return Ok(pass(Counter::PassNoMatch));
@@ -378,14 +391,14 @@ fn ingress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
                     return fwd::to_container(ctx, addr);
                 }
             }
-            if fwd::is_internal(err.dst_addr) {
+            if fwd::is_masqueraded(err.dst_addr) {
                 return Err(Counter::DropDirectAccess);
             }
             Ok(pass(Counter::PassNoMatch))
         }
         Parsed::LaterFragment(f) => {
             if f.dst_addr != cfg.external_addr {
-                if fwd::is_internal(f.dst_addr) {
+                if fwd::is_masqueraded(f.dst_addr) {
                     return Err(Counter::DropDirectAccess);
                 }
                 return Ok(pass(Counter::PassFragment));
@@ -399,7 +412,7 @@ fn ingress_other(ctx: &TcContext, parsed: Parsed) -> Result<i32, Counter> {
         Parsed::Pass(reason) => {
             // Whatever it is, nothing reaches a container from outside directly.
             if reason != Counter::PassNotIpv4
-                && read_at::<u32>(ctx, IP_DST_OFF).is_some_and(fwd::is_internal)
+                && read_at::<u32>(ctx, IP_DST_OFF).is_some_and(fwd::is_masqueraded)
             {
                 return Err(Counter::DropDirectAccess);
             }

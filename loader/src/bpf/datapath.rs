@@ -409,6 +409,38 @@ impl Datapath {
         Ok(())
     }
 
+    /// Stop serving a bridge (its network was removed): its subnets are no longer internal and
+    /// its entry is gone. Its ports are released by the port watcher, its mappings by the
+    /// caller.
+    pub(crate) fn remove_bridge(
+        &mut self,
+        bridge_ifindex: u32,
+        subnets: &[Ipv4Net],
+    ) -> anyhow::Result<()> {
+        {
+            let mut nets: LpmTrie<&mut MapData, u32, u32> =
+                LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
+            for net in subnets {
+                let key = Key::new(
+                    u32::from(net.prefix_len),
+                    bpfnat_common::addr_to_map(net.addr.octets()),
+                );
+                // Only the bridge's own entry: another bridge may have been given the subnet
+                // since (a network removed and created again).
+                if nets.get(&key, 0).ok() == Some(bridge_ifindex) {
+                    nets.remove(&key)
+                        .with_context(|| format!("removing subnet {net}"))?;
+                }
+            }
+        }
+        let mut bridges: HashMap<&mut MapData, u32, BridgeInfo> =
+            HashMap::try_from(self.map_mut(names::MAP_BRIDGES)?)?;
+        match bridges.remove(&bridge_ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a bridge"),
+        }
+    }
+
     /// Record that `port_ifindex` is a port of bridge `bridge_ifindex` (the port program only
     /// acts on known ports).
     pub fn add_port(&mut self, port_ifindex: u32, bridge_ifindex: u32) -> anyhow::Result<()> {
@@ -685,6 +717,35 @@ impl Datapath {
         {
             [Some(out), Some(inbound)] => NatTables::new(out, inbound),
             _ => bail!("connection maps missing from the datapath object"),
+        }
+    }
+
+    /// The published ports with the tables their connections live in (both connection
+    /// halves and the hairpin table), writable: what re-targeting or removing a publish
+    /// touches.
+    #[allow(
+        clippy::type_complexity,
+        reason = "the three maps a publish change touches, as `publish::Flows` takes them"
+    )]
+    pub(crate) fn publish_tables(
+        &mut self,
+    ) -> anyhow::Result<(
+        HashMap<&mut MapData, PublishKey, PublishTarget>,
+        NatTables<'_>,
+        HashMap<&mut MapData, FlowKey, bpfnat_common::HairpinEntry>,
+    )> {
+        match self.ebpf.maps_disjoint_mut([
+            names::MAP_PUBLISH,
+            names::MAP_NAT_OUT,
+            names::MAP_NAT_IN,
+            names::MAP_HAIRPIN,
+        ]) {
+            [Some(publish), Some(out), Some(inbound), Some(hairpin)] => Ok((
+                HashMap::try_from(publish)?,
+                NatTables::new(out, inbound)?,
+                HashMap::try_from(hairpin)?,
+            )),
+            _ => bail!("publish or connection maps missing from the datapath object"),
         }
     }
 

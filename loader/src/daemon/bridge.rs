@@ -2,8 +2,10 @@
 //!
 //! A bridge is given as `NAME[:OPTION,...]` (`--bridge`, repeatable) or as a `[[bridges]]`
 //! table of the config file. Options: `icc=false` (no traffic between its containers, only to
-//! the gateway), `internal` (nothing leaves its subnets, no masquerade) and `subnet=CIDR`
-//! (repeatable; default: the bridge's own IPv4 networks).
+//! the gateway), `internal` (nothing leaves its subnets, no masquerade), `masquerade=false`
+//! (its subnets are routed untranslated) and `subnet=CIDR` (repeatable; default: the bridge's
+//! own IPv4 networks). With `--docker`, the Docker daemon's bridge networks are added and
+//! removed at run time (see [`crate::daemon::docker_sync`]).
 //!
 //! Every interface enslaved to a served bridge is a port: the daemon attaches the port program
 //! to its ingress (frames from the container) and lists it in `PORTS`. Ports are looked for at
@@ -18,7 +20,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::programs::tc::SchedClassifierLink;
-use bpfnat_common::{addr_to_map, BridgeInfo, BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+use bpfnat_common::{
+    addr_to_map, BridgeInfo, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE,
+};
 use log::{info, warn};
 
 use crate::{
@@ -37,6 +41,8 @@ pub struct BridgeSpec {
     /// None: the global `--icc` setting (default on).
     pub icc: Option<bool>,
     pub internal: bool,
+    /// Off: its subnets leave (and are reached) untranslated, with their own addresses.
+    pub masquerade: bool,
     /// Empty: the bridge's own IPv4 networks.
     pub subnets: Vec<Ipv4Net>,
 }
@@ -47,6 +53,7 @@ impl BridgeSpec {
             name: name.to_owned(),
             icc: None,
             internal: false,
+            masquerade: true,
             subnets: Vec::new(),
         }
     }
@@ -64,7 +71,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 impl FromStr for BridgeSpec {
     type Err = anyhow::Error;
 
-    /// `NAME[:icc=BOOL,internal[=BOOL],subnet=CIDR,...]`.
+    /// `NAME[:icc=BOOL,internal[=BOOL],masquerade=BOOL,subnet=CIDR,...]`.
     fn from_str(s: &str) -> anyhow::Result<Self> {
         let (name, options) = s.split_once(':').unwrap_or((s, ""));
         if name.is_empty() {
@@ -85,6 +92,7 @@ impl FromStr for BridgeSpec {
             match key {
                 "icc" => spec.icc = Some(flag(value)?),
                 "internal" => spec.internal = flag(value)?,
+                "masquerade" => spec.masquerade = flag(value)?,
                 "subnet" => {
                     let v = value.ok_or_else(|| anyhow!("bad bridge {s:?}: subnet needs =CIDR"))?;
                     spec.subnets
@@ -92,7 +100,7 @@ impl FromStr for BridgeSpec {
                 }
                 _ => bail!(
                     "bad bridge {s:?}: unknown option {key:?} (known: icc=BOOL, internal, \
-                     subnet=CIDR)"
+                     masquerade=BOOL, subnet=CIDR)"
                 ),
             }
         }
@@ -111,6 +119,7 @@ pub(crate) struct Bridge {
     pub subnets: Vec<Ipv4Net>,
     pub icc: bool,
     pub internal: bool,
+    pub masquerade: bool,
 }
 
 impl Bridge {
@@ -122,6 +131,8 @@ impl Bridge {
         }
         if self.internal {
             flags |= BRIDGE_INTERNAL;
+        } else if !self.masquerade {
+            flags |= BRIDGE_NO_MASQUERADE;
         }
         BridgeInfo {
             gateway: self.gateway.map_or(0, |g| addr_to_map(g.octets())),
@@ -178,6 +189,7 @@ impl Bridge {
             subnets,
             icc: spec.icc.unwrap_or(true),
             internal: spec.internal,
+            masquerade: spec.masquerade,
         })
     }
 }
@@ -223,6 +235,23 @@ pub(crate) struct PortWatcher {
     scan_failing: bool,
     /// Served bridges that are gone (warned once).
     missing: HashSet<u32>,
+    /// Containers a runtime reported (Docker), for the bridges it manages.
+    runtime: RuntimeEndpoints,
+}
+
+/// What a container runtime (Docker) reports about the containers of the bridges it manages.
+/// Its word is authoritative there: a port of such a bridge is assigned the addresses the
+/// runtime gave the container whose MAC its veth peer has, and nothing it does not report.
+#[derive(Default)]
+pub(crate) struct RuntimeEndpoints {
+    /// Bridge ifindexes the runtime manages.
+    pub bridges: HashSet<u32>,
+    /// (bridge ifindex, container MAC) -> its addresses.
+    pub containers: BTreeMap<(u32, [u8; 6]), Vec<Ipv4Addr>>,
+    /// The containers' namespace files, where their veth ends are looked for.
+    pub namespaces: Vec<std::path::PathBuf>,
+    /// Changed since the last lookup: every port of those bridges is looked at again.
+    changed: bool,
 }
 
 impl PortWatcher {
@@ -250,7 +279,71 @@ impl PortWatcher {
             failed: HashSet::new(),
             scan_failing: false,
             missing: HashSet::new(),
+            runtime: RuntimeEndpoints::default(),
         }
+    }
+
+    /// Serve one more bridge (a Docker network created at run time): its ports are attached
+    /// by the next scan.
+    pub(crate) fn add_bridge(&mut self, bridge: &Bridge) {
+        self.bridges.insert(bridge.ifindex, bridge.name.clone());
+        self.container_addrs
+            .insert(bridge.ifindex, (bridge.subnets.clone(), bridge.gateway));
+        if !bridge.icc {
+            self.isolated.insert(bridge.ifindex);
+        }
+        self.missing.remove(&bridge.ifindex);
+    }
+
+    /// Stop serving a bridge (its network was removed): its ports are let go of, with the
+    /// containers behind them. Returns how many ports.
+    pub(crate) async fn remove_bridge(
+        &mut self,
+        dp: &mut Datapath,
+        handle: &rtnetlink::Handle,
+        bridge: u32,
+    ) -> usize {
+        self.bridges.remove(&bridge);
+        self.container_addrs.remove(&bridge);
+        let was_isolated = self.isolated.remove(&bridge);
+        self.missing.remove(&bridge);
+        self.runtime.bridges.remove(&bridge);
+        let doomed: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|(_, p)| p.bridge == bridge)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in &doomed {
+            if let Some(port) = self.ports.remove(index) {
+                let still_there = iface::ifindex(&port.name).is_ok_and(|i| i == *index);
+                if was_isolated && still_there {
+                    let _ = iface::set_port_isolated(handle, *index, false).await;
+                }
+                Self::release(dp, handle, *index, port, still_there).await;
+            }
+        }
+        doomed.len()
+    }
+
+    /// The runtime's containers (see [`RuntimeEndpoints`]): `bridges` it manages, the
+    /// addresses of its containers by (bridge, MAC), and their namespace files. Applied by the
+    /// next address assignment, to every port of those bridges.
+    pub(crate) fn set_runtime_endpoints(
+        &mut self,
+        bridges: HashSet<u32>,
+        containers: BTreeMap<(u32, [u8; 6]), Vec<Ipv4Addr>>,
+        namespaces: Vec<std::path::PathBuf>,
+    ) {
+        let changed = self.runtime.bridges != bridges
+            || self.runtime.containers != containers
+            || self.runtime.namespaces != namespaces;
+        self.runtime = RuntimeEndpoints {
+            bridges,
+            containers,
+            namespaces,
+            changed: self.runtime.changed || changed,
+        };
     }
 
     /// How many ports are served.
@@ -372,10 +465,16 @@ impl PortWatcher {
         const REFRESH_SCANS: u64 = 30;
         self.scans += 1;
         let refresh = self.scans.is_multiple_of(REFRESH_SCANS);
+        let runtime_changed = std::mem::take(&mut self.runtime.changed);
+        let runtime_bridges = &self.runtime.bridges;
         let wanted: Vec<peer::PortRef> = self
             .ports
             .iter_mut()
-            .filter(|(_, p)| refresh || (p.assigned.is_none() && p.lookups < LOOKUPS))
+            .filter(|(_, p)| {
+                refresh
+                    || (runtime_changed && runtime_bridges.contains(&p.bridge))
+                    || (p.assigned.is_none() && p.lookups < LOOKUPS)
+            })
             .filter_map(|(&port, p)| {
                 p.lookups = p.lookups.saturating_add(1);
                 let link = links.iter().find(|l| l.index == port)?;
@@ -389,13 +488,24 @@ impl PortWatcher {
         if wanted.is_empty() {
             return;
         }
-        let found = tokio::task::spawn_blocking(move || peer::find(&wanted))
+        let namespaces = self.runtime.namespaces.clone();
+        let found = tokio::task::spawn_blocking(move || peer::find(&wanted, &namespaces))
             .await
             .unwrap_or_default();
         for (index, mut found) in found {
             let Some(port) = self.ports.get_mut(&index) else {
                 continue;
             };
+            if self.runtime.bridges.contains(&port.bridge) {
+                // The runtime's word, for the container with this MAC; none yet: it has not
+                // reported the container (its event is on its way), so look again then.
+                found.addrs = self
+                    .runtime
+                    .containers
+                    .get(&(port.bridge, found.mac))
+                    .cloned()
+                    .unwrap_or_default();
+            }
             if let Some((subnets, gateway)) = self.container_addrs.get(&port.bridge) {
                 found
                     .addrs
@@ -408,7 +518,7 @@ impl PortWatcher {
             match dp.assign_endpoints(index, found.mac, &found.addrs) {
                 Ok(()) => {
                     info!(
-                        "port {}: container {} ({}), from its veth",
+                        "port {}: container {} ({}), from {}",
                         port.name,
                         found
                             .addrs
@@ -416,7 +526,12 @@ impl PortWatcher {
                             .map(Ipv4Addr::to_string)
                             .collect::<Vec<_>>()
                             .join(", "),
-                        iface::format_mac(&found.mac)
+                        iface::format_mac(&found.mac),
+                        if self.runtime.bridges.contains(&port.bridge) {
+                            "Docker"
+                        } else {
+                            "its veth"
+                        }
                     );
                     port.assigned = Some(found);
                 }
@@ -629,8 +744,11 @@ mod tests {
         assert_eq!(b.name, "br1");
         assert_eq!((b.icc, b.internal), (Some(false), true));
         assert_eq!(b.subnets.len(), 2);
-        let b: BridgeSpec = "br1:icc,internal=no".parse().unwrap();
-        assert_eq!((b.icc, b.internal), (Some(true), false));
+        let b: BridgeSpec = "br1:icc,internal=no,masquerade=false".parse().unwrap();
+        assert_eq!(
+            (b.icc, b.internal, b.masquerade),
+            (Some(true), false, false)
+        );
         for (bad, why) in [
             ("br1:icc=maybe", "icc=maybe is not true or false"),
             ("br1:bogus", "unknown option \"bogus\""),
@@ -654,11 +772,17 @@ mod tests {
             subnets: vec![],
             icc: true,
             internal: false,
+            masquerade: true,
         };
         assert_eq!(b.info().flags, 0);
         assert_eq!(b.info().gateway, addr_to_map([10, 0, 0, 1]));
         b.icc = false;
         b.internal = true;
         assert_eq!(b.info().flags, BRIDGE_ICC_OFF | BRIDGE_INTERNAL);
+        // Internal wins: nothing of it leaves, translated or not.
+        b.masquerade = false;
+        assert_eq!(b.info().flags, BRIDGE_ICC_OFF | BRIDGE_INTERNAL);
+        b.internal = false;
+        assert_eq!(b.info().flags, BRIDGE_ICC_OFF | BRIDGE_NO_MASQUERADE);
     }
 }

@@ -15,6 +15,8 @@ use crate::{
     },
     daemon::{
         bridge::{Bridge, PortWatcher},
+        docker::{self, DockerState},
+        docker_sync::DockerSync,
         settings::Settings,
     },
     host::{iface, system},
@@ -31,6 +33,9 @@ const SWEEP_SLICE: usize = 32_768;
 const SWEEP_PAUSE_FACTOR: u32 = 40;
 /// How often the bridges' ports are looked for.
 const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long start-up waits for the Docker daemon's first answer before going on without it
+/// (it is followed from then on all the same).
+const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(5);
 
 /// Refuse subnets that overlap between bridges or hold the uplink's address: the datapath
 /// finds a subnet's bridge by longest prefix, so an overlap would send one bridge's
@@ -168,6 +173,40 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     }
     ports.assign_addresses(&mut dp, &links).await;
 
+    let mut docker = match &opts.docker {
+        Some(url) => {
+            let fixed_publishes = opts
+                .publish
+                .iter()
+                .flat_map(|p| p.entries().into_iter().map(|(k, _)| k))
+                .collect();
+            let mut follower = DockerFollower {
+                states: docker::follow(url.clone()),
+                sync: DockerSync::new(&bridges, fixed_publishes),
+            };
+            // Start-up serves what runs already, before the readiness line.
+            let first = tokio::time::timeout(
+                DOCKER_FIRST_ANSWER,
+                follower.states.wait_for(Option::is_some),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            match first {
+                true => {
+                    follower
+                        .apply(&mut dp, &mut ports, &netlink, Some(external), &opts)
+                        .await
+                }
+                false => warn!(
+                    "no answer from the Docker daemon at {url} yet: serving its networks as \
+                     soon as it answers"
+                ),
+            }
+            Some(follower)
+        }
+        None => None,
+    };
+
     let masqueraded: Vec<String> = bridges
         .iter()
         .filter(|b| !b.internal)
@@ -209,21 +248,32 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     });
     // The readiness line scripts and tests wait for.
     println!(
-        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={} adopted={}",
+        "ready: uplink={} external={external} subnets={} mode={mode:?} instance={} bridges={} ports={} adopted={} docker={}",
         opts.uplink,
         masqueraded.join(","),
         opts.instance,
         bridges
             .iter()
+            .chain(docker.iter().flat_map(|d| d.sync.bridges()))
             .map(|b| b.name.as_str())
             .collect::<Vec<_>>()
             .join(","),
         ports.len(),
-        lock.adopted()
+        lock.adopted(),
+        opts.docker.as_deref().unwrap_or("off")
     );
     std::io::stdout().flush().ok();
 
-    let result = serve(&mut dp, &mut ports, &opts, &netlink, external, &mut signals).await;
+    let result = serve(
+        &mut dp,
+        &mut ports,
+        docker.as_mut(),
+        &opts,
+        &netlink,
+        external,
+        &mut signals,
+    )
+    .await;
 
     if opts.keep {
         // Nothing is detached or unlisted: the pinned links keep the programs running with
@@ -259,9 +309,47 @@ struct Signals {
     term: tokio::signal::unix::Signal,
 }
 
+/// The Docker daemon's state as it comes, and what of it is applied.
+struct DockerFollower {
+    states: tokio::sync::watch::Receiver<Option<DockerState>>,
+    sync: DockerSync,
+}
+
+impl DockerFollower {
+    /// Apply the latest state, then attach the ports of bridges served since and give them
+    /// their containers' addresses.
+    async fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        ports: &mut PortWatcher,
+        netlink: &rtnetlink::Handle,
+        external: Option<Ipv4Addr>,
+        opts: &Settings,
+    ) {
+        let state = self.states.borrow_and_update().clone();
+        if let Some(state) = state {
+            self.sync
+                .apply(&state, dp, ports, netlink, external, &opts.timeouts)
+                .await;
+            ports.rescan(dp, netlink).await;
+        }
+    }
+
+    /// The next change of Docker's state (never, once the follower has stopped).
+    async fn changed(follower: Option<&mut Self>) {
+        if let Some(f) = follower {
+            if f.states.changed().await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
 async fn serve(
     dp: &mut Datapath,
     ports: &mut PortWatcher,
+    mut docker: Option<&mut DockerFollower>,
     opts: &Settings,
     netlink: &rtnetlink::Handle,
     external: Ipv4Addr,
@@ -292,11 +380,25 @@ async fn serve(
                 // A burst of events (a container starting) is one rescan.
                 while link_events.try_recv().is_ok() {}
                 ports.rescan(dp, netlink).await;
+                // A Docker network whose bridge was not there yet may be now.
+                if let Some(d) = docker.as_deref_mut().filter(|d| d.sync.pending()) {
+                    d.states.mark_changed();
+                }
+            }
+            () = DockerFollower::changed(docker.as_deref_mut()) => {
+                if let Some(d) = docker.as_deref_mut() {
+                    d.apply(dp, ports, netlink, watch.current, opts).await;
+                }
             }
             _ = signals.int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = address_check.tick() => watch.check(dp, opts, netlink).await,
-            _ = port_scan.tick() => { ports.rescan(dp, netlink).await; }
+            _ = port_scan.tick() => {
+                ports.rescan(dp, netlink).await;
+                if let Some(d) = docker.as_deref_mut().filter(|d| d.sync.pending()) {
+                    d.states.mark_changed();
+                }
+            }
             _ = tokio::time::sleep_until(next_sweep) => {
                 let started = tokio::time::Instant::now();
                 let swept = dp.tables().and_then(|mut tables| {

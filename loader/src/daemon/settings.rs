@@ -12,6 +12,8 @@
 //! table_size = 65536
 //! tc_mode = "auto"
 //! sweep_interval = 5
+//! docker = true                   # follow the Docker daemon's networks, containers, -p
+//! docker_host = "unix:///var/run/docker.sock"
 //!
 //! [[bridges]]
 //! name = "br-backend"
@@ -128,6 +130,10 @@ pub struct FileConfig {
     pub sweep_interval: Option<u64>,
     /// NAME = SECONDS, names of [`TIMEOUT_NAMES`].
     pub timeouts: Option<BTreeMap<String, u32>>,
+    /// Follow the Docker daemon.
+    pub docker: Option<bool>,
+    /// Its API address (implies `docker`).
+    pub docker_host: Option<String>,
 }
 
 /// A `[[bridges]]` table.
@@ -137,6 +143,7 @@ pub struct FileBridge {
     pub name: String,
     pub icc: Option<bool>,
     pub internal: Option<bool>,
+    pub masquerade: Option<bool>,
     pub subnets: Option<Vec<String>>,
 }
 
@@ -146,6 +153,7 @@ impl FileBridge {
             name: self.name.clone(),
             icc: self.icc,
             internal: self.internal.unwrap_or(false),
+            masquerade: self.masquerade.unwrap_or(true),
             subnets: parse_subnets(self.subnets.as_deref().unwrap_or_default())
                 .with_context(|| format!("bridge {:?} of the config file", self.name))?,
         })
@@ -204,9 +212,20 @@ pub struct UpFlags {
     #[arg(long, value_name = "IFACE")]
     pub uplink: Option<String>,
     /// Bridge the containers are attached to (repeatable), with options:
-    /// NAME:icc=false,internal,subnet=CIDR. Required unless the config file gives one.
+    /// NAME:icc=false,internal,masquerade=false,subnet=CIDR. Required unless the config file
+    /// gives one, or --docker.
     #[arg(long = "bridge", value_name = "NAME[:OPTIONS]")]
     pub bridges: Vec<String>,
+    /// Follow the Docker daemon: serve its bridge networks (created and removed at run time,
+    /// with their icc, internal and masquerade options), its containers' addresses and
+    /// their published ports (`docker run -p`). Combines with --bridge for bridges Docker
+    /// does not manage.
+    #[arg(long)]
+    pub docker: bool,
+    /// The Docker daemon's API address (implies --docker) [default: $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock].
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
     /// Subnet of the (single) bridge (repeatable); default: the bridge's IPv4 networks.
     #[arg(long = "subnet", value_name = "CIDR")]
     pub subnets: Vec<String>,
@@ -270,6 +289,8 @@ pub struct Settings {
     /// On SIGINT/SIGTERM leave the maps and TCX links pinned: the datapath keeps running
     /// (without expiry) until the next `up` adopts it or `bpfnat down` removes it.
     pub keep: bool,
+    /// Follow the Docker daemon at this API address.
+    pub docker: Option<String>,
 }
 
 impl UpFlags {
@@ -303,8 +324,24 @@ pub(crate) fn merge(
             .map(|s| s.parse::<BridgeSpec>())
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    if bridges.is_empty() {
-        bail!("no bridge: give --bridge BRIDGE or `bridge`/`[[bridges]]` in the --config file");
+    let docker = if flags.docker_host.is_some() || flags.docker || file.docker == Some(true) {
+        Some(
+            flags
+                .docker_host
+                .or(file.docker_host)
+                .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+                .unwrap_or_else(|| crate::daemon::docker::DEFAULT_HOST.to_owned()),
+        )
+    } else if file.docker_host.is_some() && file.docker != Some(false) {
+        file.docker_host
+    } else {
+        None
+    };
+    if bridges.is_empty() && docker.is_none() {
+        bail!(
+            "no bridge: give --bridge BRIDGE or `bridge`/`[[bridges]]` in the --config file, \
+             or --docker"
+        );
     }
     for (i, b) in bridges.iter().enumerate() {
         if bridges[..i].iter().any(|o| o.name == b.name) {
@@ -390,6 +427,7 @@ pub(crate) fn merge(
         status: flags.status,
         metrics: flags.metrics,
         keep: flags.keep,
+        docker,
     })
 }
 

@@ -47,21 +47,26 @@ pub(crate) struct PortRef {
     pub peer_netns: i32,
 }
 
-/// The peers of `ports` that could be found, by port ifindex. Blocking: the namespaces'
-/// ids are asked of the kernel (`RTM_GETNSID`) from the calling thread's namespace, the one
-/// the ports are in, and only a peer's namespace is entered.
-pub(crate) fn find(ports: &[PortRef]) -> BTreeMap<u32, Peer> {
+/// The peers of `ports` that could be found, by port ifindex, among the named namespaces and
+/// `more` (namespace files a container runtime reported, such as Docker's sandboxes under a
+/// data root of its own). Blocking: the namespaces' ids are asked of the kernel
+/// (`RTM_GETNSID`) from the calling thread's namespace, the one the ports are in, and only a
+/// peer's namespace is entered.
+pub(crate) fn find(ports: &[PortRef], more: &[PathBuf]) -> BTreeMap<u32, Peer> {
     let mut found = BTreeMap::new();
     if ports.is_empty() {
         return found;
     }
-    let paths: Vec<PathBuf> = NAMESPACE_DIRS
+    let mut paths: Vec<PathBuf> = NAMESPACE_DIRS
         .iter()
         .filter_map(|d| std::fs::read_dir(d).ok())
         .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .chain(more.iter().cloned())
         .filter(|p| is_live_netns_mount(p))
-        .take(MAX_NAMESPACES)
         .collect();
+    paths.sort();
+    paths.dedup();
+    paths.truncate(MAX_NAMESPACES);
     let ids = match namespace_ids(&paths) {
         Ok(ids) => ids,
         Err(e) => {
