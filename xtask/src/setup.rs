@@ -28,7 +28,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "traceroute",
     // perf: the bench samples where the stream's CPU time goes.
     "linux-perf",
+    // A real Docker daemon for the `--docker` tests and `xtask run --docker`: the tests start
+    // their own dockerd inside a test namespace, and build their image from busybox.
+    "docker.io",
+    "containerd",
+    "runc",
+    "busybox-static",
 ];
+
+/// Where Debian's invoke-rc.d asks whether a package may start its service.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn ensure_all() -> anyhow::Result<()> {
     ensure_toolchains()?;
@@ -121,10 +130,46 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
     run(Command::new("apt-get")
         .arg("update")
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
+    // docker.io would start the machine's own Docker daemon where an init system runs, and
+    // that daemon writes its iptables rules into the machine's firewall: no service starts
+    // during the install (policy-rc.d answering 101, "action forbidden"). The tests start a
+    // daemon of their own, inside a namespace.
+    let guard = ServiceStartGuard::install()?;
+    let result = run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    drop(guard);
+    result
+}
+
+/// A policy-rc.d that forbids starting services, removed on drop; nothing when the machine
+/// has its own.
+struct ServiceStartGuard(bool);
+
+impl ServiceStartGuard {
+    fn install() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::path::Path::new(POLICY_RC_D).exists() {
+            return Ok(Self(false));
+        }
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# bpfnat setup: no service starts during install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self(true))
+    }
+}
+
+impl Drop for ServiceStartGuard {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn nix_is_root() -> bool {

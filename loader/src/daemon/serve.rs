@@ -159,20 +159,8 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         publish::add(&mut dp.publish_map()?, None, spec)?;
     }
     let mut ports = PortWatcher::new(&bridges, uplink_index, mode);
-    ports.apply(&mut dp, &netlink, &links).await;
-    if lock.adopted() {
-        let uplink_pins: Vec<_> = [
-            aya::programs::TcAttachType::Egress,
-            aya::programs::TcAttachType::Ingress,
-        ]
-        .into_iter()
-        .map(|hook| crate::bpf::datapath::link_pin_path(lock.dir(), &opts.uplink, hook))
-        .collect();
-        ports.prune(&mut dp, &uplink_pins);
-        forget_internal_publishes(&mut dp, &bridges)?;
-    }
-    ports.assign_addresses(&mut dp, &links).await;
-
+    // Docker's networks are served before anything is pruned after an adoption: their ports
+    // are then ours already, and keep their pinned links and their containers.
     let mut docker = match &opts.docker {
         Some(url) => {
             let fixed_publishes = opts
@@ -206,6 +194,20 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+
+    ports.apply(&mut dp, &netlink, &links).await;
+    if lock.adopted() {
+        let uplink_pins: Vec<_> = [
+            aya::programs::TcAttachType::Egress,
+            aya::programs::TcAttachType::Ingress,
+        ]
+        .into_iter()
+        .map(|hook| crate::bpf::datapath::link_pin_path(lock.dir(), &opts.uplink, hook))
+        .collect();
+        ports.prune(&mut dp, &uplink_pins);
+        forget_internal_publishes(&mut dp, &bridges)?;
+    }
+    ports.assign_addresses(&mut dp, &links).await;
 
     let masqueraded: Vec<String> = bridges
         .iter()

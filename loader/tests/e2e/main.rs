@@ -13,7 +13,8 @@
 //! - [`ops`]: `trace`, the metrics endpoint, traffic counters;
 //! - [`cli_errors`]: bad input, not root, bpffs missing, a second daemon;
 //! - [`lab_topology`]: the lab builder;
-//! - [`shared_host`]: a host shared with other tools (issue 13's items, by number).
+//! - [`shared_host`]: a host shared with other tools (issue 13's items, by number);
+//! - [`docker`]: `up --docker` following a real Docker daemon.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -21,6 +22,7 @@ mod support;
 mod bridge;
 mod cli_errors;
 mod conntrack_cli;
+mod docker;
 mod host_sockets;
 mod hostile;
 mod icmp_frag;

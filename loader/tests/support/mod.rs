@@ -1,4 +1,5 @@
 pub mod cli;
+pub mod docker;
 pub mod e2e;
 pub mod packet;
 pub mod topo;
