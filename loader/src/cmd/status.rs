@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _};
 
 use anyhow::Context as _;
-use bpfnat_common::{BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+use bpfnat_common::{BRIDGE_ICC_OFF, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE};
 use serde_json::{json, Value};
 
 use crate::{
@@ -81,6 +81,8 @@ pub(crate) struct BridgeStatus {
     pub subnets: Vec<String>,
     pub icc: bool,
     pub internal: bool,
+    /// Its subnets leave translated (off: routed as they are).
+    pub masquerade: bool,
     pub ports: Vec<PortStatus>,
 }
 
@@ -147,6 +149,7 @@ impl Status {
                     .collect(),
                 icc: info.flags & BRIDGE_ICC_OFF == 0,
                 internal: info.flags & BRIDGE_INTERNAL != 0,
+                masquerade: info.flags & BRIDGE_NO_MASQUERADE == 0,
                 ports: topo
                     .ports
                     .iter()
@@ -191,6 +194,7 @@ impl Status {
                 v["subnets"] = json!(b.subnets);
                 v["icc"] = json!(b.icc);
                 v["internal"] = json!(b.internal);
+                v["masquerade"] = json!(b.masquerade);
                 v["ports"] = Value::Array(b.ports.iter().map(|p| {
                     let mut v = p.iface.to_json();
                     v["containers"] = json!(p.containers.iter().map(ToString::to_string).collect::<Vec<_>>());
@@ -225,14 +229,15 @@ impl Status {
         for b in &self.bridges {
             let _ = writeln!(
                 s,
-                "bridge {} (ifindex {}): gateway {}, mac {}, subnets {}, icc {}{}",
+                "bridge {} (ifindex {}): gateway {}, mac {}, subnets {}, icc {}{}{}",
                 b.iface.name(),
                 b.iface.ifindex,
                 b.gateway.map_or("none".to_owned(), |g| g.to_string()),
                 iface::format_mac(&b.mac),
                 b.subnets.join(","),
                 if b.icc { "on" } else { "off" },
-                if b.internal { ", internal" } else { "" }
+                if b.internal { ", internal" } else { "" },
+                if b.masquerade { "" } else { ", masquerade off" }
             );
             if b.ports.is_empty() {
                 let _ = writeln!(s, "  no ports");

@@ -418,3 +418,96 @@ fn bridge_edge_cases() {
         "same mapping"
     );
 }
+
+/// A bridge with masquerade off (Docker's `enable_ip_masquerade=false`): its containers leave
+/// untranslated and their replies come back as they are; a new TCP connection from outside
+/// is refused all the same, and a published port into it works as on any bridge. The other
+/// bridge (masquerading) keeps its direct-access protection.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_bridge_without_masquerade_is_routed_untranslated() {
+    let _slot = require_root();
+    use bpfnat_common::BRIDGE_NO_MASQUERADE;
+    let mut dp = bridged_datapath(BRIDGE_NO_MASQUERADE);
+    let tcp = |src, dst, sport, dport, flags| {
+        Frame::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
+    };
+    let rows = [
+        // (hook, frame, verdict, case)
+        (
+            "egress",
+            tcp(NS1, REMOTE, 40000, 443, SYN),
+            TCX_NEXT,
+            "out, as it is",
+        ),
+        (
+            "ingress",
+            tcp(REMOTE, NS1, 443, 40000, SYN | ACK),
+            TCX_NEXT,
+            "its reply, as it is",
+        ),
+        (
+            "ingress",
+            Frame::new(
+                REMOTE,
+                NS1,
+                L4::Udp {
+                    sport: 53,
+                    dport: 40001,
+                },
+            ),
+            TCX_NEXT,
+            "a UDP reply",
+        ),
+        (
+            "ingress",
+            tcp(REMOTE, NS1, 40002, 22, SYN),
+            TC_ACT_SHOT,
+            "a new connection",
+        ),
+        (
+            "ingress",
+            tcp(REMOTE, "172.19.0.9", 40003, 22, ACK),
+            TC_ACT_SHOT,
+            "the masquerading bridge: direct access",
+        ),
+    ];
+    for (hook, frame, verdict, case) in &rows {
+        let (v, got) = match *hook {
+            "egress" => egress(&mut dp, frame),
+            _ => ingress(&mut dp, frame),
+        };
+        assert_eq!(v, *verdict, "{case}");
+        if v == TCX_NEXT {
+            assert_frame(&got, frame, case);
+        }
+    }
+    assert_eq!(dp.counter(Counter::PassNotMasqueraded).unwrap(), 1);
+    assert_eq!(dp.counter(Counter::DropDirectAccess).unwrap(), 2);
+    assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 0);
+
+    // Published into it: translated both ways, as on any bridge.
+    publish(&mut dp, 6, 8080, [172, 18, 0, 2], 80);
+    let inbound = tcp("203.0.113.1", EXTERNAL, 50000, 8080, SYN);
+    let (v, got) = ingress(&mut dp, &inbound);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let mut want = with_dst(&inbound, NS1, Some(80));
+    want.ttl -= 1;
+    assert_frame(&got, &want, "published, inbound");
+    let answer = tcp(NS1, "203.0.113.1", 80, 50000, SYN | ACK);
+    let (v, got) = egress(&mut dp, &answer);
+    assert_eq!(v, TCX_NEXT);
+    assert_frame(
+        &got,
+        &with_src(&answer, EXTERNAL, Some(8080)),
+        "published, answer",
+    );
+}

@@ -434,10 +434,11 @@ fn wait_for_answer(mut f: impl FnMut() -> Option<String>) -> String {
 
 /// Done-when 1: an `--internal` network cannot reach out; an `enable_icc=false` network
 /// isolates its containers from each other (they still reach out); two networks are isolated
-/// from each other; containers of one network with icc on reach each other.
+/// from each other; containers of one network with icc on reach each other; a network with
+/// `enable_ip_masquerade=false` is routed with its own addresses.
 #[test]
 #[ignore = "needs root: network namespaces, BPF programs, dockerd"]
-fn docker_internal_icc_and_isolation_follow_the_network_options() {
+fn docker_internal_icc_isolation_and_masquerade_follow_the_network_options() {
     let _slot = require_root();
     let lab = lab(3);
     let host = lab.spec.host_netns.clone();
@@ -461,12 +462,36 @@ fn docker_internal_icc_and_isolation_follow_the_network_options() {
         "solo",
     ]);
     dockerd.docker(&["network", "create", "--subnet", &subnet(3, 3), "front"]);
+    // Masquerade off: routed with the containers' own addresses; the WAN side routes the
+    // subnet to the host, as a provider routes a customer's block.
+    dockerd.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet(3, 4),
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=false",
+        "routed",
+    ]);
+    let (ok, _) = ns_exec(
+        &lab.spec.wan_netns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &subnet(3, 4),
+            "via",
+            &uplink(3).to_string(),
+        ],
+    );
+    assert!(ok, "route to the routed network");
     for (name, net) in [
         ("b1", "back"),
         ("s1", "solo"),
         ("s2", "solo"),
         ("f1", "front"),
         ("f2", "front"),
+        ("r1", "routed"),
     ] {
         dockerd.docker(&[
             "run",
@@ -493,11 +518,9 @@ fn docker_internal_icc_and_isolation_follow_the_network_options() {
         Duration::from_secs(30),
     );
     // Every container known by its port (from Docker) before anything is asserted.
-    wait_until(
-        "all five containers served",
-        Duration::from_secs(10),
-        || status(&host)["table"]["endpoints"].as_u64() >= Some(5),
-    );
+    wait_until("all six containers served", Duration::from_secs(10), || {
+        status(&host)["table"]["endpoints"].as_u64() >= Some(6)
+    });
     let to = |addr: Ipv4Addr| SocketAddrV4::new(addr, 7);
 
     // Control: icc on, same network.
@@ -520,10 +543,37 @@ fn docker_internal_icc_and_isolation_follow_the_network_options() {
     assert_eq!(udp_from(&place("f1"), to(ip("s2", "solo")), "x"), None);
     assert_eq!(udp_from(&place("s1"), to(ip("f2", "front")), "x"), None);
     assert_eq!(udp_from(&place("f1"), to(ip("b1", "back")), "x"), None);
+    // Masquerade off: the remote sees the container's own address, and answers it; a new
+    // connection from outside is refused all the same.
+    let r1 = ip("r1", "routed");
+    let answer = udp_from(&place("r1"), to(REMOTE), "routed").expect("routed answer");
+    assert_eq!(
+        echo_peer(answer.as_bytes()).map(|p| *p.ip()),
+        Some(r1),
+        "{answer}"
+    );
+    tcp_echo(&place("r1"), 22, stop.clone());
+    let wan = Place::Netns(lab.spec.wan_netns.clone());
+    let direct = wan
+        .spawn(move || {
+            TcpStream::connect_timeout(&SocketAddrV4::new(r1, 22).into(), Duration::from_secs(2))
+                .is_ok()
+        })
+        .join()
+        .expect("connect thread");
+    assert!(
+        !direct,
+        "a new connection from outside reached the routed container"
+    );
     let stats = crate::support::cli::stats_json(&host);
     // (icc=false shows no drop_icc: the kernel bridge's port isolation already keeps s1's
     // ARP request from reaching s2, so s1 never sends it the datagram.)
-    for c in ["drop_internal", "drop_isolation"] {
+    for c in [
+        "drop_internal",
+        "drop_isolation",
+        "drop_direct_access",
+        "pass_not_masqueraded",
+    ] {
         assert!(
             crate::support::cli::counter(&stats, c) > 0,
             "{c} not counted"
@@ -534,6 +584,9 @@ fn docker_internal_icc_and_isolation_follow_the_network_options() {
     let solo = format!("br-{}", &network_id(&dockerd, "solo")[..12]);
     let bridge = served_bridge(&host, &solo).expect("solo's bridge served");
     assert_eq!(bridge["icc"], false, "{bridge}");
+    let routed = format!("br-{}", &network_id(&dockerd, "routed")[..12]);
+    let bridge = served_bridge(&host, &routed).expect("the routed bridge served");
+    assert_eq!(bridge["masquerade"], false, "{bridge}");
     let (_, links) = ns_exec(&host, &["bridge", "-d", "link", "show"]);
     let isolated: Vec<&str> = links
         .lines()
