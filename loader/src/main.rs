@@ -185,6 +185,9 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("netlink_packet_route", log::LevelFilter::Error)
+        // Its connection warns about every link event still in flight when the daemon stops
+        // listening, at shutdown.
+        .filter_module("netlink_proto", log::LevelFilter::Error)
         .parse_env(env_logger::Env::default())
         .init();
     let cli = Cli::parse();

@@ -441,6 +441,25 @@ impl Datapath {
         }
     }
 
+    /// After adopting pinned state: stop serving the bridges a previous run served that are
+    /// not in `keep` (a bridge dropped from the settings, a Docker network removed while no
+    /// loader ran). Returns the subnets they had, whose mappings the caller removes.
+    pub(crate) fn retain_bridges(&mut self, keep: &[u32]) -> anyhow::Result<Vec<Ipv4Net>> {
+        let nets = read_nets(self.map(names::MAP_INTERNAL_NETS)?)?;
+        let bridges = read_bridges(self.map(names::MAP_BRIDGES)?)?;
+        let mut gone = Vec::new();
+        for ifindex in bridges.keys().filter(|b| !keep.contains(b)) {
+            let subnets: Vec<Ipv4Net> = nets
+                .iter()
+                .filter(|(_, b)| b == ifindex)
+                .map(|(n, _)| *n)
+                .collect();
+            self.remove_bridge(*ifindex, &subnets)?;
+            gone.extend(subnets);
+        }
+        Ok(gone)
+    }
+
     /// Record that `port_ifindex` is a port of bridge `bridge_ifindex` (the port program only
     /// acts on known ports).
     pub fn add_port(&mut self, port_ifindex: u32, bridge_ifindex: u32) -> anyhow::Result<()> {

@@ -274,13 +274,24 @@ impl DockerSync {
             .collect();
         // Gone or restarted since the last state; at the first one (bpfnat just started,
         // perhaps after a crash), every address of a Docker network that no container has.
-        let stale = |addr: Ipv4Addr| match &self.endpoints {
-            Some(before) => before
-                .get(&addr)
-                .is_some_and(|id| now.get(&addr) != Some(id)),
-            None => docker_nets.iter().any(|n| n.contains(addr)) && !now.contains_key(&addr),
+        // The table is only walked when there is something to remove.
+        let removed = match &self.endpoints {
+            Some(before) => {
+                let stale: Vec<Ipv4Addr> = before
+                    .iter()
+                    .filter(|(addr, id)| now.get(addr) != Some(id))
+                    .map(|(addr, _)| *addr)
+                    .collect();
+                if stale.is_empty() {
+                    0
+                } else {
+                    remove_mappings(dp, timeouts, |a| stale.contains(&a))
+                }
+            }
+            None => remove_mappings(dp, timeouts, |a| {
+                docker_nets.iter().any(|n| n.contains(a)) && !now.contains_key(&a)
+            }),
         };
-        let removed = remove_mappings(dp, timeouts, stale);
         if removed > 0 {
             info!("Docker: {removed} mappings of containers that stopped or restarted removed");
         }

@@ -206,6 +206,27 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         .collect();
         ports.prune(&mut dp, &uplink_pins);
         forget_internal_publishes(&mut dp, &bridges)?;
+        let served: Vec<u32> = bridges
+            .iter()
+            .chain(docker.iter().flat_map(|d| d.sync.bridges()))
+            .map(|b| b.ifindex)
+            .collect();
+        let gone = dp.retain_bridges(&served)?;
+        if !gone.is_empty() {
+            let mut tables = dp.tables()?;
+            let now = crate::table::timeouts::monotonic_ns();
+            let removed = conntrack::remove_where(&mut tables, &opts.timeouts, now, |c| {
+                let src = Ipv4Addr::from(c.original.src_addr.to_ne_bytes());
+                gone.iter().any(|n| n.contains(src))
+            });
+            info!(
+                "no longer serving subnets {} of the previous run: {removed} mappings removed",
+                gone.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
     }
     ports.assign_addresses(&mut dp, &links).await;
 

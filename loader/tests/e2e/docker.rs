@@ -710,6 +710,15 @@ fn docker_and_bpfnat_restarts_keep_connections_and_catch_up() {
     let mut dockerd = Dockerd::start_live_restore(&host);
     let mut daemon = bpfnat_up(&lab, &dockerd);
     dockerd.docker(&["network", "create", "--subnet", &subnet(5, 1), "app"]);
+    dockerd.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet(5, 2),
+        "-o",
+        "com.docker.network.bridge.name=dkspare",
+        "spare",
+    ]);
     for (name, publish) in [("svc", "8080:80"), ("old", "8081:80")] {
         dockerd.docker(&[
             "run",
@@ -764,7 +773,9 @@ fn docker_and_bpfnat_restarts_keep_connections_and_catch_up() {
         "outbound connection cut by dockerd's restart"
     );
 
-    // bpfnat is killed; while it is down a container stops and another starts.
+    assert!(served_bridge(&host, "dkspare").is_some());
+    // bpfnat is killed; while it is down a container stops, another starts and a network
+    // is removed.
     let pid = daemon.pid().expect("running");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -774,6 +785,7 @@ fn docker_and_bpfnat_restarts_keep_connections_and_catch_up() {
     let (status, _) = daemon.stop();
     assert!(!status.success(), "killed");
     dockerd.docker(&["stop", "-t", "1", "old"]);
+    dockerd.docker(&["network", "rm", "spare"]);
     dockerd.docker(&[
         "run",
         "-d",
@@ -799,6 +811,10 @@ fn docker_and_bpfnat_restarts_keep_connections_and_catch_up() {
         daemon.ready_line.contains("adopted=true") && daemon.ready_line.contains("ports=3"),
         "{}",
         daemon.ready_line
+    );
+    assert!(
+        served_bridge(&host, "dkspare").is_none(),
+        "the network removed meanwhile is still served"
     );
     let ports: Vec<u16> = published(&host)
         .iter()
