@@ -26,6 +26,11 @@ use nix::{
 
 use crate::support::e2e::ns_exec;
 
+/// The settings of docs/docker.md's daemon.json (live-restore is per test): no iptables or
+/// ip6tables rules, no docker-proxy.
+pub const DAEMON_JSON: &str =
+    r#""iptables": false, "ip6tables": false, "ip-masq": false, "userland-proxy": false"#;
+
 /// A Docker daemon of the test's own, inside network namespace `netns`; stopped and removed
 /// (containers, networks, its state directory) on drop, even when the test panics.
 pub struct Dockerd {
@@ -70,9 +75,14 @@ impl Dockerd {
         let dir = &dockerd.dir;
         fs::create_dir_all(dir).expect("create the Docker state directory");
         // A config file of its own: /etc/docker/daemon.json does not apply, and dockerd 20.10
-        // writes its trust key here rather than to /etc/docker.
+        // writes its trust key here rather than to /etc/docker. The settings are those
+        // docs/docker.md gives a Docker host (an xtask test checks they match).
         let key = dir.join("key.json");
-        let config = format!("{{\"deprecated-key-path\": \"{}\"}}\n", key.display());
+        let config = format!(
+            "{{\n  {DAEMON_JSON},\n  \"live-restore\": {live_restore},\n  \
+             \"deprecated-key-path\": \"{}\"\n}}\n",
+            key.display()
+        );
         fs::write(dir.join("daemon.json"), config).expect("write daemon.json");
         dockerd.spawn();
         dockerd.import_image();
@@ -139,13 +149,12 @@ impl Dockerd {
             .append(true)
             .open(&log_path)
             .expect("open dockerd.log");
-        let (d, netns, live_restore) = (self.dir.display(), &self.netns, self.live_restore);
+        let (d, netns) = (self.dir.display(), &self.netns);
         // nsenter, not `ip netns exec`: dockerd needs this mount namespace (the cgroup
         // mounts), only the network namespace is the test's.
         let args = format!(
-            "--net=/run/netns/{netns} {} --iptables=false --ip6tables=false --ip-masq=false \
-             --bridge=none --userland-proxy=false --storage-driver=vfs \
-             --live-restore={live_restore} --config-file={d}/daemon.json --data-root={d}/data \
+            "--net=/run/netns/{netns} {} --bridge=none --storage-driver=vfs \
+             --config-file={d}/daemon.json --data-root={d}/data \
              --exec-root={d}/exec --pidfile={d}/dockerd.pid --host=unix://{d}/docker.sock",
             program("dockerd").display()
         );
