@@ -97,6 +97,15 @@ pub(crate) struct DockerState {
     pub sandboxes: Vec<PathBuf>,
 }
 
+/// Refuse an address `connect` cannot use (a start-up error, not a retry loop).
+pub(crate) fn check_host(url: &str) -> anyhow::Result<()> {
+    let known = ["unix:///", "/", "tcp://", "http://"];
+    if known.iter().any(|p| url.starts_with(p)) {
+        return Ok(());
+    }
+    bail!("unsupported Docker host {url:?}: expected unix://PATH or tcp://HOST:PORT");
+}
+
 /// Open a client for `url` (`unix://PATH`, or `tcp://`/`http://HOST:PORT`), with the API
 /// version negotiated down to the daemon's (Docker 20.10 speaks 1.41).
 async fn connect(url: &str) -> anyhow::Result<Docker> {
@@ -112,7 +121,8 @@ async fn connect(url: &str) -> anyhow::Result<Docker> {
     } else if url.starts_with("http://") {
         Docker::connect_with_http(url, API_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
     } else {
-        bail!("unsupported Docker host {url:?}: expected unix://PATH or tcp://HOST:PORT");
+        check_host(url)?;
+        bail!("unsupported Docker host {url:?}");
     }
     .with_context(|| format!("Docker daemon at {url}"))?;
     tokio::time::timeout(API_TIMEOUT, docker.negotiate_version())

@@ -337,6 +337,9 @@ pub(crate) fn merge(
     } else {
         None
     };
+    if let Some(url) = &docker {
+        crate::daemon::docker::check_host(url)?;
+    }
     if bridges.is_empty() && docker.is_none() {
         bail!(
             "no bridge: give --bridge BRIDGE or `bridge`/`[[bridges]]` in the --config file, \
@@ -618,6 +621,69 @@ icc = true
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn docker_needs_no_bridge() {
+        let flags = UpFlags {
+            uplink: Some("ens5".into()),
+            docker_host: Some("unix:///run/d.sock".into()),
+            ..UpFlags::default()
+        };
+        let s = merge_flags(flags, None).unwrap();
+        assert!(s.bridges.is_empty());
+        assert_eq!(s.docker.as_deref(), Some("unix:///run/d.sock"));
+        // The file's docker_host implies docker; docker = false turns it off.
+        let file = FileConfig::parse(
+            "uplink = \"ens5\"\ndocker_host = \"tcp://127.0.0.1:2375\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = merge_flags(UpFlags::default(), Some(file)).unwrap();
+        assert_eq!(s.docker.as_deref(), Some("tcp://127.0.0.1:2375"));
+        let file = FileConfig::parse(
+            "uplink = \"ens5\"\nbridge = \"b\"\ndocker = false\ndocker_host = \"tcp://h:1\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            merge_flags(UpFlags::default(), Some(file)).unwrap().docker,
+            None
+        );
+        // --docker with the file's address.
+        let file = FileConfig::parse("docker_host = \"unix:///x.sock\"\n", "t.toml").unwrap();
+        let flags = UpFlags {
+            uplink: Some("ens5".into()),
+            docker: true,
+            ..UpFlags::default()
+        };
+        let s = merge_flags(flags, Some(file)).unwrap();
+        assert_eq!(s.docker.as_deref(), Some("unix:///x.sock"));
+        let err = merge_flags(
+            UpFlags {
+                uplink: Some("ens5".into()),
+                docker_host: Some("ssh://me@h".into()),
+                ..UpFlags::default()
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("unsupported Docker host \"ssh://me@h\""),
+            "{err}"
+        );
+        // Neither a bridge nor Docker: nothing to serve.
+        let err = merge_flags(
+            UpFlags {
+                uplink: Some("ens5".into()),
+                ..UpFlags::default()
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--docker"), "{err}");
     }
 
     #[test]
