@@ -399,10 +399,7 @@ impl Datapath {
         let mut nets: LpmTrie<&mut MapData, u32, u32> =
             LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
         for net in subnets {
-            let key = Key::new(
-                u32::from(net.prefix_len),
-                bpfnat_common::addr_to_map(net.addr.octets()),
-            );
+            let key = net_key(net);
             nets.insert(&key, bridge_ifindex, 0)
                 .with_context(|| format!("adding subnet {net}"))?;
         }
@@ -421,10 +418,7 @@ impl Datapath {
             let mut nets: LpmTrie<&mut MapData, u32, u32> =
                 LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
             for net in subnets {
-                let key = Key::new(
-                    u32::from(net.prefix_len),
-                    bpfnat_common::addr_to_map(net.addr.octets()),
-                );
+                let key = net_key(net);
                 // Only the bridge's own entry: another bridge may have been given the subnet
                 // since (a network removed and created again).
                 if nets.get(&key, 0).ok() == Some(bridge_ifindex) {
@@ -603,10 +597,7 @@ impl Datapath {
     pub fn add_internal_subnet(&mut self, net: Ipv4Net) -> anyhow::Result<()> {
         let mut nets: LpmTrie<&mut MapData, u32, u32> =
             LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS)?)?;
-        let key = Key::new(
-            u32::from(net.prefix_len),
-            bpfnat_common::addr_to_map(net.addr.octets()),
-        );
+        let key = net_key(&net);
         nets.insert(&key, 0, 0)
             .with_context(|| format!("adding internal subnet {net}"))
     }
@@ -821,6 +812,14 @@ fn raw_fd(map: &aya::maps::Map, name: &str) -> anyhow::Result<std::os::fd::RawFd
         aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
         _ => Err(anyhow!("map {name} is not a hash map")),
     }
+}
+
+/// The `INTERNAL_NETS` key of a subnet.
+fn net_key(net: &Ipv4Net) -> Key<u32> {
+    Key::new(
+        u32::from(net.prefix_len),
+        bpfnat_common::addr_to_map(net.addr.octets()),
+    )
 }
 
 /// The subnets of an `INTERNAL_NETS` trie with their bridge's ifindex.
