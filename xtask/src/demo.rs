@@ -12,10 +12,10 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd;
 
-const HOST_NS: &str = "lab-host";
-const WAN_NS: &str = "lab-wan";
+pub(crate) const HOST_NS: &str = "lab-host";
+pub(crate) const WAN_NS: &str = "lab-wan";
 const CONTAINERS: [(&str, &str); 2] = [("ns1", "172.18.0.2"), ("ns2", "172.18.0.3")];
-const REMOTE: &str = "198.51.100.1";
+pub(crate) const REMOTE: &str = "198.51.100.1";
 /// Namespaces the lab creates; the tests' own namespaces all start with `bnt-`, the
 /// benchmark's with `bnb-`.
 pub const LAB_NAMESPACES: [&str; 4] = ["ns1", "ns2", "lab-host", "lab-wan"];
@@ -31,17 +31,13 @@ pub fn leftover_namespaces() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Tears everything down when dropped, so an error or Ctrl-C never leaves the lab behind.
-struct Lab<'a> {
+/// Removes the lab when dropped, so an error or Ctrl-C never leaves it behind.
+pub(crate) struct Lab<'a> {
     bin: &'a Path,
-    daemon: Option<Child>,
 }
 
 impl Drop for Lab<'_> {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            stop_gracefully(&mut child);
-        }
         match Command::new(self.bin).args(["lab", "down"]).output() {
             Ok(o) if o.status.success() => println!("lab removed"),
             Ok(o) => eprintln!(
@@ -50,6 +46,16 @@ impl Drop for Lab<'_> {
             ),
             Err(e) => eprintln!("lab down failed: {e}"),
         }
+    }
+}
+
+/// A running `bpfnat ... up --status`, stopped when dropped. Made after the lab's guard (and
+/// Docker's), it is dropped before them: the datapath goes first, then what it served.
+pub(crate) struct Datapath(Child);
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        stop_gracefully(&mut self.0);
     }
 }
 
@@ -69,13 +75,76 @@ fn stop_gracefully(child: &mut Child) {
     let _ = child.wait();
 }
 
-pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
-    let stop = crate::stop_flag();
-
+/// Build the lab (`bpfnat lab up`), print what it made and return its guard.
+pub(crate) fn lab_up(bin: &Path) -> anyhow::Result<Lab<'_>> {
     println!("== building the lab (namespaces ns1, ns2, lab-host, lab-wan)");
     let out = cmd(Command::new(bin).args(["lab", "up"]))?;
-    let mut lab = Lab { bin, daemon: None };
+    let lab = Lab { bin };
     print!("{out}");
+    Ok(lab)
+}
+
+/// Start `bpfnat ARGS` (ARGS with `--status`) and wait, 30 s at most, for its first line, which
+/// must start with `ready:`, and print it. The channel then gets its status lines.
+pub(crate) fn start_datapath(
+    bin: &Path,
+    args: &[&str],
+) -> anyhow::Result<(Datapath, mpsc::Receiver<String>)> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting bpfnat")?;
+    let stdout = child.stdout.take().context("bpfnat stdout")?;
+    let datapath = Datapath(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("bpfnat did not become ready in 30 s")?;
+    if !ready.starts_with("ready:") {
+        bail!("bpfnat: unexpected first line {ready:?}");
+    }
+    println!("{ready}");
+    Ok((datapath, rx))
+}
+
+/// Show the datapath's status lines (one line rewritten in place on a terminal) until Ctrl-C
+/// or until `duration` has passed.
+pub(crate) fn live_status(
+    rx: &mpsc::Receiver<String>,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let stop = crate::stop_flag();
+    println!("\n== live status (Ctrl-C to stop and tear everything down)");
+    // Status lines printed while the checks ran are stale now.
+    while rx.try_recv().is_ok() {}
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if tty => {
+                print!("\r{line}\x1b[K");
+                std::io::stdout().flush().ok();
+            }
+            Ok(line) => println!("{line}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("bpfnat exited unexpectedly"),
+        }
+    }
+    Ok(())
+}
+
+pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
+    // The Ctrl-C handler, installed before anything is made.
+    crate::stop_flag();
+    let lab = lab_up(bin)?;
 
     println!("\n== netfilter in {HOST_NS}: the nat tables must be empty (no MASQUERADE anywhere)");
     let ipt =
@@ -92,30 +161,12 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     );
 
     println!("\n== starting the datapath: bpfnat --netns {HOST_NS} up --uplink ens5 --bridge docker1 --status");
-    let mut child = Command::new(bin)
-        .args([
+    let (datapath, rx) = start_datapath(
+        bin,
+        &[
             "--netns", HOST_NS, "up", "--uplink", "ens5", "--bridge", "docker1", "--status",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting bpfnat")?;
-    let stdout = child.stdout.take().context("bpfnat stdout")?;
-    lab.daemon = Some(child);
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("bpfnat did not become ready in 30 s")?;
-    if !ready.starts_with("ready:") {
-        bail!("bpfnat: unexpected first line {ready:?}");
-    }
-    println!("{ready}");
+        ],
+    )?;
 
     let mut failures = Vec::new();
     println!("\n== ping {REMOTE} from each container, capturing on lab-wan's wan0");
@@ -192,23 +243,9 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
         }
     }
 
-    println!("\n== live status (Ctrl-C to stop and tear everything down)");
-    // Status lines printed while the checks ran are stale now.
-    while rx.try_recv().is_ok() {}
-    let started = Instant::now();
-    let tty = std::io::stdout().is_terminal();
-    while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if tty => {
-                print!("\r{line}\x1b[K");
-                std::io::stdout().flush().ok();
-            }
-            Ok(line) => println!("{line}"),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("bpfnat exited unexpectedly"),
-        }
-    }
+    live_status(&rx, duration)?;
     println!("\n== tearing down");
+    drop(datapath);
     drop(lab);
     if !failures.is_empty() {
         bail!("demo checks failed: {}", failures.join(", "));
@@ -217,7 +254,7 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
 }
 
 /// Collect a child's stdout, killing it if it has not exited after `limit`.
-fn wait_output(mut child: Child, limit: Duration) -> anyhow::Result<String> {
+pub(crate) fn wait_output(mut child: Child, limit: Duration) -> anyhow::Result<String> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if child.try_wait()?.is_some() {

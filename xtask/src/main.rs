@@ -2,6 +2,8 @@
 
 mod bench;
 mod demo;
+mod doc_checks;
+mod docker_demo;
 mod setup;
 
 use std::{
@@ -30,10 +32,17 @@ enum Task {
     /// Build the loader (and, through its build.rs, the eBPF datapath) in release mode.
     Build,
     /// Build, bring the lab up, start the datapath in it and show it working, until Ctrl-C.
+    /// With `--docker`, with a real Docker daemon in the lab that the datapath follows.
     Run {
         /// Stop by itself after this many seconds (for scripts); default: until Ctrl-C.
         #[arg(long)]
         duration: Option<u64>,
+        /// Start a Docker daemon (Debian's docker.io, from `cargo xtask setup`) in the lab's
+        /// host namespace and run `bpfnat up --docker-host` on it: a network created at run
+        /// time is served, `docker run -p` answers from outside with the client's own address,
+        /// containers reach out masqueraded, and not one iptables or nftables rule exists.
+        #[arg(long)]
+        docker: bool,
     },
     /// Run every test: fmt and clippy (host and eBPF crates), unit, crafted packets through
     /// the kernel, end to end in namespaces, then `cargo xtask run` and `bench --quick` (the
@@ -61,11 +70,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::ensure_all()?;
             build_release().map(|_| ())
         }
-        Task::Run { duration } => {
+        Task::Run { duration, docker } => {
             require_root("cargo xtask run")?;
             setup::ensure_all()?;
             let bin = build_release()?;
-            demo::run(&bin, duration.map(std::time::Duration::from_secs))
+            let duration = duration.map(std::time::Duration::from_secs);
+            if docker {
+                docker_demo::run(&bin, duration)
+            } else {
+                demo::run(&bin, duration)
+            }
         }
         Task::Test { args } => {
             require_root("cargo xtask test")?;
