@@ -35,10 +35,16 @@ const IMAGE: &str = Dockerd::IMAGE;
 
 /// Lab `bnt-dkN`: no containers of its own (Docker makes them), uplink and WAN as above.
 fn lab(n: u8) -> Lab {
+    lab_with(n, 0)
+}
+
+/// Lab `bnt-dkN` with `containers` namespaces of its own on `br0` (10.85.N.0/24), a bridge
+/// Docker does not manage.
+fn lab_with(n: u8, containers: u8) -> Lab {
     Lab::up(crate::support::topo::test_lab(
         &format!("bnt-dk{n}"),
         [10, 85, n],
-        0,
+        containers,
         uplink(n),
         Ipv4Addr::new(192, 0, 2, 90 + n),
         REMOTE,
@@ -54,19 +60,23 @@ fn subnet(n: u8, k: u8) -> String {
     format!("10.84.{}.0/24", 10 * n + k)
 }
 
-/// `bpfnat up --uplink up0 --docker-host URL` in the lab's host namespace.
+/// `bpfnat up --uplink up0 --docker-host URL` in the lab's host namespace, and `more`.
 fn bpfnat_up(lab: &Lab, dockerd: &Dockerd) -> Daemon {
-    Daemon::start(
-        &lab.spec.host_netns,
-        &[
-            "--uplink",
-            "up0",
-            "--docker-host",
-            &dockerd.host_url(),
-            "--sweep-interval",
-            "1",
-        ],
-    )
+    bpfnat_up_with(lab, dockerd, &[])
+}
+
+fn bpfnat_up_with(lab: &Lab, dockerd: &Dockerd, more: &[&str]) -> Daemon {
+    let url = dockerd.host_url();
+    let mut args = vec![
+        "--uplink",
+        "up0",
+        "--docker-host",
+        &url,
+        "--sweep-interval",
+        "1",
+    ];
+    args.extend_from_slice(more);
+    Daemon::start(&lab.spec.host_netns, &args)
 }
 
 /// Poll `f` every 20 ms until it holds; panics after `limit`. Returns how long it took.
@@ -274,15 +284,17 @@ fn http_get(wan: &str, dst: SocketAddrV4) -> Option<String> {
 /// Done-when 1, first part: a network made after bpfnat started is served (its bridge and
 /// its container's port), its container is masqueraded; the time from `docker network
 /// create` to the bridge being served is printed (the figure the issue names, measured by
-/// `cargo xtask run --docker` too).
+/// `cargo xtask run --docker` too). With `--bridge br0` beside `--docker`: the bridge Docker
+/// does not manage is served too, isolated from Docker's; a network's
+/// `host_binding_ipv4` is where its ports are published.
 #[test]
 #[ignore = "needs root: network namespaces, BPF programs, dockerd"]
 fn docker_network_created_after_start_is_served() {
     let _slot = require_root();
-    let lab = lab(1);
+    let lab = lab_with(1, 1);
     let host = lab.spec.host_netns.clone();
     let dockerd = Dockerd::start(&host);
-    let daemon = bpfnat_up(&lab, &dockerd);
+    let daemon = bpfnat_up_with(&lab, &dockerd, &["--bridge", "br0"]);
     assert!(
         daemon.ready_line.contains("docker=unix://"),
         "{}",
@@ -344,7 +356,51 @@ fn docker_network_created_after_start_is_served() {
         Some(uplink(1)),
         "masqueraded with the uplink's address: {answer}"
     );
+    // The lab's own container on br0, which Docker does not manage: served and masqueraded
+    // by the --bridge settings, isolated from Docker's network.
+    let own = Place::Netns(lab.spec.containers[0].netns.clone());
+    let answer = udp_from(&own, SocketAddrV4::new(REMOTE, 7), "own").expect("answer");
+    assert_eq!(
+        echo_peer(answer.as_bytes()).map(|p| *p.ip()),
+        Some(uplink(1))
+    );
+    udp_tagged_echo(&c1, 9, "c1", Arc::new(AtomicBool::new(false)));
+    assert_eq!(
+        udp_from(&own, SocketAddrV4::new(addr, 9), "x"),
+        None,
+        "isolation"
+    );
     drop(echo);
+
+    // host_binding_ipv4: Docker reports the binding with the address, bpfnat publishes there.
+    dockerd.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet(1, 2),
+        "-o",
+        "com.docker.network.bridge.host_binding_ipv4=192.0.2.81",
+        "bound",
+    ]);
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "b1",
+        "--network",
+        "bound",
+        "-p",
+        "8081:80",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let b1 = dockerd.container_ip("b1", "bound");
+    wait_until(
+        "8081 published on 192.0.2.81",
+        Duration::from_secs(10),
+        || published(&host) == [format!("192.0.2.81:8081:{b1}:80/tcp")],
+    );
     assert_no_firewall_rules(&host);
     drop(daemon);
 }
