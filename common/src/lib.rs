@@ -21,12 +21,30 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_DCCP: u8 = 33;
 pub const IPPROTO_SCTP: u8 = 132;
 pub const IPPROTO_UDPLITE: u8 = 136;
+/// ICMP for IPv6 (echo as a flow, like ICMP echo; its checksum covers a pseudo-header).
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Wire and kernel constants that the datapath, the loader, the bench and the tests all use
 /// (the datapath takes the `TC_ACT_*` and `BPF_*` ones from aya's kernel bindings).
 pub mod wire {
     pub const ETH_P_IP: u16 = 0x0800;
     pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+
+    /// IPv6 extension headers the parser walks past (RFC 8200 section 4), and "no next
+    /// header".
+    pub const IPV6_HOPOPTS: u8 = 0;
+    pub const IPV6_ROUTING: u8 = 43;
+    pub const IPV6_FRAGMENT: u8 = 44;
+    pub const IPV6_DSTOPTS: u8 = 60;
+    pub const IPV6_NONE: u8 = 59;
+
+    pub const ICMPV6_DEST_UNREACH: u8 = 1;
+    pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+    pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+    pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+    pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+    pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
     pub const ICMP_ECHO_REPLY: u8 = 0;
     pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -175,6 +193,123 @@ impl FlowKey {
             self.proto,
         )
     }
+}
+
+/// An IPv6 address as the maps hold it: its 16 wire bytes as four native-order words.
+pub const fn addr6_to_map(octets: [u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        out[i] = u32::from_ne_bytes([
+            octets[i * 4],
+            octets[i * 4 + 1],
+            octets[i * 4 + 2],
+            octets[i * 4 + 3],
+        ]);
+        i += 1;
+    }
+    out
+}
+
+/// The wire bytes of a map's IPv6 address.
+pub const fn addr6_from_map(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+/// One direction of an IPv6 connection as the packet carries it: [`FlowKey`] with 128-bit
+/// addresses, each four 32-bit words as they are on the wire. ICMPv6 echo is keyed like ICMP
+/// echo (the identifier as the request's source "port").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey6 {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub pad: u8,
+    pub pad2: u16,
+}
+
+impl FlowKey6 {
+    #[inline(always)]
+    pub const fn new(
+        src_addr: [u32; 4],
+        dst_addr: [u32; 4],
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            pad: 0,
+            pad2: 0,
+        }
+    }
+
+    /// The key of the opposite direction.
+    #[inline(always)]
+    pub const fn reversed(&self) -> Self {
+        Self::new(
+            self.dst_addr,
+            self.src_addr,
+            self.dst_port,
+            self.src_port,
+            self.proto,
+        )
+    }
+
+    /// For an original-direction key (`NAT6_OUT`), the key its replies arrive with.
+    #[inline(always)]
+    pub const fn reply_key(&self, out: &NatEntry6) -> Self {
+        Self::new(
+            self.dst_addr,
+            out.addr,
+            self.dst_port,
+            out.entry.port,
+            self.proto,
+        )
+    }
+
+    /// For a reply-direction key (`NAT6_IN`), the original key.
+    #[inline(always)]
+    pub const fn original_key(&self, inbound: &NatEntry6) -> Self {
+        Self::new(
+            inbound.addr,
+            self.src_addr,
+            inbound.entry.port,
+            self.src_port,
+            self.proto,
+        )
+    }
+}
+
+/// One half of an IPv6 mapping: the state an IPv4 half keeps ([`NatEntry`]: times,
+/// accounting, port, flags, TCP tracking; its `addr` unused, 0), and the IPv6 address to
+/// write. The IPv4 part comes first, so the datapath's and the loader's code for it serves
+/// both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatEntry6 {
+    pub entry: NatEntry,
+    /// Address to write (network byte order words).
+    pub addr: [u32; 4],
 }
 
 /// Entry flag: this is the original (container -> outside) direction of a mapping.
@@ -388,6 +523,9 @@ pub struct NatConfig {
     /// connections opened from outside that have not been answered (not assured) hold
     /// entries; a new one evicts the oldest such (early drop).
     pub embryonic_slots: u32,
+    /// The uplink's global IPv6 address (network order words); all zero = none, translate no
+    /// IPv6.
+    pub external_addr6: [u32; 4],
 }
 
 /// Declares the counters once: the enum, `Counter::ALL` in index order and each counter's
@@ -781,6 +919,17 @@ pub mod names {
     /// `TraceEvent`).
     pub const MAP_TRACE_FILTER: &str = "TRACE_FILTER";
     pub const MAP_TRACE: &str = "TRACE";
+    /// IPv6: the two connection tables (`FlowKey6` -> `NatEntry6`), the containers' subnets
+    /// (LPM trie of 128-bit prefixes -> bridge ifindex), and the programs the IPv4 entry
+    /// points tail-call for IPv6 frames (index [`IPV6_EGRESS`], [`IPV6_INGRESS`]).
+    pub const MAP_NAT6_OUT: &str = "NAT6_OUT";
+    pub const MAP_NAT6_IN: &str = "NAT6_IN";
+    pub const MAP_INTERNAL_NETS6: &str = "INTERNAL_NETS6";
+    pub const MAP_IPV6_PROGS: &str = "IPV6_PROGS";
+    pub const PROG_EGRESS6: &str = "nat_egress6";
+    pub const PROG_INGRESS6: &str = "nat_ingress6";
+    pub const IPV6_EGRESS: u32 = 0;
+    pub const IPV6_INGRESS: u32 = 1;
 }
 
 #[cfg(feature = "user")]
@@ -797,6 +946,8 @@ mod user {
     pod!(
         FlowKey,
         NatEntry,
+        FlowKey6,
+        NatEntry6,
         NatConfig,
         Timeouts,
         FragKey,

@@ -20,6 +20,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use bpfnat_common::Counter;
@@ -58,6 +59,57 @@ pub fn rewrite_addr(
         .map_err(|_| FAILED)?;
     }
     rewrite_ip_addr(ctx, addr_off, old, new)
+}
+
+/// Replace the IPv6 address at `addr_off` (source or destination) with `new`, fixing the L4
+/// checksum through the pseudo-header. IPv6 has no header checksum: the 128-bit change goes
+/// into the L4 checksum as one difference (`bpf_csum_diff`), applied with size 0
+/// (`inet_proto_csum_replace_by_diff`), which handles full and partial checksums alike.
+#[inline(always)]
+pub fn rewrite_addr6(
+    ctx: &TcContext,
+    l4: &L4,
+    addr_off: usize,
+    old: [u32; 4],
+    new: [u32; 4],
+) -> Result<(), Counter> {
+    if l4.pseudo_header && l4.csum_off != 0 {
+        let mut from = old;
+        let mut to = new;
+        // SAFETY: both buffers are live 16-byte stack arrays of the sizes given.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(FAILED);
+        }
+        ctx.l4_csum_replace(
+            l4.csum_off,
+            0,
+            diff as u64,
+            BPF_F_PSEUDO_HDR as u64 | l4_flags(l4),
+        )
+        .map_err(|_| FAILED)?;
+    }
+    ctx.store(addr_off, &new, 0).map_err(|_| FAILED)
+}
+
+/// [`rewrite_port`] through the store helper only: for offsets the verifier cannot bound
+/// (the IPv6 path keeps its parse in a map slot, behind extension headers).
+#[inline(always)]
+pub fn rewrite_port_stored(
+    ctx: &TcContext,
+    l4: &L4,
+    port_off: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Counter> {
+    if old == new {
+        return Ok(());
+    }
+    if l4.csum_off != 0 {
+        ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4_flags(l4))
+            .map_err(|_| FAILED)?;
+    }
+    ctx.store(port_off, &new, 0).map_err(|_| FAILED)
 }
 
 /// Replace an IPv4 address of a packet with no L4 header to fix (a later fragment, or an

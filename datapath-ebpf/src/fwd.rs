@@ -16,7 +16,7 @@ use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE};
 
 use crate::{
     csum::decrement_ttl,
-    maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS},
+    maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS, INTERNAL_NETS6},
     parse::ptr_at,
     stats::count,
     verdict::NEXT,
@@ -28,6 +28,21 @@ const AF_INET: u8 = 2;
 #[inline(always)]
 pub fn bridge_of(addr: u32) -> Option<u32> {
     INTERNAL_NETS.get(&Key::new(32, addr)).copied()
+}
+
+/// The bridge an IPv6 address lives on, if it is in a container subnet.
+#[inline(always)]
+pub fn bridge_of6(addr: [u32; 4]) -> Option<u32> {
+    INTERNAL_NETS6.get(&Key::new(128, addr)).copied()
+}
+
+/// [`is_masqueraded`] for an IPv6 address.
+#[inline(always)]
+pub fn is_masqueraded6(addr: [u32; 4]) -> bool {
+    match bridge_of6(addr) {
+        Some(bridge) => bridge_flags(bridge) & BRIDGE_NO_MASQUERADE == 0,
+        None => false,
+    }
 }
 
 /// Whether `addr` is in one of the served bridges' subnets (a container's address).

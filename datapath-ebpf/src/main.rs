@@ -3,11 +3,14 @@
 //! error into a counted drop and traces the packet. The logic lives in one module per
 //! concern:
 //!
-//! - programs: [`uplink`] (egress and ingress of the uplink), [`port`] (the bridge ports);
-//! - packets: [`parse`] (headers, the bounds-checked accessor), [`csum`] (rewrites with
+//! - programs: [`uplink`] (egress and ingress of the uplink), [`port`] (the bridge ports),
+//!   [`uplink6`] (the uplink's IPv6, tail-called from the uplink's programs);
+//! - packets: [`parse`] (headers, the bounds-checked accessor), [`ipv6`] (IPv6 headers and
+//!   extension headers), [`csum`] (rewrites with
 //!   checksum fix-ups), [`icmp`] (ICMP errors and their quoted packet), [`frag`] (later
 //!   fragments follow the first);
-//! - state: [`nat`] (mappings: creation, port search, TCP state), [`embryonic`] (early
+//! - state: [`nat`] (mappings: creation, port search, TCP state), [`nat6`] (the same for
+//!   IPv6), [`embryonic`] (early
 //!   drop of unanswered connections from outside), [`hairpin`] (containers
 //!   reaching a published port through the host's address), [`maps`];
 //! - forwarding: [`fwd`] (subnets, bridges, redirects, FIB lookups);
@@ -29,29 +32,50 @@ mod fwd;
 mod hairpin;
 mod host;
 mod icmp;
+mod ipv6;
 mod maps;
 mod nat;
+mod nat6;
 mod parse;
 mod port;
 mod stats;
 mod trace;
 mod uplink;
+mod uplink6;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use bpfnat_common::{HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS};
+use bpfnat_common::{
+    names::{IPV6_EGRESS, IPV6_INGRESS},
+    HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
+};
 
-/// Uplink egress: masquerade the source of packets from internal subnets.
+/// Uplink egress: masquerade the source of packets from internal subnets (IPv6 frames go to
+/// [`nat_egress6`]).
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
+    ipv6::dispatch(&ctx, IPV6_EGRESS);
     verdict::run(&ctx, HOOK_UPLINK_EGRESS, uplink::try_egress)
 }
 
 /// Uplink ingress: send replies of masqueraded flows, and connections to published ports,
-/// back to their container.
+/// back to their container (IPv6 frames go to [`nat_ingress6`]).
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
+    ipv6::dispatch(&ctx, IPV6_INGRESS);
     verdict::run(&ctx, HOOK_UPLINK_INGRESS, uplink::try_ingress)
+}
+
+/// Uplink egress, IPv6 (tail-called by [`nat_egress`]).
+#[classifier]
+pub fn nat_egress6(ctx: TcContext) -> i32 {
+    verdict::run_untraced(&ctx, uplink6::try_egress6)
+}
+
+/// Uplink ingress, IPv6 (tail-called by [`nat_ingress`]).
+#[classifier]
+pub fn nat_ingress6(ctx: TcContext) -> i32 {
+    verdict::run_untraced(&ctx, uplink6::try_ingress6)
 }
 
 /// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.

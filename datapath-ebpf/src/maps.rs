@@ -4,13 +4,13 @@
 //! time (`--table-size`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FragEntry, FragKey, HairpinEntry,
-    NatConfig, NatEntry, PublishKey, PublishTarget, TraceEvent, TraceFilter, Traffic,
-    DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
+    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FlowKey6, FragEntry, FragKey,
+    HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishTarget, TraceEvent,
+    TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -102,3 +102,32 @@ pub static EMBRYONIC: Array<EmbryonicSlot, 65536> = Array::new();
 /// The next slot of `EMBRYONIC` (a counter; the slot is its value modulo the ring's size).
 #[btf_map]
 pub static EMBRYONIC_NEXT: Array<u64, 1> = Array::new();
+
+/// Type of the two IPv6 connection tables. Not preallocated (`BPF_F_NO_PREALLOC`): a host
+/// with little IPv6 traffic does not pay the full table's memory up front.
+pub type NatTable6 = HashMap<FlowKey6, NatEntry6, TABLE, 1>;
+
+/// IPv6, original direction: as `NAT_OUT`.
+#[btf_map]
+pub static NAT6_OUT: NatTable6 = HashMap::new();
+
+/// IPv6, reply direction: as `NAT_IN` (claimed first, with `BPF_NOEXIST`).
+#[btf_map]
+pub static NAT6_IN: NatTable6 = HashMap::new();
+
+/// The containers' IPv6 subnets: 128-bit prefix -> the ifindex of the subnet's bridge.
+#[btf_map]
+pub static INTERNAL_NETS6: LpmTrie<[u32; 4], u32, 64> = LpmTrie::new();
+
+/// The IPv6 programs the IPv4 entry points tail-call for IPv6 frames (`names::IPV6_*`);
+/// filled by the loader.
+#[btf_map]
+pub static IPV6_PROGS: ProgramArray<2> = ProgramArray::new();
+
+/// Scratch space of the IPv6 port search, one slot per CPU (see `nat6::PortSearch6`).
+#[btf_map]
+pub static SEARCH6: PerCpuArray<crate::nat6::PortSearch6, 1> = PerCpuArray::new();
+
+/// The IPv6 packet being handled, one slot per CPU (see `ipv6::Packet6`).
+#[btf_map]
+pub static PACKET6: PerCpuArray<crate::ipv6::Packet6, 1> = PerCpuArray::new();

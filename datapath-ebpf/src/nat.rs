@@ -18,7 +18,7 @@ use bpfnat_common::{
     tcp_state,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Counter, FlowKey, NatEntry, PublishKey, PublishTarget, IPPROTO_DCCP, IPPROTO_ICMP,
-    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, NAT_FLAG_ORIGINAL,
+    IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, NAT_FLAG_ORIGINAL,
     NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES, TCP_SEEN_ACK,
     TCP_SEEN_ACKED_PEER_FIN, TCP_SEEN_FIN, TCP_SEEN_PEER_FIN, TCP_SEEN_RST, TCP_SEEN_SEQ,
     TCP_SEEN_SYN,
@@ -26,7 +26,7 @@ use bpfnat_common::{
 
 use crate::{
     embryonic, fwd, host,
-    maps::{NatTable, CONFIG, NAT_IN, NAT_OUT, PUBLISH},
+    maps::{CONFIG, NAT_IN, NAT_OUT, PUBLISH},
     stats::count,
 };
 
@@ -84,10 +84,11 @@ fn has_ports(proto: u8) -> bool {
     )
 }
 
-/// Ports an outbound flow may be given, inclusive, host byte order.
+/// Ports an outbound flow may be given, inclusive, host byte order (`port_min`/`port_max`:
+/// the configured range, 0 for MASQUERADE's classes).
 #[inline(always)]
-fn port_range(proto: u8, original: u16, cfg: &Settings) -> (u32, u32) {
-    if proto == IPPROTO_ICMP {
+pub fn port_range(proto: u8, original: u16, port_min: u16, port_max: u16) -> (u32, u32) {
+    if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
         // Echo identifiers have no classes; any 16-bit value is fine.
         return (0, 65535);
     }
@@ -96,8 +97,8 @@ fn port_range(proto: u8, original: u16, cfg: &Settings) -> (u32, u32) {
         // has the one "port" 0: one flow per peer address at a time.
         return (original as u32, original as u32);
     }
-    if cfg.port_min != 0 {
-        return (cfg.port_min as u32, cfg.port_max as u32);
+    if port_min != 0 {
+        return (port_min as u32, port_max as u32);
     }
     // MASQUERADE keeps a port in its class so privileged-port semantics survive the NAT.
     match original {
@@ -251,7 +252,7 @@ pub fn create_mapping(
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let original_port = u16::from_be(key.src_port);
-    let (lo, hi) = port_range(key.proto, original_port, cfg);
+    let (lo, hi) = port_range(key.proto, original_port, cfg.port_min, cfg.port_max);
     let mut search = PortSearch {
         reply: FlowKey::new(
             key.dst_addr,
@@ -393,18 +394,17 @@ fn in_window(entry: *mut NatEntry, seg: &Segment, peer: Option<*mut NatEntry>) -
 /// Record a TCP segment on the entry of its direction: its flags, and how far its sequence
 /// space and its acknowledgements go. A RST outside the window is refused
 /// (`drop_tcp_window`); a FIN outside it is let through without touching the state. The
-/// other half (`other` in `other_table`) is looked up once, and only for a RST or a FIN, so
-/// the common case costs no extra lookup.
+/// other half (`peer`: its lookup, in whichever family's table) is looked up once, and only
+/// for a RST or a FIN, so the common case costs no extra lookup.
 #[inline(always)]
 pub fn track_tcp(
     entry: *mut NatEntry,
     seg: &Segment,
-    other_table: &NatTable,
-    other: &FlowKey,
+    peer: impl FnOnce() -> Option<*mut NatEntry>,
 ) -> Result<(), Counter> {
     let mut flags = seg.flags;
     let peer = if flags & (TCP_RST | TCP_FIN) != 0 {
-        other_table.get_ptr_mut(other)
+        peer()
     } else {
         None
     };
@@ -450,13 +450,17 @@ pub fn track_tcp(
 /// A new SYN on a mapping whose connection is over (TIME_WAIT, CLOSE, or both sides closed)
 /// starts a new connection on the same mapping, as the kernel reuses TIME_WAIT entries.
 /// `entry` is the half of the side that opens connections (the container's for masqueraded
-/// flows, the client's for published ones); `other` is the other half.
+/// flows, the client's for published ones); `peer` looks the other half up.
 #[inline(always)]
-pub fn reopen_if_closed(entry: *mut NatEntry, flags: u8, other_table: &NatTable, other: &FlowKey) {
+pub fn reopen_if_closed(
+    entry: *mut NatEntry,
+    flags: u8,
+    peer: impl FnOnce() -> Option<*mut NatEntry>,
+) {
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return;
     }
-    let Some(peer) = other_table.get_ptr_mut(other) else {
+    let Some(peer) = peer() else {
         return;
     };
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the

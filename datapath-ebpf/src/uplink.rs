@@ -120,10 +120,15 @@ fn apply(
             // SAFETY: as above.
             Dir::Ingress => (unsafe { (*entry).flags } & NAT_FLAG_PUBLISHED) != 0,
         };
+        #[allow(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the key takes another 16 bytes of a stack that has none left"
+        )]
+        let peer = || dir.other_table().get_ptr_mut(&other);
         if opener {
-            reopen_if_closed(entry, pkt.tcp_flags, dir.other_table(), &other);
+            reopen_if_closed(entry, pkt.tcp_flags, peer);
         }
-        track_tcp(entry, &segment(ctx, pkt), dir.other_table(), &other)?;
+        track_tcp(entry, &segment(ctx, pkt), peer)?;
     }
     let (port_off, old_port) = match dir {
         Dir::Egress => (pkt.l4.src_port_off, pkt.src_port),

@@ -63,6 +63,16 @@ pub fn run(ctx: &TcContext, hook: u8, logic: impl Fn(&TcContext) -> Result<i32, 
     action
 }
 
+/// [`run`] without the trace: for the IPv6 programs, which `bpfnat trace` does not follow yet
+/// (its events carry IPv4 tuples), and whose stack has no room for the trace's part.
+#[inline(always)]
+pub fn run_untraced(ctx: &TcContext, logic: impl Fn(&TcContext) -> Result<i32, Counter>) -> i32 {
+    match logic(ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(ctx, reason),
+    }
+}
+
 /// At most one log line per second per CPU.
 #[inline(always)]
 fn log_allowed() -> bool {

@@ -1,11 +1,15 @@
 //! The loaded eBPF datapath: load and verify the programs, fill the configuration maps,
 //! attach to an uplink, read counters and the connection table.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray},
     programs::{
         links::{FdLink, LinkError, LinkOrder, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
@@ -19,11 +23,11 @@ use bpfnat_common::{
     Timeouts, DEFAULT_TABLE_SIZE,
 };
 
-use crate::util::addr::{Ipv4Net, PortRange};
+use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 17] = [
+pub(crate) const PINNED_MAPS: [&str; 21] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -41,6 +45,12 @@ pub(crate) const PINNED_MAPS: [&str; 17] = [
     names::MAP_EMBRYONIC,
     names::MAP_EMBRYONIC_NEXT,
     names::MAP_ASSIGNED_PORTS,
+    names::MAP_NAT6_OUT,
+    names::MAP_NAT6_IN,
+    names::MAP_INTERNAL_NETS6,
+    // Pinned so that the IPv6 programs stay reachable from the pinned links while no loader
+    // runs (a program array's slots are emptied when its last user reference goes).
+    names::MAP_IPV6_PROGS,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -134,6 +144,8 @@ fn size_tables(loader: &mut EbpfLoader, table_size: u32) {
     loader
         .map_max_entries(names::MAP_NAT_OUT, table_size)
         .map_max_entries(names::MAP_NAT_IN, table_size)
+        .map_max_entries(names::MAP_NAT6_OUT, table_size)
+        .map_max_entries(names::MAP_NAT6_IN, table_size)
         .map_max_entries(
             names::MAP_EMBRYONIC,
             bpfnat_common::embryonic_slots(table_size),
@@ -293,7 +305,13 @@ impl Datapath {
             .load(DATAPATH_OBJECT)
             .map_err(|e| explain_load_error(anyhow::Error::new(e)))
             .context("loading the datapath's maps")?;
-        for name in [names::PROG_EGRESS, names::PROG_INGRESS, names::PROG_PORT] {
+        for name in [
+            names::PROG_EGRESS,
+            names::PROG_INGRESS,
+            names::PROG_PORT,
+            names::PROG_EGRESS6,
+            names::PROG_INGRESS6,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
@@ -301,6 +319,27 @@ impl Datapath {
             prog.load()
                 .map_err(|e| explain_load_error(anyhow::Error::new(e)))
                 .with_context(|| format!("loading program {name}"))?;
+        }
+        // The IPv6 programs, where the IPv4 entry points tail-call them.
+        let mut ipv6_progs = Vec::new();
+        for (index, name) in [
+            (names::IPV6_EGRESS, names::PROG_EGRESS6),
+            (names::IPV6_INGRESS, names::PROG_INGRESS6),
+        ] {
+            let prog: &SchedClassifier = ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
+                .try_into()?;
+            ipv6_progs.push((index, prog.fd()?.try_clone()?));
+        }
+        let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(
+            ebpf.map_mut(names::MAP_IPV6_PROGS)
+                .ok_or_else(|| anyhow!("map {} missing", names::MAP_IPV6_PROGS))?,
+        )?;
+        for (index, fd) in &ipv6_progs {
+            slots
+                .set(*index, fd, 0)
+                .context("filling the IPv6 program slots")?;
         }
         Ok(Self {
             ebpf,
@@ -356,6 +395,8 @@ impl Datapath {
                 .and_then(map_data)
                 .and_then(|d| d.info().ok())
                 .map_or(0, |i| i.max_entries()),
+            // Kept: `set_external6` sets it.
+            external_addr6: self.config().map_or([0; 4], |c| c.external_addr6),
         };
         let mut config: Array<&mut MapData, NatConfig> =
             Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
@@ -367,6 +408,18 @@ impl Datapath {
     /// The configuration currently in the datapath.
     pub(crate) fn config(&self) -> anyhow::Result<NatConfig> {
         read_config(self.map(names::MAP_CONFIG)?)
+    }
+
+    /// Change the external IPv6 address (None: the uplink has none; translate no IPv6),
+    /// keeping the rest of the configuration.
+    pub fn set_external6(&mut self, external: Option<Ipv6Addr>) -> anyhow::Result<()> {
+        let mut cfg = self.config()?;
+        cfg.external_addr6 = external.map_or([0; 4], |a| bpfnat_common::addr6_to_map(a.octets()));
+        let mut config: Array<&mut MapData, NatConfig> =
+            Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
+        config
+            .set(0, cfg, 0)
+            .context("writing the datapath configuration")
     }
 
     /// Change the external address (None: the uplink has none; translate nothing), keeping
@@ -406,6 +459,21 @@ impl Datapath {
         Ok(())
     }
 
+    /// The IPv6 subnets of a served bridge (masqueraded with the uplink's IPv6 address).
+    pub fn add_bridge_nets6(
+        &mut self,
+        bridge_ifindex: u32,
+        subnets: &[Ipv6Net],
+    ) -> anyhow::Result<()> {
+        let mut nets: LpmTrie<&mut MapData, [u32; 4], u32> =
+            LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS6)?)?;
+        for net in subnets {
+            nets.insert(&net6_key(net), bridge_ifindex, 0)
+                .with_context(|| format!("adding subnet {net}"))?;
+        }
+        Ok(())
+    }
+
     /// Stop serving a bridge (its network was removed): its subnets are no longer internal and
     /// its entry is gone. Its ports are released by the port watcher, its mappings by the
     /// caller.
@@ -425,6 +493,20 @@ impl Datapath {
                     nets.remove(&key)
                         .with_context(|| format!("removing subnet {net}"))?;
                 }
+            }
+        }
+        {
+            // Its IPv6 subnets, all of them: found by their value.
+            let mut nets: LpmTrie<&mut MapData, [u32; 4], u32> =
+                LpmTrie::try_from(self.map_mut(names::MAP_INTERNAL_NETS6)?)?;
+            let doomed: Vec<Key<[u32; 4]>> = nets
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, b)| *b == bridge_ifindex)
+                .map(|(k, _)| k)
+                .collect();
+            for key in &doomed {
+                let _ = nets.remove(key);
             }
         }
         let mut bridges: HashMap<&mut MapData, u32, BridgeInfo> =
@@ -759,6 +841,20 @@ impl Datapath {
         }
     }
 
+    /// The IPv6 connection tables, writable.
+    pub fn tables6(&mut self) -> anyhow::Result<NatTables6<'_>> {
+        match self
+            .ebpf
+            .maps_disjoint_mut([names::MAP_NAT6_OUT, names::MAP_NAT6_IN])
+        {
+            [Some(out), Some(inbound)] => Ok(NatTables6 {
+                out: HashMap::try_from(out)?,
+                inbound: HashMap::try_from(inbound)?,
+            }),
+            _ => bail!("IPv6 connection maps missing from the datapath object"),
+        }
+    }
+
     /// The hairpin connections, writable (expiry).
     pub(crate) fn hairpin_map(
         &mut self,
@@ -779,6 +875,12 @@ impl Datapath {
             .find(|(c, _)| *c == which)
             .map_or(0, |(_, v)| v))
     }
+}
+
+/// The two halves of the IPv6 connection table, writable.
+pub struct NatTables6<'a> {
+    pub out: HashMap<&'a mut MapData, bpfnat_common::FlowKey6, bpfnat_common::NatEntry6>,
+    pub inbound: HashMap<&'a mut MapData, bpfnat_common::FlowKey6, bpfnat_common::NatEntry6>,
 }
 
 /// The two halves of the connection table, writable.
@@ -812,6 +914,14 @@ fn raw_fd(map: &aya::maps::Map, name: &str) -> anyhow::Result<std::os::fd::RawFd
         aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
         _ => Err(anyhow!("map {name} is not a hash map")),
     }
+}
+
+/// The `INTERNAL_NETS6` key of a subnet.
+fn net6_key(net: &Ipv6Net) -> Key<[u32; 4]> {
+    Key::new(
+        u32::from(net.prefix_len),
+        bpfnat_common::addr6_to_map(net.addr.octets()),
+    )
 }
 
 /// The `INTERNAL_NETS` key of a subnet.

@@ -31,7 +31,7 @@ use crate::{
         iface::{self, Link},
         peer,
     },
-    util::addr::Ipv4Net,
+    util::addr::{Ipv4Net, Ipv6Net},
 };
 
 /// A bridge as the user gives it.
@@ -45,6 +45,8 @@ pub struct BridgeSpec {
     pub masquerade: bool,
     /// Empty: the bridge's own IPv4 networks.
     pub subnets: Vec<Ipv4Net>,
+    /// Empty: the bridge's own global IPv6 networks (none: no IPv6 for it).
+    pub subnets6: Vec<Ipv6Net>,
 }
 
 impl BridgeSpec {
@@ -55,6 +57,7 @@ impl BridgeSpec {
             internal: false,
             masquerade: true,
             subnets: Vec::new(),
+            subnets6: Vec::new(),
         }
     }
 }
@@ -95,8 +98,13 @@ impl FromStr for BridgeSpec {
                 "masquerade" => spec.masquerade = flag(value)?,
                 "subnet" => {
                     let v = value.ok_or_else(|| anyhow!("bad bridge {s:?}: subnet needs =CIDR"))?;
-                    spec.subnets
-                        .push(v.parse().with_context(|| format!("bad bridge {s:?}"))?);
+                    if v.contains(':') {
+                        spec.subnets6
+                            .push(v.parse().with_context(|| format!("bad bridge {s:?}"))?);
+                    } else {
+                        spec.subnets
+                            .push(v.parse().with_context(|| format!("bad bridge {s:?}"))?);
+                    }
                 }
                 _ => bail!(
                     "bad bridge {s:?}: unknown option {key:?} (known: icc=BOOL, internal, \
@@ -117,6 +125,8 @@ pub(crate) struct Bridge {
     pub gateway: Option<Ipv4Addr>,
     pub mac: [u8; 6],
     pub subnets: Vec<Ipv4Net>,
+    /// Its IPv6 subnets (masqueraded with the uplink's global IPv6 address).
+    pub subnets6: Vec<Ipv6Net>,
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
@@ -175,6 +185,19 @@ impl Bridge {
         } else {
             spec.subnets.clone()
         };
+        let subnets6 = if spec.subnets6.is_empty() {
+            let mut nets: Vec<Ipv6Net> = Vec::new();
+            for (addr, len) in iface::ipv6_global_addrs(handle, &spec.name).await? {
+                if let Ok(net) = Ipv6Net::new(addr, len.min(128)) {
+                    if !nets.contains(&net) {
+                        nets.push(net);
+                    }
+                }
+            }
+            nets
+        } else {
+            spec.subnets6.clone()
+        };
         // The primary address inside the served subnets is what containers use as gateway.
         let gateway = addrs
             .iter()
@@ -187,6 +210,7 @@ impl Bridge {
             gateway,
             mac: link.mac.unwrap_or_default(),
             subnets,
+            subnets6,
             icc: spec.icc.unwrap_or(true),
             internal: spec.internal,
             masquerade: spec.masquerade,
@@ -770,6 +794,7 @@ mod tests {
             gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             mac: [2, 0, 0, 0, 0, 1],
             subnets: vec![],
+            subnets6: vec![],
             icc: true,
             internal: false,
             masquerade: true,

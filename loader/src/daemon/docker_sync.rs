@@ -205,6 +205,9 @@ impl DockerSync {
             internal: net.internal,
             masquerade: net.masquerade,
             subnets: net.subnets.clone(),
+            // From the bridge's own addresses, as for any bridge: an `--ipv6` network's
+            // gateway address gives its subnet.
+            subnets6: Vec::new(),
         };
         let bridge = Bridge::resolve(netlink, links, &spec)
             .await
@@ -228,6 +231,8 @@ impl DockerSync {
             }
         }
         dp.add_bridge(bridge.ifindex, bridge.info(), &bridge.subnets)
+            .map_err(|e| format!("{e:#}"))?;
+        dp.add_bridge_nets6(bridge.ifindex, &bridge.subnets6)
             .map_err(|e| format!("{e:#}"))?;
         ports.add_bridge(&bridge);
         Ok(bridge)

@@ -61,6 +61,21 @@ fn check_subnets(bridges: &[Bridge], external: Ipv4Addr) -> anyhow::Result<()> {
             }
         }
     }
+    let all6: Vec<_> = bridges
+        .iter()
+        .flat_map(|b| b.subnets6.iter().map(move |n| (b, n)))
+        .collect();
+    for (i, (b, net)) in all6.iter().enumerate() {
+        for (o, other) in &all6[..i] {
+            if net.contains(other.addr) || other.contains(net.addr) {
+                bail!(
+                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
+                    b.name,
+                    o.name
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -138,6 +153,13 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         .then(|| dp.config().map(|c| c.external_addr).unwrap_or(0))
         .filter(|&a| a != 0 && a != bpfnat_common::addr_to_map(external.octets()));
     dp.configure(external, opts.port_range, &opts.timeouts)?;
+    // IPv6: the uplink's global address, if it has one (NAT66 masquerade; none: no IPv6 is
+    // translated, and the address watch picks one up when it comes).
+    let external6 = iface::ipv6_global_addrs(&netlink, &opts.uplink)
+        .await?
+        .first()
+        .map(|(a, _)| *a);
+    dp.set_external6(external6)?;
     if let Some(old) = previous {
         let forgotten = forget_other_addresses(&mut dp, &opts, Some(external))?;
         info!(
@@ -152,6 +174,7 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     // uplink to be masqueraded.
     for b in &bridges {
         dp.add_bridge(b.ifindex, b.info(), &b.subnets)?;
+        dp.add_bridge_nets6(b.ifindex, &b.subnets6)?;
     }
     let had_clsact = iface::has_clsact(&netlink, uplink_index).await?;
     let mode = dp.attach(&opts.uplink, opts.tc_mode)?;
@@ -392,6 +415,12 @@ async fn serve(
     port_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = AddressWatch {
         current: Some(external),
+        current6: dp
+            .config()
+            .ok()
+            .map(|c| c.external_addr6)
+            .filter(|a| *a != [0; 4])
+            .map(|a| std::net::Ipv6Addr::from(bpfnat_common::addr6_from_map(a))),
         failing: false,
     };
     // Link events: a new port is served (and checked, and isolated) as soon as it joins a
@@ -433,6 +462,18 @@ async fn serve(
                     Err(e) => warn!("expiry sweep failed: {e:#}"),
                 }
                 if !sweeper.mid_pass() {
+                    // The IPv6 table, whole, with every pass.
+                    match dp.tables6() {
+                        Ok(mut t6) => {
+                            let now = crate::table::timeouts::monotonic_ns();
+                            let (expired, orphans) =
+                                crate::table::conntrack6::sweep6(&mut t6, &opts.timeouts, now);
+                            if expired + orphans > 0 {
+                                info!("expired {expired} IPv6 mappings, {orphans} orphan halves");
+                            }
+                        }
+                        Err(e) => warn!("IPv6 expiry sweep failed: {e:#}"),
+                    }
                     // Hairpin connections age with every pass (their table is small).
                     match dp.hairpin_map() {
                         Ok(mut map) => {
@@ -519,12 +560,15 @@ fn link_events() -> anyhow::Result<LinkEvents> {
 struct AddressWatch {
     /// The address in the datapath's configuration; None = the uplink has none.
     current: Option<Ipv4Addr>,
+    /// Its global IPv6 address in the configuration (None: none, no IPv6 translated).
+    current6: Option<std::net::Ipv6Addr>,
     /// The last check failed (logged once until it works again).
     failing: bool,
 }
 
 impl AddressWatch {
     async fn check(&mut self, dp: &mut Datapath, opts: &Settings, netlink: &rtnetlink::Handle) {
+        self.check6(dp, opts, netlink).await;
         let now = match iface::primary_ipv4(netlink, &opts.uplink).await {
             Ok(addr) => {
                 self.failing = false;
@@ -545,6 +589,47 @@ impl AddressWatch {
             // Tried again at the next check: `current` is unchanged.
             warn!("uplink {} address change not applied: {e:#}", opts.uplink);
         }
+    }
+
+    /// The IPv6 address: as for IPv4, the new one for new flows, the old one's mappings
+    /// forgotten.
+    async fn check6(&mut self, dp: &mut Datapath, opts: &Settings, netlink: &rtnetlink::Handle) {
+        let Ok(addrs) = iface::ipv6_global_addrs(netlink, &opts.uplink).await else {
+            return; // the IPv4 check reports a failing uplink
+        };
+        // The current one while the uplink still has it: a second address does not move
+        // the flows.
+        let now = match self.current6 {
+            Some(a) if addrs.iter().any(|(x, _)| *x == a) => Some(a),
+            _ => addrs.first().map(|(a, _)| *a),
+        };
+        if now == self.current6 {
+            return;
+        }
+        if let Err(e) = dp.set_external6(now) {
+            warn!(
+                "uplink {} IPv6 address change not applied: {e:#}",
+                opts.uplink
+            );
+            return;
+        }
+        let keep = now.map(|a| bpfnat_common::addr6_to_map(a.octets()));
+        let forgotten = dp.tables6().map_or(0, |mut t6| {
+            crate::table::conntrack6::remove6_where(
+                &mut t6,
+                &opts.timeouts,
+                crate::table::timeouts::monotonic_ns(),
+                |c| Some(c.out.addr) != keep,
+            )
+        });
+        let show = |a: Option<std::net::Ipv6Addr>| a.map_or("none".to_owned(), |a| a.to_string());
+        info!(
+            "uplink {} IPv6 address changed from {} to {}: {forgotten} IPv6 mappings forgotten",
+            opts.uplink,
+            show(self.current6),
+            show(now)
+        );
+        self.current6 = now;
     }
 
     fn apply(

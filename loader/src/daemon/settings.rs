@@ -156,6 +156,7 @@ impl FileBridge {
             masquerade: self.masquerade.unwrap_or(true),
             subnets: parse_subnets(self.subnets.as_deref().unwrap_or_default())
                 .with_context(|| format!("bridge {:?} of the config file", self.name))?,
+            subnets6: Vec::new(),
         })
     }
 }

@@ -71,6 +71,44 @@ pub(crate) async fn ipv4_addrs(
     Ok(out)
 }
 
+/// The global IPv6 addresses of interface `name` with their prefix lengths, in the kernel's
+/// order: not link-local (fe80::/10), not deprecated or tentative (a usable source).
+pub(crate) async fn ipv6_global_addrs(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> anyhow::Result<Vec<(std::net::Ipv6Addr, u8)>> {
+    let index = ifindex(name)?;
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("reading addresses of {name}"))?
+    {
+        let unusable = msg.header.flags.iter().any(|f| {
+            matches!(
+                f,
+                AddressHeaderFlag::Deprecated | AddressHeaderFlag::Tentative
+            )
+        });
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(addr) = addr {
+            let link_local = addr.segments()[0] & 0xffc0 == 0xfe80;
+            if !link_local && !unusable && !addr.is_loopback() {
+                out.push((addr, msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The address MASQUERADE would use: the interface's primary IPv4 address.
 pub(crate) async fn primary_ipv4(
     handle: &rtnetlink::Handle,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bpfnat_common::{
     tcp_state,
     wire::{TCP_FIN, TCP_RST},
-    HairpinEntry, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_FLAG_PUBLISHED,
+    HairpinEntry, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, NAT_FLAG_PUBLISHED,
 };
 
 /// The TCP state of a mapping from its `NAT_OUT` half and its `NAT_IN` half (if any). The
@@ -45,7 +45,7 @@ pub(crate) fn idle_timeout(
         }
         IPPROTO_UDP if both_ways => timeouts.udp_both_ways,
         IPPROTO_UDP => timeouts.udp_one_way,
-        IPPROTO_ICMP => timeouts.icmp,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => timeouts.icmp,
         _ => timeouts.generic,
     };
     Duration::from_secs(u64::from(secs))

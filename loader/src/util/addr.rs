@@ -1,7 +1,12 @@
 //! Parsing of the user's address arguments: IPv4 CIDRs, port ranges and protocol names, with
 //! one-line errors.
 
-use std::{borrow::Cow, fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    borrow::Cow,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{anyhow, bail, Context as _};
 use bpfnat_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
@@ -85,6 +90,62 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An IPv6 network, normalised so that host bits are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv6Net {
+    pub(crate) fn new(addr: Ipv6Addr, prefix_len: u8) -> anyhow::Result<Self> {
+        if prefix_len > 128 {
+            bail!("prefix length {prefix_len} is larger than 128");
+        }
+        Ok(Self {
+            addr: Ipv6Addr::from(u128::from(addr) & Self::mask_of(prefix_len)),
+            prefix_len,
+        })
+    }
+
+    fn mask_of(prefix_len: u8) -> u128 {
+        if prefix_len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(prefix_len))
+        }
+    }
+
+    pub(crate) fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & Self::mask_of(self.prefix_len) == u128::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| anyhow!("bad CIDR {s:?}: expected ADDRESS/PREFIX, e.g. fd00:18::/64"))?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .with_context(|| format!("bad CIDR {s:?}: {addr:?} is not an IPv6 address"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 128)
+            .ok_or_else(|| anyhow!("bad CIDR {s:?}: prefix length must be 0-128"))?;
+        Self::new(addr, len)
+    }
+}
+
 /// An inclusive range of ports (1-65535): `--port-range`, and the host and container ports of a
 /// publish; `lo == hi` for one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -151,6 +212,17 @@ impl fmt::Display for PortRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_cidrs() {
+        let net: Ipv6Net = "fd00:18::7/64".parse().unwrap();
+        assert_eq!(net.to_string(), "fd00:18::/64");
+        assert!(net.contains("fd00:18::2".parse().unwrap()));
+        assert!(!net.contains("fd00:19::2".parse().unwrap()));
+        for bad in ["fd00::", "fd00::/129", "172.18.0.0/24", "x/64"] {
+            assert!(bad.parse::<Ipv6Net>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn protocol_names_in_any_case_and_numbers() {

@@ -22,6 +22,7 @@ mod bridge;
 mod frag;
 mod hostile;
 mod icmp;
+mod ipv6;
 mod nat;
 mod races;
 mod table;

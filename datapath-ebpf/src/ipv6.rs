@@ -1,0 +1,212 @@
+//! IPv6 parsing: the fixed header, the extension headers walked in a bounded loop, and the
+//! L4 view the NAT needs (TCP, UDP, ICMPv6 echo).
+//!
+//! IPv6 frames reach the IPv6 programs by a tail call from the IPv4 entry points (see
+//! [`dispatch`]), so that each family's programs are verified on their own and the IPv4 path
+//! pays one comparison for it. Headers behind extension headers sit at offsets only known at
+//! run time: every read here copies with `bpf_skb_load_bytes` (`ctx.load`), which checks its
+//! bounds itself, and every write goes through helpers.
+
+use aya_ebpf::programs::TcContext;
+use bpfnat_common::{
+    wire::{
+        ETH_P_IPV6, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPV6_DSTOPTS, IPV6_FRAGMENT,
+        IPV6_HOPOPTS, IPV6_ROUTING,
+    },
+    Counter, FlowKey6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    maps::IPV6_PROGS,
+    parse::{pull, read_at, ETH_HLEN, L4},
+};
+
+/// The fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+/// Source and destination addresses, relative to the frame start.
+pub const IP6_SRC_OFF: usize = ETH_HLEN + 8;
+pub const IP6_DST_OFF: usize = ETH_HLEN + 24;
+/// At most this many extension headers are walked; a packet with more is not translated.
+const MAX_EXT_HEADERS: usize = 8;
+/// The fixed TCP header.
+const TCP_HLEN: usize = 20;
+
+/// If the frame is IPv6, hand it to the IPv6 program at `index` of `IPV6_PROGS` (a tail
+/// call: it does not come back). If that slot is empty (an old loader) the IPv4 program goes
+/// on and passes the frame as not IPv4.
+#[inline(always)]
+pub fn dispatch(ctx: &TcContext, index: u32) {
+    let is_ipv6 = read_at::<u16>(ctx, 12).is_some_and(|t| u16::from_be(t) == ETH_P_IPV6);
+    if is_ipv6 {
+        // SAFETY: a tail call to a program of the same type, from an entry point (nothing on
+        // its stack needs to survive: control does not come back on success).
+        unsafe { IPV6_PROGS.tail_call(ctx, index) };
+    }
+}
+
+/// A packet of an IPv6 flow: TCP, UDP or ICMPv6 echo. Parsed into a per-CPU scratch slot
+/// (`PACKET6`): 128-bit addresses leave little room on the stack.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Packet6 {
+    pub proto: u8,
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    /// Ports, or the echo identifier (request: source, reply: destination), network order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// ICMPv6 type (0 for TCP/UDP).
+    pub icmp_type: u8,
+    /// TCP header flags.
+    pub tcp_flags: u8,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    /// The IPv6 payload length (0: a jumbogram or a BIG TCP packet).
+    pub payload_len: u16,
+    pub l4: L4,
+}
+
+impl Packet6 {
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey6 {
+        FlowKey6::new(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+}
+
+/// Parse an Ethernet + IPv6 frame (the caller knows it is IPv6) into `pkt`. `Ok(None)`: a
+/// packet of a flow; `Ok(Some(reason))`: anything else, not translated for `reason` (`pkt`
+/// then holds its addresses and protocol, for the direct-access and leak checks). `Err`:
+/// malformed, dropped.
+#[inline(always)]
+pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Counter> {
+    let malformed = Counter::DropMalformed;
+    pull(ctx, ETH_HLEN + IPV6_HLEN + TCP_HLEN)?;
+    let fixed: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| malformed)?;
+    if fixed[0] >> 4 != 6 {
+        return Err(malformed);
+    }
+    let payload_len = u16::from_be_bytes([fixed[4], fixed[5]]);
+    pkt.src_addr = ctx.load(IP6_SRC_OFF).map_err(|_| malformed)?;
+    pkt.dst_addr = ctx.load(IP6_DST_OFF).map_err(|_| malformed)?;
+    pkt.payload_len = payload_len;
+    pkt.src_port = 0;
+    pkt.dst_port = 0;
+    pkt.icmp_type = 0;
+    pkt.tcp_flags = 0;
+    let mut next = fixed[6];
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                // Next header, then the length in 8-octet units after the first 8.
+                let ext: [u8; 2] = ctx.load(off).map_err(|_| malformed)?;
+                next = ext[0];
+                off += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                // Next header, reserved, offset (13 bits) and flags, identification.
+                let frag: [u8; 4] = ctx.load(off).map_err(|_| malformed)?;
+                next = frag[0];
+                if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                    // A later fragment: no L4 header.
+                    pkt.proto = next;
+                    return Ok(Some(Counter::PassFragment));
+                }
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    pkt.proto = next;
+    pkt.l4_off = off;
+    match next {
+        IPPROTO_TCP => {
+            let hdr: [u8; TCP_HLEN] = ctx.load(off).map_err(|_| malformed)?;
+            let ports = [
+                u16::from_ne_bytes([hdr[0], hdr[1]]),
+                u16::from_ne_bytes([hdr[2], hdr[3]]),
+            ];
+            pkt.l4 = L4 {
+                src_port_off: off,
+                dst_port_off: off + 2,
+                csum_off: off + 16,
+                pseudo_header: true,
+                udp: false,
+            };
+            pkt.src_port = ports[0];
+            pkt.dst_port = ports[1];
+            pkt.tcp_flags = hdr[13];
+            Ok(None)
+        }
+        IPPROTO_UDP => {
+            let hdr: [u16; 4] = ctx.load(off).map_err(|_| malformed)?;
+            pkt.l4 = L4 {
+                src_port_off: off,
+                dst_port_off: off + 2,
+                csum_off: off + 6,
+                pseudo_header: true,
+                udp: true,
+            };
+            pkt.src_port = hdr[0];
+            pkt.dst_port = hdr[1];
+            Ok(None)
+        }
+        IPPROTO_ICMPV6 => {
+            // type, code, checksum, identifier, sequence
+            let hdr: [u8; 8] = ctx.load(off).map_err(|_| malformed)?;
+            let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
+            // ICMPv6's checksum covers a pseudo-header, unlike ICMP's.
+            pkt.l4 = L4 {
+                src_port_off: off + 4,
+                dst_port_off: off + 4,
+                csum_off: off + 2,
+                pseudo_header: true,
+                udp: false,
+            };
+            pkt.icmp_type = hdr[0];
+            match hdr[0] {
+                ICMPV6_ECHO_REQUEST => pkt.src_port = id,
+                ICMPV6_ECHO_REPLY => pkt.dst_port = id,
+                _ => return Ok(Some(Counter::PassUnsupportedProto)),
+            }
+            Ok(None)
+        }
+        _ => Ok(Some(Counter::PassUnsupportedProto)),
+    }
+}
+
+/// The TCP segment's sequence numbers (host order) and where its sequence space ends.
+#[inline(always)]
+pub fn segment6(ctx: &TcContext, pkt: &Packet6) -> crate::nat::Segment {
+    let hdr: [u8; 16] = ctx.load(pkt.l4_off).unwrap_or([0; 16]);
+    let seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    let ack = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+    let doff = (hdr[12] >> 4) as u32 * 4;
+    // The payload length counts from the end of the fixed header: extension headers and the
+    // TCP header come off it. 0 (a jumbogram, or BIG TCP): from the packet's length.
+    let after_fixed = if pkt.payload_len != 0 {
+        pkt.payload_len as u32
+    } else {
+        ctx.len().saturating_sub((ETH_HLEN + IPV6_HLEN) as u32)
+    };
+    let headers = (pkt.l4_off - ETH_HLEN - IPV6_HLEN) as u32 + doff;
+    let mut end = seq.wrapping_add(after_fixed.saturating_sub(headers));
+    if pkt.tcp_flags & bpfnat_common::wire::TCP_SYN != 0 {
+        end = end.wrapping_add(1);
+    }
+    if pkt.tcp_flags & bpfnat_common::wire::TCP_FIN != 0 {
+        end = end.wrapping_add(1);
+    }
+    crate::nat::Segment {
+        flags: pkt.tcp_flags,
+        seq,
+        ack,
+        end,
+    }
+}

@@ -1,0 +1,238 @@
+//! The uplink's IPv6 programs (tail-called by the IPv4 entry points for IPv6 frames): NAT66
+//! masquerade of the containers' IPv6 subnets with the uplink's global address, for TCP, UDP
+//! and ICMPv6 echo, with the same rules as IPv4: port preservation and classes, race-free
+//! claims, TCP tracking, no direct access from outside, nothing leaving with a container's
+//! address untranslated.
+//!
+//! Translated replies go on to the host's stack, which routes them to the container's bridge
+//! (the IPv6 fast path, redirecting them itself, is not built yet). Neighbour discovery and
+//! everything that is not a flow of ours passes untouched.
+
+use aya_ebpf::programs::TcContext;
+use bpfnat_common::{
+    wire::{valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_ACK, TCP_RST, TCP_SYN},
+    Counter, FlowKey6, NatEntry6, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, HOOK_UPLINK_EGRESS,
+    HOOK_UPLINK_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
+};
+
+use crate::{
+    csum::{rewrite_addr6, rewrite_port_stored},
+    fwd, host,
+    ipv6::{parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
+    maps::{NAT6_IN, NAT6_OUT, PACKET6},
+    nat::{reopen_if_closed, touch, track_tcp},
+    nat6::{create_mapping6, settings6, state, Settings6},
+    stats::{account, count},
+    verdict::{pass, NEXT},
+};
+
+/// Uplink egress, IPv6: masquerade the source of packets from the containers' subnets.
+#[inline(always)]
+pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
+    count(Counter::EgressPackets);
+    let pkt = packet_slot()?;
+    if let Some(reason) = parse6(ctx, pkt)? {
+        {
+            let (src_addr, proto) = (pkt.src_addr, pkt.proto);
+            account(HOOK_UPLINK_EGRESS, proto, ctx.len());
+            // Nothing leaves with a container's address: a later fragment or an ICMPv6
+            // message that is not echo (the translation of IPv6 errors and fragments is not
+            // built yet).
+            if settings6().is_some() && fwd::is_masqueraded6(src_addr) {
+                return Err(if reason == Counter::PassFragment {
+                    Counter::DropFragmentUnknown
+                } else {
+                    Counter::DropUntranslatable
+                });
+            }
+            return Ok(pass(reason));
+        }
+    }
+    let pkt: &Packet6 = pkt;
+    account(HOOK_UPLINK_EGRESS, pkt.proto, ctx.len());
+    let Some(cfg) = settings6() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    if pkt.proto == IPPROTO_ICMPV6 && pkt.icmp_type != ICMPV6_ECHO_REQUEST {
+        // An echo reply has no mapping to leave by.
+        if fwd::is_masqueraded6(pkt.src_addr) {
+            return Err(Counter::DropUntranslatable);
+        }
+        return Ok(pass(Counter::PassUnsupportedProto));
+    }
+    let key = pkt.key();
+    let entry = match NAT6_OUT.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => {
+            if !open_flow6(ctx, pkt, &key, &cfg)? {
+                return Ok(pass(Counter::PassNoMatch));
+            }
+            NAT6_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)?
+        }
+    };
+    apply6(ctx, true, pkt, &key, entry)?;
+    Ok(NEXT)
+}
+
+/// A new outbound flow: create its mapping if it is ours (`Ok(false)`: the host's own, or a
+/// network with masquerade off, passed). A BPF subprogram of its own: the port search's state
+/// would not fit on the egress program's stack beside the packet's.
+#[inline(never)]
+fn open_flow6(
+    ctx: &TcContext,
+    pkt: &Packet6,
+    key: &FlowKey6,
+    cfg: &Settings6,
+) -> Result<bool, Counter> {
+    match fwd::bridge_of6(pkt.src_addr) {
+        Some(bridge) => {
+            let flags = fwd::bridge_flags(bridge);
+            if flags & BRIDGE_INTERNAL != 0 {
+                return Err(Counter::DropInternal);
+            }
+            if flags & BRIDGE_NO_MASQUERADE != 0 {
+                count(Counter::PassNotMasqueraded);
+                return Ok(false);
+            }
+        }
+        // The host's own flow, unless a mapping holds its reply tuple (then it gets
+        // another port, as for IPv4).
+        None if pkt.src_addr == cfg.external && NAT6_IN.get_ptr(key.reversed()).is_some() => {
+            count(Counter::HostFlowsRemapped);
+        }
+        None => return Ok(false),
+    }
+    if pkt.proto == IPPROTO_TCP && !valid_tcp_flags(pkt.tcp_flags) {
+        return Err(Counter::DropInvalidTcp);
+    }
+    create_mapping6(ctx, key, cfg)?;
+    Ok(true)
+}
+
+/// Uplink ingress, IPv6: replies of masqueraded flows back to their container's address.
+#[inline(always)]
+pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
+    count(Counter::IngressPackets);
+    let pkt = packet_slot()?;
+    if let Some(reason) = parse6(ctx, pkt)? {
+        {
+            let (dst_addr, proto) = (pkt.dst_addr, pkt.proto);
+            account(HOOK_UPLINK_INGRESS, proto, ctx.len());
+            // Nothing reaches a container from outside directly.
+            if settings6().is_some() && fwd::is_masqueraded6(dst_addr) {
+                return Err(Counter::DropDirectAccess);
+            }
+            return Ok(pass(reason));
+        }
+    }
+    let pkt: &Packet6 = pkt;
+    account(HOOK_UPLINK_INGRESS, pkt.proto, ctx.len());
+    let Some(cfg) = settings6() else {
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    if pkt.dst_addr != cfg.external {
+        if fwd::is_masqueraded6(pkt.dst_addr) {
+            return Err(Counter::DropDirectAccess);
+        }
+        // A routed network (masquerade off): replies pass, a new TCP connection does not.
+        if pkt.proto == IPPROTO_TCP
+            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && fwd::bridge_of6(pkt.dst_addr).is_some()
+        {
+            return Err(Counter::DropDirectAccess);
+        }
+        return Ok(pass(Counter::PassNoMatch));
+    }
+    if pkt.proto == IPPROTO_ICMPV6 && pkt.icmp_type != ICMPV6_ECHO_REPLY {
+        return Ok(pass(Counter::PassUnsupportedProto));
+    }
+    let key = pkt.key();
+    let Some(entry) = NAT6_IN.get_ptr_mut(key) else {
+        if is_stray_tcp6(ctx, pkt) {
+            return Err(Counter::DropStrayTcp);
+        }
+        return Ok(pass(Counter::PassNoMatch));
+    };
+    apply6(ctx, false, pkt, &key, entry)?;
+    // On to the stack, which routes it to the container's bridge.
+    Ok(NEXT)
+}
+
+/// This CPU's slot for the packet being parsed.
+#[inline(always)]
+fn packet_slot() -> Result<&'static mut Packet6, Counter> {
+    let slot = PACKET6.get_ptr_mut(0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: this CPU's scratch slot, from a successful lookup; nothing else uses it while
+    // this program runs.
+    Ok(unsafe { &mut *slot })
+}
+
+/// A packet of mapping `entry` (`egress`: found in `NAT6_OUT`, else in `NAT6_IN`): count
+/// it, follow the TCP state on both halves, rewrite the address and the port. A BPF
+/// subprogram of its own, for the stack's sake.
+#[inline(never)]
+fn apply6(
+    ctx: &TcContext,
+    egress: bool,
+    pkt: &Packet6,
+    key: &FlowKey6,
+    entry: *mut NatEntry6,
+) -> Result<(), Counter> {
+    if pkt.proto == IPPROTO_TCP && !valid_tcp_flags(pkt.tcp_flags) {
+        return Err(Counter::DropInvalidTcp);
+    }
+    let half = state(entry);
+    touch(half, ctx.len());
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let (addr, port) = unsafe { ((*entry).addr, (*entry).entry.port) };
+    if pkt.proto == IPPROTO_TCP {
+        // SAFETY: as above.
+        let other = unsafe {
+            if egress {
+                key.reply_key(&*entry)
+            } else {
+                key.original_key(&*entry)
+            }
+        };
+        let peer = || {
+            let table = if egress { &NAT6_IN } else { &NAT6_OUT };
+            table.get_ptr_mut(other).map(state)
+        };
+        // SAFETY: as above.
+        let opener = egress || (unsafe { (*entry).entry.flags } & NAT_FLAG_PUBLISHED) != 0;
+        if opener {
+            reopen_if_closed(half, pkt.tcp_flags, peer);
+        }
+        track_tcp(half, &segment6(ctx, pkt), peer)?;
+    }
+    let (port_off, old_port, addr_off, old_addr) = if egress {
+        (pkt.l4.src_port_off, pkt.src_port, IP6_SRC_OFF, pkt.src_addr)
+    } else {
+        (pkt.l4.dst_port_off, pkt.dst_port, IP6_DST_OFF, pkt.dst_addr)
+    };
+    rewrite_port_stored(ctx, &pkt.l4, port_off, old_port, port)?;
+    rewrite_addr6(ctx, &pkt.l4, addr_off, old_addr, addr)?;
+    count(if egress {
+        Counter::EgressTranslated
+    } else {
+        Counter::IngressTranslated
+    });
+    Ok(())
+}
+
+/// A mid-stream TCP segment for the uplink address that no mapping and no local socket
+/// claims (see `uplink::is_stray_tcp`).
+#[inline(always)]
+fn is_stray_tcp6(ctx: &TcContext, pkt: &Packet6) -> bool {
+    pkt.proto == IPPROTO_TCP
+        && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0
+        && !host::has_socket6(
+            ctx,
+            pkt.proto,
+            pkt.src_addr,
+            pkt.dst_addr,
+            pkt.src_port,
+            pkt.dst_port,
+        )
+}

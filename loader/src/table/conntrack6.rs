@@ -1,0 +1,118 @@
+//! The IPv6 connection table (`NAT6_OUT`, `NAT6_IN`): the mappings NAT66 masquerade makes,
+//! listed, expired and removed with the same rules as IPv4's ([`super::conntrack`],
+//! [`super::expiry`]). Each half's state is an IPv4 [`NatEntry`] inside the [`NatEntry6`], so
+//! [`super::timeouts`] judges both families alike.
+
+use std::{net::Ipv6Addr, time::Duration};
+
+use bpfnat_common::{addr6_from_map, FlowKey6, NatEntry6, Timeouts};
+
+use crate::{
+    bpf::datapath::NatTables6,
+    table::timeouts::{idle_since, idle_timeout},
+};
+
+/// One IPv6 mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection6 {
+    /// `NAT6_OUT` key and value.
+    pub original: FlowKey6,
+    pub out: NatEntry6,
+    /// `NAT6_IN` key, and its value if that half exists.
+    pub reply: FlowKey6,
+    pub reply_entry: Option<NatEntry6>,
+    /// Idle timeout that applies now, and time since the last packet either way.
+    pub timeout: Duration,
+    pub idle: Duration,
+}
+
+impl Connection6 {
+    pub fn src(&self) -> Ipv6Addr {
+        Ipv6Addr::from(addr6_from_map(self.original.src_addr))
+    }
+
+    pub fn dst(&self) -> Ipv6Addr {
+        Ipv6Addr::from(addr6_from_map(self.original.dst_addr))
+    }
+
+    /// The external (translated) address.
+    pub fn external(&self) -> Ipv6Addr {
+        Ipv6Addr::from(addr6_from_map(self.out.addr))
+    }
+}
+
+/// Every mapping (an original half, with its reply half if present).
+pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Connection6> {
+    tables
+        .out
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(original, out)| {
+            let reply = original.reply_key(&out);
+            let reply_entry = tables.inbound.get(&reply, 0).ok();
+            let r = reply_entry.as_ref().map(|e| &e.entry);
+            let since = idle_since(original.proto, &out.entry, r);
+            Connection6 {
+                original,
+                out,
+                reply,
+                reply_entry,
+                timeout: idle_timeout(timeouts, original.proto, &out.entry, r),
+                idle: Duration::from_nanos(now_ns.saturating_sub(since)),
+            }
+        })
+        .collect()
+}
+
+/// Remove mappings, reply half first (from then on nothing arriving is translated for them).
+/// Returns how many.
+pub fn remove6(tables: &mut NatTables6<'_>, doomed: &[Connection6]) -> u64 {
+    let mut removed = 0;
+    for c in doomed {
+        let _ = tables.inbound.remove(&c.reply);
+        if tables.out.remove(&c.original).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Remove the mappings matching `pred`.
+pub fn remove6_where(
+    tables: &mut NatTables6<'_>,
+    timeouts: &Timeouts,
+    now_ns: u64,
+    pred: impl Fn(&Connection6) -> bool,
+) -> u64 {
+    let doomed: Vec<Connection6> = list6(tables, timeouts, now_ns)
+        .into_iter()
+        .filter(|c| pred(c))
+        .collect();
+    remove6(tables, &doomed)
+}
+
+/// How long a reply half may wait for its original half (being inserted by the datapath an
+/// instant later) before it counts as an orphan.
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// One expiry pass over the IPv6 table: mappings idle past their timeout, both halves, and
+/// reply halves whose original half is gone. Returns (expired, orphans).
+pub fn sweep6(tables: &mut NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> (u64, u64) {
+    let expired = remove6_where(tables, timeouts, now_ns, |c| c.idle > c.timeout);
+    let orphans: Vec<FlowKey6> = tables
+        .inbound
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, half)| {
+            let original = key.original_key(half);
+            tables.out.get(&original, 0).is_err()
+                && Duration::from_nanos(now_ns.saturating_sub(half.entry.created_ns)) > ORPHAN_GRACE
+        })
+        .map(|(key, _)| key)
+        .collect();
+    let orphans = orphans
+        .iter()
+        .filter(|k| tables.inbound.remove(k).is_ok())
+        .count() as u64;
+    (expired, orphans)
+}
