@@ -14,7 +14,8 @@
 //! - [`cli_errors`]: bad input, not root, bpffs missing, a second daemon;
 //! - [`lab_topology`]: the lab builder;
 //! - [`shared_host`]: a host shared with other tools (issue 13's items, by number);
-//! - [`docker`]: `up --docker` following a real Docker daemon.
+//! - [`docker`]: `up --docker` following a real Docker daemon;
+//! - [`ipv6`]: NAT66 masquerade (issue 15, first part).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -26,6 +27,7 @@ mod docker;
 mod host_sockets;
 mod hostile;
 mod icmp_frag;
+mod ipv6;
 mod lab_topology;
 mod nat;
 mod ops;

@@ -1,0 +1,233 @@
+//! IPv6 end to end (issue 15, first part): NAT66 masquerade of a bridge's IPv6 subnet with
+//! the uplink's global address. Lab `bnt-v6N` (`support::topo::test_lab`) gets IPv6 with
+//! `ip` inside its own namespaces: the bridge `br0` fd00:85:N::1/64, containers
+//! fd00:85:N::(1+i), the uplink `up0` 2001:db8:N::2/64 with its default route via
+//! 2001:db8:N::1 on the WAN side, which holds the remote 2001:db8:100::1 and has no route back
+//! to fd00:85:N::/64, like the IPv6 internet.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::support::{
+    e2e::{ns_exec, spawn_in, Daemon, Lab},
+    require_root,
+};
+
+const REMOTE6: &str = "2001:db8:100::1";
+
+fn lab(n: u8) -> Lab {
+    Lab::up(crate::support::topo::test_lab(
+        &format!("bnt-v6{n}"),
+        [10, 83, n],
+        2,
+        Ipv4Addr::new(192, 0, 2, 110 + n),
+        Ipv4Addr::new(192, 0, 2, 120 + n),
+        Ipv4Addr::new(198, 51, 100, 83),
+    ))
+}
+
+fn ip(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip"];
+    all.extend_from_slice(args);
+    let (ok, out) = ns_exec(ns, &all);
+    assert!(ok, "ip {} in {ns}: {out}", args.join(" "));
+}
+
+/// Give lab `n` its IPv6 addresses and routes (no DAD: the addresses are usable at once).
+fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
+    let s = &lab.spec;
+    let (host, wan) = (s.host_netns.as_str(), s.wan_netns.as_str());
+    let uplink: Ipv6Addr = format!("2001:db8:{n}::2").parse().unwrap();
+    ns_exec(host, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    ip(
+        host,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:85:{n}::1/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ],
+    );
+    ip(
+        host,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{uplink}/64"),
+            "dev",
+            "up0",
+            "nodad",
+        ],
+    );
+    ip(
+        host,
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("2001:db8:{n}::1"),
+        ],
+    );
+    ip(
+        wan,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:{n}::1/64"),
+            "dev",
+            "wan0",
+            "nodad",
+        ],
+    );
+    ip(
+        wan,
+        &["-6", "addr", "add", &format!("{REMOTE6}/128"), "dev", "lo"],
+    );
+    for (i, c) in s.containers.iter().enumerate() {
+        let addr = format!("fd00:85:{n}::{:x}/64", 2 + i);
+        ip(
+            &c.netns,
+            &["-6", "addr", "add", &addr, "dev", &c.ifname, "nodad"],
+        );
+        ip(
+            &c.netns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:85:{n}::1"),
+            ],
+        );
+    }
+    uplink
+}
+
+/// A UDP echo on the remote answering each datagram with its peer's address; until the
+/// returned sender is dropped (at most 30 s).
+fn udp_echo6(wan: &str) -> mpsc::Sender<()> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(wan, move || {
+        let sock = UdpSocket::bind(format!("[{REMOTE6}]:7")).expect("bind udp6");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 1500];
+        while Instant::now() < end && stop_rx.try_recv() != Err(mpsc::TryRecvError::Disconnected) {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(peer.to_string().as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp6 echo ready");
+    stop_tx
+}
+
+fn udp_ask(ns: &str) -> Option<String> {
+    spawn_in(ns, || {
+        let sock = UdpSocket::bind("[::]:0").ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
+        let mut buf = [0u8; 1500];
+        for _ in 0..3 {
+            sock.send_to(b"q", format!("[{REMOTE6}]:7")).ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// ping6, UDP and TCP from two containers reach the remote, which sees only the uplink's
+/// IPv6 address; the connections are in the IPv6 table; the host namespace has no
+/// ip6tables or nftables rule.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs"]
+fn ipv6_containers_reach_out_masqueraded() {
+    let _slot = require_root();
+    let lab = lab(1);
+    let uplink = add_ipv6(&lab, 1);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let (c1, c2) = (
+        lab.spec.containers[0].netns.clone(),
+        lab.spec.containers[1].netns.clone(),
+    );
+    // Without bpfnat the remote cannot answer (no route back to fd00:85:1::/64).
+    let (ok, _) = ns_exec(&c1, &["ping", "-6", "-c", "1", "-W", "1", REMOTE6]);
+    assert!(!ok, "reached the remote without NAT66");
+
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    for c in [&c1, &c2] {
+        let (ok, out) = ns_exec(
+            c,
+            &["ping", "-6", "-c", "2", "-W", "2", "-i", "0.2", REMOTE6],
+        );
+        assert!(ok, "ping6 from {c}: {out}");
+    }
+    let stop = udp_echo6(&wan);
+    for c in [&c1, &c2] {
+        let peer = udp_ask(c).unwrap_or_else(|| panic!("no UDP answer for {c}"));
+        let peer: SocketAddr = peer.parse().expect("peer");
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::V6(uplink),
+            "{c}: seen as {peer}"
+        );
+    }
+    drop(stop);
+
+    // TCP: a transfer through the NAT, the server sees the uplink's address.
+    let (seen_tx, seen_rx) = mpsc::channel();
+    spawn_in(&wan, move || {
+        let listener = TcpListener::bind(format!("[{REMOTE6}]:9000")).expect("bind tcp6");
+        seen_tx.send(None).ok();
+        if let Ok((mut sock, peer)) = listener.accept() {
+            sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut got = Vec::new();
+            let _ = sock.read_to_end(&mut got);
+            seen_tx.send(Some((peer, got.len()))).ok();
+        }
+    });
+    assert_eq!(seen_rx.recv_timeout(Duration::from_secs(5)), Ok(None));
+    let sent = spawn_in(&c1, || {
+        let dst = SocketAddrV6::new(REMOTE6.parse().unwrap(), 9000, 0, 0);
+        let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(3)).ok()?;
+        let block = vec![7u8; 64 * 1024];
+        for _ in 0..16 {
+            sock.write_all(&block).ok()?;
+        }
+        Some(16 * block.len())
+    })
+    .join()
+    .expect("client")
+    .expect("TCP connection through NAT66");
+    let (peer, got) = seen_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server done")
+        .expect("accepted");
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(uplink));
+    assert_eq!(got, sent, "every byte arrived");
+    let (_, rules) = ns_exec(&host, &["ip6tables-save"]);
+    assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
+    let (_, nft) = ns_exec(&host, &["nft", "list", "ruleset"]);
+    assert!(!nft.lines().any(|l| l.starts_with("table")), "{nft}");
+}
