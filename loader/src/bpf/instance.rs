@@ -536,6 +536,8 @@ pub struct PinnedMaps {
     endpoints: Map,
     hairpin: Map,
     traffic: Map,
+    nat6_out: Map,
+    nat6_in: Map,
 }
 
 impl PinnedMaps {
@@ -562,6 +564,8 @@ impl PinnedMaps {
             endpoints: open(names::MAP_ENDPOINTS)?,
             hairpin: open(names::MAP_HAIRPIN)?,
             traffic: open(names::MAP_TRAFFIC)?,
+            nat6_out: open(names::MAP_NAT6_OUT)?,
+            nat6_in: open(names::MAP_NAT6_IN)?,
             dir,
         })
     }
@@ -594,6 +598,22 @@ impl PinnedMaps {
     /// Both connection tables, writable.
     pub fn tables(&mut self) -> anyhow::Result<crate::bpf::datapath::NatTables<'_>> {
         crate::bpf::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)
+    }
+
+    /// Both IPv4 tables and both IPv6 tables, writable.
+    pub fn all_tables(
+        &mut self,
+    ) -> anyhow::Result<(
+        crate::bpf::datapath::NatTables<'_>,
+        crate::bpf::datapath::NatTables6<'_>,
+    )> {
+        Ok((
+            crate::bpf::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)?,
+            crate::bpf::datapath::NatTables6 {
+                out: aya::maps::HashMap::try_from(&mut self.nat6_out)?,
+                inbound: aya::maps::HashMap::try_from(&mut self.nat6_in)?,
+            },
+        ))
     }
 
     /// The published ports, writable, with the tables and the hairpin map of the connections

@@ -5,6 +5,7 @@ use crate::{
     bpf::instance::PinnedMaps,
     table::{
         conntrack::{self, Filter},
+        conntrack6,
         timeouts::monotonic_ns,
     },
 };
@@ -28,7 +29,7 @@ pub fn run(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
     }
     let mut maps = PinnedMaps::open(name)?;
     let timeouts = maps.config()?.timeouts;
-    let mut tables = maps.tables()?;
+    let (mut tables, mut tables6) = maps.all_tables()?;
     let now = monotonic_ns();
     match action {
         Action::List(filter) => {
@@ -36,23 +37,36 @@ pub fn run(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|c| filter.matches(c))
                 .collect();
+            let conns6: Vec<_> = conntrack6::list6(&tables6, &timeouts, now)
+                .into_iter()
+                .filter(|c| c.matches(filter))
+                .collect();
             if json {
                 super::print_json(&serde_json::Value::Array(
-                    conns.iter().map(conntrack::Connection::to_json).collect(),
+                    conns
+                        .iter()
+                        .map(conntrack::Connection::to_json)
+                        .chain(conns6.iter().map(conntrack6::Connection6::to_json))
+                        .collect(),
                 ));
             } else {
-                let text: String = conns.iter().map(|c| c.line() + "\n").collect();
+                let text: String = conns
+                    .iter()
+                    .map(|c| c.line() + "\n")
+                    .chain(conns6.iter().map(|c| c.line() + "\n"))
+                    .collect();
                 if !super::write_stdout(&text)? {
                     return Ok(());
                 }
                 eprintln!(
                     "bpfnat conntrack ({name}): {} flow entries have been shown.",
-                    conns.len()
+                    conns.len() + conns6.len()
                 );
             }
         }
         Action::Flush => {
-            let report = conntrack::flush(&mut tables, &timeouts, now);
+            let mut report = conntrack::flush(&mut tables, &timeouts, now);
+            report.mappings += conntrack6::remove6_where(&mut tables6, &timeouts, now, |_| true);
             if json {
                 super::print_json(&serde_json::json!({
                     "flushed": report.mappings,
@@ -66,7 +80,8 @@ pub fn run(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
             }
         }
         Action::Delete(filter) => {
-            let n = conntrack::delete(&mut tables, &timeouts, now, filter)?;
+            let n = conntrack::delete(&mut tables, &timeouts, now, filter)?
+                + conntrack6::remove6_where(&mut tables6, &timeouts, now, |c| c.matches(filter));
             if json {
                 super::print_json(&serde_json::json!({ "deleted": n }));
             } else {

@@ -5,11 +5,16 @@
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use bpfnat_common::{addr6_from_map, FlowKey6, NatEntry6, Timeouts};
+use bpfnat_common::{addr6_from_map, FlowKey6, NatEntry6, Timeouts, IPPROTO_TCP};
+use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables6,
-    table::timeouts::{idle_since, idle_timeout},
+    table::{
+        conntrack::Filter,
+        timeouts::{idle_since, idle_timeout, tcp_state_of},
+    },
+    util::addr::proto_name,
 };
 
 /// One IPv6 mapping.
@@ -38,6 +43,83 @@ impl Connection6 {
     /// The external (translated) address.
     pub fn external(&self) -> Ipv6Addr {
         Ipv6Addr::from(addr6_from_map(self.out.addr))
+    }
+}
+
+impl Connection6 {
+    fn tuple(key: &FlowKey6, half: Option<&NatEntry6>) -> Value {
+        json!({
+            "src": Ipv6Addr::from(addr6_from_map(key.src_addr)).to_string(),
+            "dst": Ipv6Addr::from(addr6_from_map(key.dst_addr)).to_string(),
+            "sport": u16::from_be(key.src_port),
+            "dport": u16::from_be(key.dst_port),
+            "packets": half.map_or(0, |h| h.entry.packets),
+            "bytes": half.map_or(0, |h| h.entry.bytes),
+        })
+    }
+
+    fn state(&self) -> Option<&'static str> {
+        (self.original.proto == IPPROTO_TCP).then(|| {
+            tcp_state_of(&self.out.entry, self.reply_entry.as_ref().map(|e| &e.entry)).name()
+        })
+    }
+
+    fn seconds_left(&self) -> u64 {
+        self.timeout.saturating_sub(self.idle).as_secs()
+    }
+
+    /// As `conntrack --json` objects of IPv4 mappings are, with `"family": "ipv6"`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "family": "ipv6",
+            "proto": proto_name(self.original.proto),
+            "proto_num": self.original.proto,
+            "state": self.state(),
+            "timeout": self.timeout.as_secs(),
+            "seconds_left": self.seconds_left(),
+            "idle_ms": self.idle.as_millis() as u64,
+            "external_addr": self.external().to_string(),
+            "external_port": u16::from_be(self.out.entry.port),
+            "reply_half": self.reply_entry.is_some(),
+            "original": Self::tuple(&self.original, Some(&self.out)),
+            "reply": Self::tuple(&self.reply, self.reply_entry.as_ref()),
+        })
+    }
+
+    /// One line, as conntrack(8) prints an IPv6 entry.
+    pub fn line(&self) -> String {
+        let t = |k: &FlowKey6| {
+            format!(
+                "src={} dst={} sport={} dport={}",
+                Ipv6Addr::from(addr6_from_map(k.src_addr)),
+                Ipv6Addr::from(addr6_from_map(k.dst_addr)),
+                u16::from_be(k.src_port),
+                u16::from_be(k.dst_port)
+            )
+        };
+        format!(
+            "ipv6     10 {:<8} {} {} {}{} {}",
+            proto_name(self.original.proto),
+            self.original.proto,
+            self.seconds_left(),
+            self.state().map_or(String::new(), |s| format!("{s} ")),
+            t(&self.original),
+            t(&self.reply)
+        )
+    }
+
+    /// Whether the (IPv4) filter selects it: protocol and ports apply; an address filter,
+    /// being IPv4, selects no IPv6 mapping.
+    pub fn matches(&self, filter: &Filter) -> bool {
+        filter.src.is_none()
+            && filter.dst.is_none()
+            && filter.proto.is_none_or(|p| p == self.original.proto)
+            && filter
+                .sport
+                .is_none_or(|p| p == u16::from_be(self.original.src_port))
+            && filter
+                .dport
+                .is_none_or(|p| p == u16::from_be(self.original.dst_port))
     }
 }
 

@@ -226,6 +226,22 @@ fn ipv6_containers_reach_out_masqueraded() {
         .expect("accepted");
     assert_eq!(peer.ip(), std::net::IpAddr::V6(uplink));
     assert_eq!(got, sent, "every byte arrived");
+    // The IPv6 mappings in `conntrack list` (the TCP one closed, the UDP ones and the
+    // echoes), and gone after `conntrack flush`.
+    let list = crate::support::cli::conntrack_json(&host, &[]);
+    let v6: Vec<_> = list.iter().filter(|c| c["family"] == "ipv6").collect();
+    assert!(
+        v6.iter().any(|c| c["proto"] == "tcp"
+            && c["external_addr"] == uplink.to_string()
+            && c["original"]["dst"] == REMOTE6
+            && c["original"]["dport"] == 9000),
+        "{v6:?}"
+    );
+    assert!(v6.len() >= 4, "{v6:?}");
+    let (code, _, err) = crate::support::cli::bpfnat(&["--netns", &host, "conntrack", "flush"]);
+    assert_eq!(code, 0, "{err}");
+    let list = crate::support::cli::conntrack_json(&host, &[]);
+    assert!(!list.iter().any(|c| c["family"] == "ipv6"), "{list:?}");
     let (_, rules) = ns_exec(&host, &["ip6tables-save"]);
     assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
     let (_, nft) = ns_exec(&host, &["nft", "list", "ruleset"]);
