@@ -74,13 +74,7 @@ pub fn rewrite_addr6(
     new: [u32; 4],
 ) -> Result<(), Counter> {
     if l4.pseudo_header && l4.csum_off != 0 {
-        let mut from = old;
-        let mut to = new;
-        // SAFETY: both buffers are live 16-byte stack arrays of the sizes given.
-        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-        if diff < 0 {
-            return Err(FAILED);
-        }
+        let diff = csum_diff128(old, new)?;
         ctx.l4_csum_replace(
             l4.csum_off,
             0,
@@ -110,6 +104,19 @@ pub fn rewrite_port_stored(
             .map_err(|_| FAILED)?;
     }
     ctx.store(port_off, &new, 0).map_err(|_| FAILED)
+}
+
+/// The checksum difference of a 128-bit change (`bpf_csum_diff`).
+#[inline(always)]
+fn csum_diff128(old: [u32; 4], new: [u32; 4]) -> Result<u32, Counter> {
+    let mut from = old;
+    let mut to = new;
+    // SAFETY: both buffers are live 16-byte stack arrays of the sizes given.
+    let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+    if diff < 0 {
+        return Err(FAILED);
+    }
+    Ok(diff as u32)
 }
 
 /// Replace an IPv4 address of a packet with no L4 header to fix (a later fragment, or an
@@ -236,6 +243,43 @@ impl Quote {
         ctx.store(off, &new, 0).map_err(|_| FAILED)?;
         ctx.l4_csum_replace(self.icmp_csum_off, old as u64, new as u64, 4)
             .map_err(|_| FAILED)
+    }
+
+    /// Write a quoted IPv6 address and fold the change into the outer ICMPv6 checksum (as
+    /// data: the quote is not part of the pseudo-header). Returns the change as a checksum
+    /// difference, for the quoted L4 checksum.
+    pub fn set128(
+        &self,
+        ctx: &TcContext,
+        off: usize,
+        old: [u32; 4],
+        new: [u32; 4],
+    ) -> Result<u32, Counter> {
+        let diff = csum_diff128(old, new)?;
+        ctx.store(off, &new, 0).map_err(|_| FAILED)?;
+        ctx.l4_csum_replace(self.icmp_csum_off, 0, diff as u64, 0)
+            .map_err(|_| FAILED)?;
+        Ok(diff)
+    }
+
+    /// Update the quoted checksum at `csum_off` by a difference `diff` (from [`Self::set128`]);
+    /// `udp` as in [`Self::fix_checksum`].
+    pub fn fix_checksum_diff(
+        &self,
+        ctx: &TcContext,
+        csum_off: usize,
+        diff: u32,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let check: u16 = ctx.load(csum_off).map_err(|_| FAILED)?;
+        if udp && check == 0 {
+            return Ok(());
+        }
+        let mut updated = !fold((!check) as u32 + fold(diff) as u32);
+        if udp && updated == 0 {
+            updated = 0xffff;
+        }
+        self.set16(ctx, csum_off, check, updated)
     }
 
     /// Update the quoted checksum at `csum_off` for a quoted word changing `old` -> `new`

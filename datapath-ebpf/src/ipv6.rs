@@ -10,8 +10,8 @@
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{
-        ETH_P_IPV6, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPV6_DSTOPTS, IPV6_FRAGMENT,
-        IPV6_HOPOPTS, IPV6_ROUTING,
+        ETH_P_IPV6, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+        ICMPV6_PARAMETER_PROBLEM, IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, IPV6_ROUTING,
     },
     Counter, FlowKey6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -64,6 +64,16 @@ pub struct Packet6 {
     /// The IPv6 payload length (0: a jumbogram or a BIG TCP packet).
     pub payload_len: u16,
     pub l4: L4,
+    /// An ICMPv6 error (destination unreachable, packet too big, time exceeded, parameter
+    /// problem): the offset of the IPv6 header it quotes, 0 otherwise. The quoted packet's
+    /// tuple and L4 fields follow.
+    pub inner_off: usize,
+    pub inner_proto: u8,
+    pub inner_src: [u32; 4],
+    pub inner_dst: [u32; 4],
+    pub inner_sport: u16,
+    pub inner_dport: u16,
+    pub inner_l4: L4,
 }
 
 impl Packet6 {
@@ -99,6 +109,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
     pkt.dst_port = 0;
     pkt.icmp_type = 0;
     pkt.tcp_flags = 0;
+    pkt.inner_off = 0;
     let mut next = fixed[6];
     let mut off = ETH_HLEN + IPV6_HLEN;
     for _ in 0..MAX_EXT_HEADERS {
@@ -173,12 +184,79 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
             match hdr[0] {
                 ICMPV6_ECHO_REQUEST => pkt.src_port = id,
                 ICMPV6_ECHO_REPLY => pkt.dst_port = id,
+                ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM => {
+                    parse_quote(ctx, pkt, off + 8);
+                    return Ok(Some(Counter::PassUnsupportedProto));
+                }
                 _ => return Ok(Some(Counter::PassUnsupportedProto)),
             }
             Ok(None)
         }
         _ => Ok(Some(Counter::PassUnsupportedProto)),
     }
+}
+
+/// The packet an ICMPv6 error quotes, at `inner` (its IPv6 header): a TCP, UDP or ICMPv6 echo
+/// packet of a flow, with the first 8 bytes of its L4 header at least. Anything else (a quote
+/// too short, behind extension headers) leaves `pkt.inner_off` 0: not an error about a flow.
+#[inline(always)]
+fn parse_quote(ctx: &TcContext, pkt: &mut Packet6, inner: usize) {
+    let Ok(fixed) = ctx.load::<[u8; 8]>(inner) else {
+        return;
+    };
+    if fixed[0] >> 4 != 6 {
+        return;
+    }
+    let (Ok(src), Ok(dst), Ok(l4)) = (
+        ctx.load::<[u32; 4]>(inner + 8),
+        ctx.load::<[u32; 4]>(inner + 24),
+        ctx.load::<[u8; 8]>(inner + IPV6_HLEN),
+    ) else {
+        return;
+    };
+    let off = inner + IPV6_HLEN;
+    let ports = (
+        u16::from_ne_bytes([l4[0], l4[1]]),
+        u16::from_ne_bytes([l4[2], l4[3]]),
+    );
+    let quoted_len = ctx.len() as usize;
+    let (sport, dport, csum_off, udp) = match fixed[6] {
+        // The TCP checksum only if the quote reaches it.
+        IPPROTO_TCP => (
+            ports.0,
+            ports.1,
+            if quoted_len >= off + 18 { off + 16 } else { 0 },
+            false,
+        ),
+        IPPROTO_UDP => (ports.0, ports.1, off + 6, true),
+        IPPROTO_ICMPV6 => {
+            let id = u16::from_ne_bytes([l4[4], l4[5]]);
+            match l4[0] {
+                ICMPV6_ECHO_REQUEST => (id, 0, off + 2, false),
+                ICMPV6_ECHO_REPLY => (0, id, off + 2, false),
+                _ => return,
+            }
+        }
+        _ => return,
+    };
+    let id_off = if fixed[6] == IPPROTO_ICMPV6 {
+        off + 4
+    } else {
+        0
+    };
+    pkt.inner_proto = fixed[6];
+    pkt.inner_src = src;
+    pkt.inner_dst = dst;
+    pkt.inner_sport = sport;
+    pkt.inner_dport = dport;
+    pkt.inner_l4 = L4 {
+        src_port_off: if id_off != 0 { id_off } else { off },
+        dst_port_off: if id_off != 0 { id_off } else { off + 2 },
+        csum_off,
+        pseudo_header: true,
+        udp,
+    };
+    pkt.inner_off = inner;
 }
 
 /// The TCP segment's sequence numbers (host order) and where its sequence space ends.

@@ -6,7 +6,7 @@
 //! - programs: [`uplink`] (egress and ingress of the uplink), [`port`] (the bridge ports),
 //!   [`uplink6`] (the uplink's IPv6, tail-called from the uplink's programs);
 //! - packets: [`parse`] (headers, the bounds-checked accessor), [`ipv6`] (IPv6 headers and
-//!   extension headers), [`csum`] (rewrites with
+//!   extension headers), [`icmp6`] (ICMPv6 errors), [`csum`] (rewrites with
 //!   checksum fix-ups), [`icmp`] (ICMP errors and their quoted packet), [`frag`] (later
 //!   fragments follow the first);
 //! - state: [`nat`] (mappings: creation, port search, TCP state), [`nat6`] (the same for
@@ -32,6 +32,7 @@ mod fwd;
 mod hairpin;
 mod host;
 mod icmp;
+mod icmp6;
 mod ipv6;
 mod maps;
 mod nat;

@@ -17,7 +17,7 @@ use bpfnat_common::{
 
 use crate::{
     csum::{rewrite_addr6, rewrite_port_stored},
-    fwd, host,
+    fwd, host, icmp6,
     ipv6::{parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
     maps::{NAT6_IN, NAT6_OUT, PACKET6},
     nat::{reopen_if_closed, touch, track_tcp},
@@ -35,6 +35,14 @@ pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
         {
             let (src_addr, proto) = (pkt.src_addr, pkt.proto);
             account(HOOK_UPLINK_EGRESS, proto, ctx.len());
+            // A container's ICMPv6 error about a flow of ours leaves translated.
+            if pkt.inner_off != 0
+                && settings6().is_some()
+                && fwd::is_masqueraded6(src_addr)
+                && icmp6::translate_outbound6(ctx, pkt)?
+            {
+                return Ok(NEXT);
+            }
             // Nothing leaves with a container's address: a later fragment or an ICMPv6
             // message that is not echo (the translation of IPv6 errors and fragments is not
             // built yet).
@@ -118,6 +126,14 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         {
             let (dst_addr, proto) = (pkt.dst_addr, pkt.proto);
             account(HOOK_UPLINK_INGRESS, proto, ctx.len());
+            // An ICMPv6 error about a flow of ours goes to its container (packet too big,
+            // unreachable, time exceeded).
+            if pkt.inner_off != 0
+                && settings6().is_some_and(|c| c.external == dst_addr)
+                && icmp6::translate_inbound6(ctx, pkt)?
+            {
+                return Ok(NEXT);
+            }
             // Nothing reaches a container from outside directly.
             if settings6().is_some() && fwd::is_masqueraded6(dst_addr) {
                 return Err(Counter::DropDirectAccess);

@@ -462,3 +462,79 @@ fn ipv6_port_conflict_picks_another_port_in_class() {
     assert_eq!(got, second.with_src(EXTERNAL6, port).build());
     assert!(dp.counter(Counter::PortRetries).unwrap() >= 1);
 }
+
+/// An ICMPv6 error `kind` from `src` to `dst` quoting `quoted` (its IPv6 packet, without the
+/// Ethernet header).
+fn icmp6_error(kind: u8, src: &str, dst: &str, quoted: &Frame6) -> Frame6 {
+    let mut f = Frame6::new(src, dst, L4v6::Icmp { kind });
+    f.payload = quoted.build()[14..].to_vec();
+    f
+}
+
+/// ICMPv6 errors about translated flows, both ways: a "packet too big" for a packet we
+/// sent for a container reaches the container quoting what it sent; a container's "port
+/// unreachable" about a reply leaves quoting our external address and port. Errors about
+/// nothing of ours pass untouched (the host's own) or, from a container, are dropped.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_icmp_errors_are_translated_both_ways() {
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let udp = |sport, dport| L4v6::Udp { sport, dport };
+    for (case, quoted_l4) in [
+        ("udp", udp(40005, 53)),
+        ("tcp", tcp(40007, 443, SYN, 9, 0)),
+        (
+            "echo",
+            L4v6::Echo {
+                kind: 128,
+                id: 99,
+                seq: 3,
+            },
+        ),
+    ] {
+        let out = Frame6::new(C1, REMOTE6, quoted_l4);
+        let port = match quoted_l4 {
+            L4v6::Tcp { sport, .. } | L4v6::Udp { sport, .. } => sport,
+            L4v6::Echo { id, .. } => id,
+            L4v6::Icmp { .. } => unreachable!(),
+        };
+        let (_, sent) = run(&mut dp, names::PROG_EGRESS, &out.build());
+        assert_eq!(sent, out.with_src(EXTERNAL6, port).build(), "{case}");
+        // Packet too big, from a router on the way, quoting what left the uplink.
+        let too_big = icmp6_error(2, "2001:db8::1", EXTERNAL6, &out.with_src(EXTERNAL6, port));
+        let (v, got) = run(&mut dp, names::PROG_INGRESS, &too_big.build());
+        assert_eq!(v, TCX_NEXT, "{case}");
+        assert_eq!(
+            got,
+            icmp6_error(2, "2001:db8::1", C1, &out).build(),
+            "{case}: to the container, quoting what it sent"
+        );
+    }
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 3);
+
+    // A container's port unreachable about a reply it got.
+    let out = Frame6::new(C1, REMOTE6, udp(40006, 53));
+    run(&mut dp, names::PROG_EGRESS, &out.build());
+    let reply_in = Frame6::new(REMOTE6, C1, udp(53, 40006));
+    let unreachable = icmp6_error(1, C1, REMOTE6, &reply_in);
+    let (v, got) = run(&mut dp, names::PROG_EGRESS, &unreachable.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(
+        got,
+        icmp6_error(1, EXTERNAL6, REMOTE6, &reply_in.with_dst(EXTERNAL6, 40006)).build(),
+        "leaves with our address and port, in the quote too"
+    );
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 4);
+
+    // About no mapping: the host's own error passes; a container's is dropped.
+    let stranger = Frame6::new(EXTERNAL6, REMOTE6, udp(7, 7));
+    let theirs = icmp6_error(1, "2001:db8::1", EXTERNAL6, &stranger).build();
+    assert_eq!(
+        run(&mut dp, names::PROG_INGRESS, &theirs),
+        (TCX_NEXT, theirs.clone())
+    );
+    let leak = icmp6_error(1, C1, REMOTE6, &Frame6::new(REMOTE6, C1, udp(9, 9))).build();
+    assert_eq!(run(&mut dp, names::PROG_EGRESS, &leak).0, TC_ACT_SHOT);
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 4);
+}
