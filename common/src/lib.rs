@@ -729,6 +729,8 @@ pub struct BridgeInfo {
     pub flags: u32,
     pub mac: [u8; 6],
     pub pad: [u8; 2],
+    /// Its own global IPv6 address in its IPv6 subnets (all zero: none).
+    pub gateway6: [u32; 4],
 }
 
 /// Key of the published-port table.
@@ -928,8 +930,12 @@ pub mod names {
     pub const MAP_IPV6_PROGS: &str = "IPV6_PROGS";
     pub const PROG_EGRESS6: &str = "nat_egress6";
     pub const PROG_INGRESS6: &str = "nat_ingress6";
+    pub const PROG_PORT6: &str = "port_ingress6";
     pub const IPV6_EGRESS: u32 = 0;
     pub const IPV6_INGRESS: u32 = 1;
+    pub const IPV6_PORT: u32 = 2;
+    /// Containers' IPv6 addresses seen on the ports: address -> `Endpoint`.
+    pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
 }
 
 #[cfg(feature = "user")]

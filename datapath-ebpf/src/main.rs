@@ -4,7 +4,7 @@
 //! concern:
 //!
 //! - programs: [`uplink`] (egress and ingress of the uplink), [`port`] (the bridge ports),
-//!   [`uplink6`] (the uplink's IPv6, tail-called from the uplink's programs);
+//!   [`uplink6`] and [`port6`] (IPv6, tail-called from the IPv4 entry points);
 //! - packets: [`parse`] (headers, the bounds-checked accessor), [`ipv6`] (IPv6 headers and
 //!   extension headers), [`icmp6`] (ICMPv6 errors), [`csum`] (rewrites with
 //!   checksum fix-ups), [`icmp`] (ICMP errors and their quoted packet), [`frag`] (later
@@ -39,6 +39,7 @@ mod nat;
 mod nat6;
 mod parse;
 mod port;
+mod port6;
 mod stats;
 mod trace;
 mod uplink;
@@ -47,7 +48,7 @@ mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use bpfnat_common::{
-    names::{IPV6_EGRESS, IPV6_INGRESS},
+    names::{IPV6_EGRESS, IPV6_INGRESS, IPV6_PORT},
     HOOK_PORT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
 };
 
@@ -82,7 +83,14 @@ pub fn nat_ingress6(ctx: TcContext) -> i32 {
 /// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.
 #[classifier]
 pub fn port_ingress(ctx: TcContext) -> i32 {
+    ipv6::dispatch(&ctx, IPV6_PORT);
     verdict::run(&ctx, HOOK_PORT_INGRESS, port::try_port_ingress)
+}
+
+/// Bridge ports, IPv6 (tail-called by [`port_ingress`]).
+#[classifier]
+pub fn port_ingress6(ctx: TcContext) -> i32 {
+    verdict::run_untraced(&ctx, port6::try_port_ingress6)
 }
 
 #[cfg(not(test))]

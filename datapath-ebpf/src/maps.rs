@@ -122,7 +122,13 @@ pub static INTERNAL_NETS6: LpmTrie<[u32; 4], u32, 64> = LpmTrie::new();
 /// The IPv6 programs the IPv4 entry points tail-call for IPv6 frames (`names::IPV6_*`);
 /// filled by the loader.
 #[btf_map]
-pub static IPV6_PROGS: ProgramArray<2> = ProgramArray::new();
+pub static IPV6_PROGS: ProgramArray<3> = ProgramArray::new();
+
+/// Containers' IPv6 addresses on the ports, learned from what each port sends: address ->
+/// port and MAC. Not LRU, for the reason `ENDPOINTS` is not; the loader removes a port's
+/// entries when the port goes.
+#[btf_map]
+pub static ENDPOINTS6: HashMap<[u32; 4], Endpoint, 65536> = HashMap::new();
 
 /// Scratch space of the IPv6 port search, one slot per CPU (see `nat6::PortSearch6`).
 #[btf_map]

@@ -27,7 +27,7 @@ use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 21] = [
+pub(crate) const PINNED_MAPS: [&str; 22] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -51,6 +51,7 @@ pub(crate) const PINNED_MAPS: [&str; 21] = [
     // Pinned so that the IPv6 programs stay reachable from the pinned links while no loader
     // runs (a program array's slots are emptied when its last user reference goes).
     names::MAP_IPV6_PROGS,
+    names::MAP_ENDPOINTS6,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -311,6 +312,7 @@ impl Datapath {
             names::PROG_PORT,
             names::PROG_EGRESS6,
             names::PROG_INGRESS6,
+            names::PROG_PORT6,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -325,6 +327,7 @@ impl Datapath {
         for (index, name) in [
             (names::IPV6_EGRESS, names::PROG_EGRESS6),
             (names::IPV6_INGRESS, names::PROG_INGRESS6),
+            (names::IPV6_PORT, names::PROG_PORT6),
         ] {
             let prog: &SchedClassifier = ebpf
                 .program(name)
@@ -607,7 +610,7 @@ impl Datapath {
         mac: [u8; 6],
         addrs: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
-        self.forget_endpoints_of(port_ifindex)?;
+        self.forget_endpoints4_of(port_ifindex)?;
         {
             let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
                 HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
@@ -633,6 +636,23 @@ impl Datapath {
     /// Forget the containers assigned to or learned behind a port that went away (so a new
     /// port given their addresses is not passed over for a dead one). Returns how many.
     pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+        let mut endpoints6: HashMap<&mut MapData, [u32; 4], Endpoint> =
+            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS6)?)?;
+        let doomed: Vec<[u32; 4]> = endpoints6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, ep)| ep.port_ifindex == port_ifindex)
+            .map(|(addr, _)| addr)
+            .collect();
+        let forgotten6 = doomed
+            .iter()
+            .filter(|a| endpoints6.remove(a).is_ok())
+            .count() as u64;
+        Ok(forgotten6 + self.forget_endpoints4_of(port_ifindex)?)
+    }
+
+    /// The IPv4 part of [`Self::forget_endpoints_of`] (what a new assignment replaces).
+    fn forget_endpoints4_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
         {
             let mut assigned: HashMap<&mut MapData, u32, u32> =
                 HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS)?)?;

@@ -136,6 +136,7 @@ fn measure(spec: &LabSpec, opts: &ProfileOptions) -> anyhow::Result<Vec<CaseResu
         flags: 0,
         mac: lab_mac(spec.bridge_addr),
         pad: [0; 2],
+        gateway6: [0; 4],
     };
     let subnet = Ipv4Net::new(spec.subnet(), spec.subnet_prefix_len)?;
     dp.add_bridge(bridge, info, &[subnet])?;

@@ -127,6 +127,8 @@ pub(crate) struct Bridge {
     pub subnets: Vec<Ipv4Net>,
     /// Its IPv6 subnets (masqueraded with the uplink's global IPv6 address).
     pub subnets6: Vec<Ipv6Net>,
+    /// Its own global IPv6 address in those subnets: the containers' IPv6 gateway.
+    pub gateway6: Option<std::net::Ipv6Addr>,
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
@@ -149,6 +151,9 @@ impl Bridge {
             flags,
             mac: self.mac,
             pad: [0; 2],
+            gateway6: self
+                .gateway6
+                .map_or([0; 4], |g| bpfnat_common::addr6_to_map(g.octets())),
         }
     }
 
@@ -185,9 +190,10 @@ impl Bridge {
         } else {
             spec.subnets.clone()
         };
+        let addrs6 = iface::ipv6_global_addrs(handle, &spec.name).await?;
         let subnets6 = if spec.subnets6.is_empty() {
             let mut nets: Vec<Ipv6Net> = Vec::new();
-            for (addr, len) in iface::ipv6_global_addrs(handle, &spec.name).await? {
+            for &(addr, len) in &addrs6 {
                 if let Ok(net) = Ipv6Net::new(addr, len.min(128)) {
                     if !nets.contains(&net) {
                         nets.push(net);
@@ -198,6 +204,10 @@ impl Bridge {
         } else {
             spec.subnets6.clone()
         };
+        let gateway6 = addrs6
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| subnets6.iter().any(|n| n.contains(*a)));
         // The primary address inside the served subnets is what containers use as gateway.
         let gateway = addrs
             .iter()
@@ -211,6 +221,7 @@ impl Bridge {
             mac: link.mac.unwrap_or_default(),
             subnets,
             subnets6,
+            gateway6,
             icc: spec.icc.unwrap_or(true),
             internal: spec.internal,
             masquerade: spec.masquerade,
@@ -795,6 +806,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             subnets: vec![],
             subnets6: vec![],
+            gateway6: None,
             icc: true,
             internal: false,
             masquerade: true,

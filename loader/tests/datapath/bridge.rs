@@ -14,6 +14,7 @@ pub(crate) fn bridged_datapath(flags: u32) -> Datapath {
         flags,
         mac: [2, 0, 0, 0, 0, 0xb1],
         pad: [0; 2],
+        gateway6: [0; 4],
     };
     dp.add_bridge(
         BRIDGE,

@@ -538,3 +538,116 @@ fn ipv6_icmp_errors_are_translated_both_ways() {
     assert_eq!(run(&mut dp, names::PROG_EGRESS, &leak).0, TC_ACT_SHOT);
     assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 4);
 }
+
+/// Bridge 1000 (fd00:18::/64, gateway fd00:18::1) with `flags`, its port 1 (the test run's
+/// device), and bridge 1001 (fd00:19::/64).
+fn bridged6(flags: u32) -> Datapath {
+    let mut dp = datapath6();
+    let info = |gw: [u8; 4], gw6: &str, flags| bpfnat_common::BridgeInfo {
+        gateway: bpfnat_common::addr_to_map(gw),
+        flags,
+        mac: [2, 0, 0, 0, 0, 0xb1],
+        pad: [0; 2],
+        gateway6: bpfnat_common::addr6_to_map(gw6.parse::<Ipv6Addr>().unwrap().octets()),
+    };
+    dp.add_bridge(1000, info([172, 18, 0, 1], "fd00:18::1", flags), &[])
+        .unwrap();
+    dp.add_bridge_nets6(1000, &["fd00:18::/64".parse().unwrap()])
+        .unwrap();
+    dp.add_bridge(1001, info([172, 19, 0, 1], "fd00:19::1", 0), &[])
+        .unwrap();
+    dp.add_bridge_nets6(1001, &["fd00:19::/64".parse().unwrap()])
+        .unwrap();
+    dp.add_port(1, 1000).unwrap();
+    dp
+}
+
+/// The bridge-port program's IPv6 policy and source checks: a container sends from its own
+/// subnet only (never the gateway's address, not even in a neighbour advertisement's
+/// target); another bridge is out of reach; icc=false keeps neighbours apart but not the
+/// gateway; an internal bridge reaches its gateway only; link-local and multicast stay on the
+/// link untouched.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_port_policy_table() {
+    use bpfnat_common::{BRIDGE_ICC_OFF, BRIDGE_INTERNAL};
+    let _slot = require_root();
+    let out = |src: &str, dst: &str| Frame6::new(src, dst, tcp(45000, 80, SYN, 1, 0));
+    let mut na = Frame6::new("fe80::2", "ff02::1", L4v6::Icmp { kind: 136 });
+    na.payload = "fd00:18::1".parse::<Ipv6Addr>().unwrap().octets().to_vec();
+    let ns = Frame6::new("::", "ff02::1:ff00:2", L4v6::Icmp { kind: 135 });
+    let rows: [(&str, u32, Frame6, u32, Option<Counter>); 12] = [
+        ("out", 0, out(C1, REMOTE6), TCX_NEXT, None),
+        ("to the gateway", 0, out(C1, "fd00:18::1"), TCX_NEXT, None),
+        ("a neighbour", 0, out(C1, "fd00:18::3"), TCX_NEXT, None),
+        ("DAD probe", 0, ns, TCX_NEXT, None),
+        (
+            "spoofed: outside the subnet",
+            0,
+            out("fd00:99::2", REMOTE6),
+            TC_ACT_SHOT,
+            Some(Counter::DropSpoofed),
+        ),
+        (
+            "spoofed: the gateway",
+            0,
+            out("fd00:18::1", REMOTE6),
+            TC_ACT_SHOT,
+            Some(Counter::DropSpoofed),
+        ),
+        (
+            "advertising the gateway's address",
+            0,
+            na,
+            TC_ACT_SHOT,
+            Some(Counter::DropSpoofed),
+        ),
+        (
+            "another bridge",
+            0,
+            out(C1, "fd00:19::5"),
+            TC_ACT_SHOT,
+            Some(Counter::DropIsolation),
+        ),
+        (
+            "icc off: a neighbour",
+            BRIDGE_ICC_OFF,
+            out(C1, "fd00:18::3"),
+            TC_ACT_SHOT,
+            Some(Counter::DropIcc),
+        ),
+        (
+            "icc off: the gateway",
+            BRIDGE_ICC_OFF,
+            out(C1, "fd00:18::1"),
+            TCX_NEXT,
+            None,
+        ),
+        (
+            "internal: out",
+            BRIDGE_INTERNAL,
+            out(C1, REMOTE6),
+            TC_ACT_SHOT,
+            Some(Counter::DropInternal),
+        ),
+        (
+            "internal: the gateway",
+            BRIDGE_INTERNAL,
+            out(C1, "fd00:18::1"),
+            TCX_NEXT,
+            None,
+        ),
+    ];
+    for (case, flags, frame, verdict, counter) in rows {
+        let mut dp = bridged6(flags);
+        let input = frame.build();
+        let (v, got) = run(&mut dp, names::PROG_PORT, &input);
+        assert_eq!(v, verdict, "{case}");
+        if v == TCX_NEXT {
+            assert_eq!(got, input, "{case}: untouched");
+        }
+        if let Some(c) = counter {
+            assert_eq!(dp.counter(c).unwrap(), 1, "{case}: {}", c.name());
+        }
+    }
+}

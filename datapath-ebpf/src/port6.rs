@@ -1,0 +1,134 @@
+//! The bridge-port program's IPv6 part (tail-called by `port_ingress` for IPv6 frames):
+//! Docker's bridge policy and the source checks, as [`crate::port`] applies them to IPv4.
+//!
+//! - A container sends only from its own IPv6 addresses: inside its bridge's IPv6 subnets,
+//!   never the gateway's, never another port's (first come, first served, as a bridge's
+//!   forwarding database learns; `ENDPOINTS6`). A neighbour advertisement may claim only such
+//!   an address as its target, so a container cannot poison its neighbours' caches.
+//! - Same bridge: dropped with inter-container traffic off (`drop_icc`); another served
+//!   bridge: dropped (`drop_isolation`); an internal bridge reaches its gateway and its own
+//!   subnet only (`drop_internal`).
+//! - Link-local and multicast traffic (neighbour discovery, router solicitations) stays on
+//!   the bridge, where the kernel bridge's port isolation applies to it.
+//!
+//! What passes goes on through the bridge and the host's forwarding (the IPv6 fast path is
+//! not built yet).
+
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
+use bpfnat_common::{
+    Counter, Endpoint, BRIDGE_ICC_OFF, BRIDGE_INTERNAL, HOOK_PORT_INGRESS, IPPROTO_ICMPV6,
+};
+
+use crate::{
+    fwd::bridge_of6,
+    ipv6::{IP6_DST_OFF, IP6_SRC_OFF, IPV6_HLEN},
+    maps::{BRIDGES, ENDPOINTS6, PORTS},
+    parse::ETH_HLEN,
+    stats::{account, count},
+    verdict::NEXT,
+};
+
+/// ICMPv6 neighbour advertisement; its target address follows the 8-byte header.
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+
+#[inline(always)]
+fn is_link_local(a: &[u32; 4]) -> bool {
+    let b = a[0].to_ne_bytes();
+    b[0] == 0xfe && b[1] & 0xc0 == 0x80
+}
+
+#[inline(always)]
+fn is_multicast(a: &[u32; 4]) -> bool {
+    a[0].to_ne_bytes()[0] == 0xff
+}
+
+/// Whether port `port_ifindex` (of `bridge`, gateway `gateway`) may send from `addr`,
+/// learning it for the port where it is new.
+#[inline(always)]
+fn check_source6(
+    port_ifindex: u32,
+    bridge: u32,
+    gateway: &[u32; 4],
+    addr: &[u32; 4],
+    mac: [u8; 6],
+) -> Result<(), Counter> {
+    if let Some(known) = ENDPOINTS6.get_ptr(addr) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for
+        // the whole program run (the verifier checks the lookup's result before any use).
+        let known = unsafe { *known };
+        if known.port_ifindex == port_ifindex {
+            return Ok(());
+        }
+        return Err(Counter::DropSpoofed);
+    }
+    if addr == gateway || bridge_of6(*addr) != Some(bridge) {
+        return Err(Counter::DropSpoofed);
+    }
+    let ep = Endpoint {
+        port_ifindex,
+        mac,
+        flags: 0,
+        pad: 0,
+    };
+    let _ = ENDPOINTS6.insert(addr, ep, BPF_ANY as u64);
+    Ok(())
+}
+
+#[inline(always)]
+pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
+    count(Counter::PortPackets);
+    // SAFETY: the context's skb pointer is valid for the whole program run.
+    let port_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let Some(bridge) = PORTS.get_ptr(port_ifindex).map(|b| unsafe { *b }) else {
+        return Ok(NEXT);
+    };
+    // SAFETY: as above.
+    let Some(info) = BRIDGES.get_ptr(bridge).map(|i| unsafe { *i }) else {
+        return Ok(NEXT);
+    };
+    let malformed = Counter::DropMalformed;
+    let fixed: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| malformed)?;
+    if fixed[0] >> 4 != 6 {
+        return Err(malformed);
+    }
+    let src: [u32; 4] = ctx.load(IP6_SRC_OFF).map_err(|_| malformed)?;
+    let dst: [u32; 4] = ctx.load(IP6_DST_OFF).map_err(|_| malformed)?;
+    let mac: [u8; 6] = ctx.load(6).map_err(|_| malformed)?;
+    account(HOOK_PORT_INGRESS, fixed[6], ctx.len());
+    // The unspecified source (duplicate address detection) and link-local sources stay on
+    // the link: the kernel never forwards them.
+    if src != [0; 4] && !is_link_local(&src) {
+        check_source6(port_ifindex, bridge, &info.gateway6, &src, mac)?;
+    }
+    // A neighbour advertisement (no extension headers: ND's hop limit is 255 and it is
+    // sent as is) claims its target: it must be the port's own.
+    if fixed[6] == IPPROTO_ICMPV6 {
+        let icmp_off = ETH_HLEN + IPV6_HLEN;
+        if ctx.load::<u8>(icmp_off).ok() == Some(ND_NEIGHBOR_ADVERT) {
+            let target: [u32; 4] = ctx.load(icmp_off + 8).map_err(|_| malformed)?;
+            if !is_link_local(&target) && !is_multicast(&target) {
+                check_source6(port_ifindex, bridge, &info.gateway6, &target, mac)?;
+            }
+        }
+    }
+    if is_multicast(&dst) || is_link_local(&dst) || dst == info.gateway6 {
+        return Ok(NEXT);
+    }
+    match bridge_of6(dst) {
+        Some(b) if b == bridge => {
+            if info.flags & BRIDGE_ICC_OFF != 0 {
+                return Err(Counter::DropIcc);
+            }
+            Ok(NEXT)
+        }
+        Some(_) => Err(Counter::DropIsolation),
+        None => {
+            if info.flags & BRIDGE_INTERNAL != 0 {
+                return Err(Counter::DropInternal);
+            }
+            Ok(NEXT)
+        }
+    }
+}
