@@ -936,6 +936,8 @@ pub mod names {
     pub const IPV6_PORT: u32 = 2;
     /// Containers' IPv6 addresses seen on the ports: address -> `Endpoint`.
     pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
+    /// Bridge ports whose IPv6 addresses the loader knows: port ifindex -> how many.
+    pub const MAP_ASSIGNED_PORTS6: &str = "ASSIGNED_PORTS6";
 }
 
 #[cfg(feature = "user")]

@@ -137,3 +137,8 @@ pub static SEARCH6: PerCpuArray<crate::nat6::PortSearch6, 1> = PerCpuArray::new(
 /// The IPv6 packet being handled, one slot per CPU (see `ipv6::Packet6`).
 #[btf_map]
 pub static PACKET6: PerCpuArray<crate::ipv6::Packet6, 1> = PerCpuArray::new();
+
+/// Ports whose IPv6 addresses the loader assigned in `ENDPOINTS6` (port ifindex -> how
+/// many): such a port may send from those IPv6 addresses only.
+#[btf_map]
+pub static ASSIGNED_PORTS6: HashMap<u32, u32, 4096> = HashMap::new();

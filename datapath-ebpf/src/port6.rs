@@ -1,9 +1,10 @@
 //! The bridge-port program's IPv6 part (tail-called by `port_ingress` for IPv6 frames):
 //! Docker's bridge policy and the source checks, as [`crate::port`] applies them to IPv4.
 //!
-//! - A container sends only from its own IPv6 addresses: inside its bridge's IPv6 subnets,
-//!   never the gateway's, never another port's (first come, first served, as a bridge's
-//!   forwarding database learns; `ENDPOINTS6`). A neighbour advertisement may claim only such
+//! - A container sends only from its own IPv6 addresses: those the loader read on its end of
+//!   the veth (`ENDPOINTS6` with `ENDPOINT_ASSIGNED`, the port in `ASSIGNED_PORTS6`), or,
+//!   where it found none, those learned first come first served; always inside its bridge's
+//!   IPv6 subnets, never the gateway's, never another port's. A neighbour advertisement may claim only such
 //!   an address as its target, so a container cannot poison its neighbours' caches.
 //! - Same bridge: dropped with inter-container traffic off (`drop_icc`); another served
 //!   bridge: dropped (`drop_isolation`); an internal bridge reaches its gateway and its own
@@ -22,7 +23,7 @@ use bpfnat_common::{
 use crate::{
     fwd::bridge_of6,
     ipv6::{IP6_DST_OFF, IP6_SRC_OFF, IPV6_HLEN},
-    maps::{BRIDGES, ENDPOINTS6, PORTS},
+    maps::{ASSIGNED_PORTS6, BRIDGES, ENDPOINTS6, PORTS},
     parse::ETH_HLEN,
     stats::{account, count},
     verdict::NEXT,
@@ -59,6 +60,11 @@ fn check_source6(
         if known.port_ifindex == port_ifindex {
             return Ok(());
         }
+        return Err(Counter::DropSpoofed);
+    }
+    if ASSIGNED_PORTS6.get_ptr(port_ifindex).is_some() {
+        // The loader knows this port's IPv6 addresses (read on the container's end of its
+        // veth, which a container cannot forge), and this is not one of them.
         return Err(Counter::DropSpoofed);
     }
     if addr == gateway || bridge_of6(*addr) != Some(bridge) {

@@ -27,7 +27,7 @@ use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 22] = [
+pub(crate) const PINNED_MAPS: [&str; 23] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -52,6 +52,7 @@ pub(crate) const PINNED_MAPS: [&str; 22] = [
     // runs (a program array's slots are emptied when its last user reference goes).
     names::MAP_IPV6_PROGS,
     names::MAP_ENDPOINTS6,
+    names::MAP_ASSIGNED_PORTS6,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -173,6 +174,7 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
         | M::PerCpuArray(d)
         | M::PerCpuHashMap(d)
         | M::PerCpuLruHashMap(d)
+        | M::ProgramArray(d)
         | M::RingBuf(d) => Some(d),
         _ => None,
     }
@@ -633,9 +635,48 @@ impl Datapath {
             .context("marking a bridge port's addresses as assigned")
     }
 
-    /// Forget the containers assigned to or learned behind a port that went away (so a new
-    /// port given their addresses is not passed over for a dead one). Returns how many.
-    pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+    /// The IPv6 addresses configured on the container's end of port `port_ifindex`: from now
+    /// on the port may send from these only (its IPv4 addresses are assigned apart).
+    pub fn assign_endpoints6(
+        &mut self,
+        port_ifindex: u32,
+        mac: [u8; 6],
+        addrs: &[Ipv6Addr],
+    ) -> anyhow::Result<()> {
+        self.forget_endpoints6_of(port_ifindex)?;
+        {
+            let mut endpoints: HashMap<&mut MapData, [u32; 4], Endpoint> =
+                HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS6)?)?;
+            for addr in addrs {
+                let ep = Endpoint {
+                    port_ifindex,
+                    mac,
+                    flags: bpfnat_common::ENDPOINT_ASSIGNED,
+                    pad: 0,
+                };
+                endpoints
+                    .insert(bpfnat_common::addr6_to_map(addr.octets()), ep, 0)
+                    .with_context(|| format!("assigning {addr} to a bridge port"))?;
+            }
+        }
+        let mut assigned: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS6)?)?;
+        assigned
+            .insert(port_ifindex, addrs.len() as u32, 0)
+            .context("marking a bridge port's IPv6 addresses as assigned")
+    }
+
+    /// The IPv6 part of [`Self::forget_endpoints_of`].
+    fn forget_endpoints6_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+        {
+            let mut assigned: HashMap<&mut MapData, u32, u32> =
+                HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS6)?)?;
+            if assigned.get(&port_ifindex, 0).is_ok() {
+                assigned
+                    .remove(&port_ifindex)
+                    .context("unmarking a bridge port")?;
+            }
+        }
         let mut endpoints6: HashMap<&mut MapData, [u32; 4], Endpoint> =
             HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS6)?)?;
         let doomed: Vec<[u32; 4]> = endpoints6
@@ -644,11 +685,16 @@ impl Datapath {
             .filter(|(_, ep)| ep.port_ifindex == port_ifindex)
             .map(|(addr, _)| addr)
             .collect();
-        let forgotten6 = doomed
+        Ok(doomed
             .iter()
             .filter(|a| endpoints6.remove(a).is_ok())
-            .count() as u64;
-        Ok(forgotten6 + self.forget_endpoints4_of(port_ifindex)?)
+            .count() as u64)
+    }
+
+    /// Forget the containers assigned to or learned behind a port that went away (so a new
+    /// port given their addresses is not passed over for a dead one). Returns how many.
+    pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+        Ok(self.forget_endpoints6_of(port_ifindex)? + self.forget_endpoints4_of(port_ifindex)?)
     }
 
     /// The IPv4 part of [`Self::forget_endpoints_of`] (what a new assignment replaces).

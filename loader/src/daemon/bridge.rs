@@ -259,6 +259,8 @@ pub(crate) struct PortWatcher {
     /// Bridge ifindex -> the addresses its containers may have: in its subnets, not its
     /// gateway.
     container_addrs: BTreeMap<u32, (Vec<Ipv4Net>, Option<Ipv4Addr>)>,
+    /// The same for IPv6: its IPv6 subnets, not its IPv6 gateway.
+    container_addrs6: BTreeMap<u32, (Vec<Ipv6Net>, Option<std::net::Ipv6Addr>)>,
     ports: BTreeMap<u32, Port>,
     /// Scans so far (every `REFRESH_SCANS`th one reads every port's addresses again).
     scans: u64,
@@ -304,6 +306,10 @@ impl PortWatcher {
                 .iter()
                 .map(|b| (b.ifindex, (b.subnets.clone(), b.gateway)))
                 .collect(),
+            container_addrs6: bridges
+                .iter()
+                .map(|b| (b.ifindex, (b.subnets6.clone(), b.gateway6)))
+                .collect(),
             ports: BTreeMap::new(),
             scans: 0,
             isolated: bridges
@@ -324,6 +330,8 @@ impl PortWatcher {
         self.bridges.insert(bridge.ifindex, bridge.name.clone());
         self.container_addrs
             .insert(bridge.ifindex, (bridge.subnets.clone(), bridge.gateway));
+        self.container_addrs6
+            .insert(bridge.ifindex, (bridge.subnets6.clone(), bridge.gateway6));
         if !bridge.icc {
             self.isolated.insert(bridge.ifindex);
         }
@@ -340,6 +348,7 @@ impl PortWatcher {
     ) -> usize {
         self.bridges.remove(&bridge);
         self.container_addrs.remove(&bridge);
+        self.container_addrs6.remove(&bridge);
         let was_isolated = self.isolated.remove(&bridge);
         self.missing.remove(&bridge);
         self.runtime.bridges.remove(&bridge);
@@ -546,11 +555,31 @@ impl PortWatcher {
                     .addrs
                     .retain(|a| subnets.iter().any(|n| n.contains(*a)) && Some(*a) != *gateway);
             }
+            match self.container_addrs6.get(&port.bridge) {
+                Some((subnets, gateway)) => found
+                    .addrs6
+                    .retain(|a| subnets.iter().any(|n| n.contains(*a)) && Some(*a) != *gateway),
+                None => found.addrs6.clear(),
+            }
             // No address yet (the runtime sets it after plugging the veth): look again.
-            if found.addrs.is_empty() || port.assigned.as_ref() == Some(&found) {
+            if (found.addrs.is_empty() && found.addrs6.is_empty())
+                || port.assigned.as_ref() == Some(&found)
+            {
                 continue;
             }
-            match dp.assign_endpoints(index, found.mac, &found.addrs) {
+            let assigned = if found.addrs6.is_empty() {
+                Ok(())
+            } else {
+                dp.assign_endpoints6(index, found.mac, &found.addrs6)
+            };
+            let assigned = assigned.and_then(|()| {
+                if found.addrs.is_empty() {
+                    Ok(())
+                } else {
+                    dp.assign_endpoints(index, found.mac, &found.addrs)
+                }
+            });
+            match assigned {
                 Ok(()) => {
                     info!(
                         "port {}: container {} ({}), from {}",
@@ -559,6 +588,7 @@ impl PortWatcher {
                             .addrs
                             .iter()
                             .map(Ipv4Addr::to_string)
+                            .chain(found.addrs6.iter().map(ToString::to_string))
                             .collect::<Vec<_>>()
                             .join(", "),
                         iface::format_mac(&found.mac),

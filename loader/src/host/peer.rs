@@ -30,11 +30,12 @@ pub(crate) const NAMESPACE_DIRS: [&str; 2] = ["/run/netns", "/run/docker/netns"]
 /// netlink dump).
 const MAX_NAMESPACES: usize = 4096;
 
-/// The container's end of a port: its MAC and IPv4 addresses.
+/// The container's end of a port: its MAC, IPv4 addresses and global IPv6 addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Peer {
     pub mac: [u8; 6],
     pub addrs: Vec<Ipv4Addr>,
+    pub addrs6: Vec<std::net::Ipv6Addr>,
 }
 
 /// A port to find the peer of: its ifindex, its peer's (`IFLA_LINK`) and the id of the
@@ -163,6 +164,7 @@ fn peers_in(path: &std::path::Path, ports: &[PortRef]) -> anyhow::Result<BTreeMa
             }
             for (port, index, mac) in candidates {
                 let mut addrs = Vec::new();
+                let mut addrs6 = Vec::new();
                 let mut stream = handle
                     .address()
                     .get()
@@ -175,8 +177,20 @@ fn peers_in(path: &std::path::Path, ports: &[PortRef]) -> anyhow::Result<BTreeMa
                     }) {
                         addrs.push(addr);
                     }
+                    // IPv6 has no IFA_LOCAL: its address is IFA_ADDRESS. Link-local ones
+                    // stay on the link and are not checked.
+                    if let Some(addr) = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V6(ip))
+                            if ip.segments()[0] & 0xffc0 != 0xfe80 =>
+                        {
+                            Some(*ip)
+                        }
+                        _ => None,
+                    }) {
+                        addrs6.push(addr);
+                    }
                 }
-                out.insert(port, Peer { mac, addrs });
+                out.insert(port, Peer { mac, addrs, addrs6 });
             }
             Ok(out)
         })
