@@ -733,6 +733,30 @@ pub struct BridgeInfo {
     pub gateway6: [u32; 4],
 }
 
+/// Key of the IPv6 published-port table (`PUBLISH6`): ports published on the uplink's IPv6
+/// address (Docker's `-p [::]:HOST_PORT:...`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishKey6 {
+    /// Host port, network order.
+    pub host_port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Where an IPv6 published port leads: a container's IPv6 address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishTarget6 {
+    /// Container address, network order words.
+    pub addr: [u32; 4],
+    /// Container port, network order.
+    pub port: u16,
+    pub pad: u16,
+}
+
 /// Key of the published-port table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -938,6 +962,8 @@ pub mod names {
     pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
     /// Bridge ports whose IPv6 addresses the loader knows: port ifindex -> how many.
     pub const MAP_ASSIGNED_PORTS6: &str = "ASSIGNED_PORTS6";
+    /// IPv6 published ports: `PublishKey6` -> `PublishTarget6`.
+    pub const MAP_PUBLISH6: &str = "PUBLISH6";
 }
 
 #[cfg(feature = "user")]
@@ -956,6 +982,8 @@ mod user {
         NatEntry,
         FlowKey6,
         NatEntry6,
+        PublishKey6,
+        PublishTarget6,
         NatConfig,
         Timeouts,
         FragKey,

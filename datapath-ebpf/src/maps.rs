@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use bpfnat_common::{
     BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FlowKey6, FragEntry, FragKey,
-    HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishTarget, TraceEvent,
-    TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
+    HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishKey6, PublishTarget,
+    PublishTarget6, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS,
+    TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -142,3 +143,7 @@ pub static PACKET6: PerCpuArray<crate::ipv6::Packet6, 1> = PerCpuArray::new();
 /// many): such a port may send from those IPv6 addresses only.
 #[btf_map]
 pub static ASSIGNED_PORTS6: HashMap<u32, u32, 4096> = HashMap::new();
+
+/// Ports published on the uplink's IPv6 address. Written by the loader at run time.
+#[btf_map]
+pub static PUBLISH6: HashMap<PublishKey6, PublishTarget6, 16384> = HashMap::new();

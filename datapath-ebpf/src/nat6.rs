@@ -14,13 +14,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bpfnat_common::{
-    Counter, FlowKey6, NatEntry, NatEntry6, NAT_FLAG_ORIGINAL, NAT_FLAG_PORT_REMAPPED,
-    PORT_ALLOC_TRIES,
+    Counter, FlowKey6, NatEntry, NatEntry6, PublishKey6, PublishTarget6, NAT_FLAG_ORIGINAL,
+    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED, PORT_ALLOC_TRIES,
 };
 
 use crate::{
-    host,
-    maps::{CONFIG, NAT6_IN, NAT6_OUT, SEARCH6},
+    fwd, host,
+    maps::{CONFIG, NAT6_IN, NAT6_OUT, PUBLISH6, SEARCH6},
     nat::port_range,
     stats::count,
 };
@@ -289,4 +289,66 @@ fn keep_own_port6(reply: &FlowKey6, inbound: &NatEntry6, key: &FlowKey6) -> Resu
 pub fn state(entry: *mut NatEntry6) -> *mut NatEntry {
     // SAFETY: only the field's address is taken (no read); `entry` comes from a lookup.
     unsafe { &raw mut (*entry).entry }
+}
+
+/// Where an IPv6 published port leads, unless into an internal network.
+#[inline(always)]
+pub fn published6(proto: u8, host_port: u16) -> Option<PublishTarget6> {
+    let key = PublishKey6 {
+        host_port,
+        proto,
+        pad: 0,
+    };
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let target = PUBLISH6.get_ptr(key).map(|t| unsafe { *t })?;
+    match fwd::bridge_of6(target.addr) {
+        Some(bridge) if fwd::is_internal_bridge(bridge) => None,
+        _ => Some(target),
+    }
+}
+
+/// A connection arriving for an IPv6 published port: its mapping, initiator first
+/// (`NAT6_IN`, keyed by the packet as it arrives, claimed with `BPF_NOEXIST`), then the
+/// container's answers (`NAT6_OUT`), as for IPv4. A subprogram of its own, for the stack.
+#[inline(never)]
+pub fn create_published_mapping6(
+    key: &FlowKey6,
+    target: &PublishTarget6,
+    external: &[u32; 4],
+) -> Result<(), Counter> {
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut half = NatEntry6 {
+        entry: NatEntry {
+            last_seen_ns: now,
+            created_ns: now,
+            port: target.port,
+            flags: NAT_FLAG_PUBLISHED,
+            ..NatEntry::default()
+        },
+        addr: target.addr,
+    };
+    match NAT6_IN.insert(key, half, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU created it an instant earlier: theirs serves.
+        Err(e) if e == -EEXIST => return Ok(()),
+        Err(_) => return Err(Counter::DropTableFull),
+    }
+    let reply = FlowKey6::new(
+        target.addr,
+        key.src_addr,
+        target.port,
+        key.src_port,
+        key.proto,
+    );
+    half.addr = *external;
+    half.entry.port = key.dst_port;
+    half.entry.flags = NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL;
+    if NAT6_OUT.insert(reply, half, BPF_NOEXIST as u64).is_err() {
+        let _ = NAT6_IN.remove(key);
+        return Err(Counter::DropTableFull);
+    }
+    count(Counter::PublishedMappings);
+    Ok(())
 }

@@ -10,7 +10,10 @@
 
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
-    wire::{valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_ACK, TCP_RST, TCP_SYN},
+    wire::{
+        opens_connection, valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_ACK,
+        TCP_RST, TCP_SYN,
+    },
     Counter, FlowKey6, NatEntry6, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, HOOK_UPLINK_EGRESS,
     HOOK_UPLINK_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
 };
@@ -21,7 +24,7 @@ use crate::{
     ipv6::{parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
     maps::{NAT6_IN, NAT6_OUT, PACKET6},
     nat::{reopen_if_closed, touch, track_tcp},
-    nat6::{create_mapping6, settings6, state, Settings6},
+    nat6::{create_mapping6, create_published_mapping6, published6, settings6, state, Settings6},
     stats::{account, count},
     verdict::{pass, NEXT},
 };
@@ -163,11 +166,29 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassUnsupportedProto));
     }
     let key = pkt.key();
-    let Some(entry) = NAT6_IN.get_ptr_mut(key) else {
-        if is_stray_tcp6(ctx, pkt) {
-            return Err(Counter::DropStrayTcp);
-        }
-        return Ok(pass(Counter::PassNoMatch));
+    let entry = match NAT6_IN.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => match published6(pkt.proto, pkt.dst_port) {
+            // A new connection to a published port (not ICMPv6: it has no ports).
+            Some(target) if pkt.proto != IPPROTO_ICMPV6 => {
+                // Only a SYN opens a TCP connection from outside.
+                if pkt.proto == IPPROTO_TCP && !opens_connection(pkt.tcp_flags) {
+                    return Err(if valid_tcp_flags(pkt.tcp_flags) {
+                        Counter::DropStrayTcp
+                    } else {
+                        Counter::DropInvalidTcp
+                    });
+                }
+                create_published_mapping6(&key, &target, &cfg.external)?;
+                NAT6_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)?
+            }
+            _ => {
+                if is_stray_tcp6(ctx, pkt) {
+                    return Err(Counter::DropStrayTcp);
+                }
+                return Ok(pass(Counter::PassNoMatch));
+            }
+        },
     };
     apply6(ctx, false, pkt, &key, entry)?;
     // On to the stack, which routes it to the container's bridge.

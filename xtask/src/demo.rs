@@ -16,6 +16,10 @@ pub(crate) const HOST_NS: &str = "lab-host";
 pub(crate) const WAN_NS: &str = "lab-wan";
 const CONTAINERS: [(&str, &str); 2] = [("ns1", "172.18.0.2"), ("ns2", "172.18.0.3")];
 pub(crate) const REMOTE: &str = "198.51.100.1";
+/// The lab's IPv6: its containers (fd00:18::2, ::3), the uplink's address, the remote.
+const CONTAINERS6: [(&str, &str); 2] = [("ns1", "fd00:18::2"), ("ns2", "fd00:18::3")];
+const UPLINK6: &str = "2001:db8::2";
+const REMOTE6: &str = "2001:db8:100::1";
 /// Namespaces the lab creates; the tests' own namespaces all start with `bnt-`, the
 /// benchmark's with `bnb-`.
 pub const LAB_NAMESPACES: [&str; 4] = ["ns1", "ns2", "lab-host", "lab-wan"];
@@ -209,6 +213,57 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     }
     if seen.lines().count() == 0 || seen.lines().any(|l| !l.contains("IP 203.0.113.2 >")) {
         failures.push("lab-wan must see only 203.0.113.2 as the source".to_owned());
+    }
+
+    println!("\n== IPv6 (NAT66): ping6 {REMOTE6} from each container, capturing on wan0");
+    let capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            WAN_NS,
+            "tcpdump",
+            "-i",
+            "wan0",
+            "-nn",
+            "-l",
+            "-c",
+            "4",
+            "icmp6 and ip6[40] == 128",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tcpdump")?;
+    std::thread::sleep(Duration::from_millis(500));
+    for (ns, ip) in CONTAINERS6 {
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-6", "-c", "2", "-W", "2", "-q", REMOTE6,
+            ])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        println!(
+            "{ns} ({ip}) -> {REMOTE6}: ping6 {}",
+            if ok { "OK" } else { "FAILED" }
+        );
+        if !ok {
+            failures.push(format!("ping6 from {ns}"));
+        }
+    }
+    let seen = wait_output(capture, Duration::from_secs(5))?;
+    println!("lab-wan saw:");
+    for line in seen.lines() {
+        println!("    {line}");
+    }
+    if seen.lines().count() == 0
+        || seen
+            .lines()
+            .any(|l| !l.contains(&format!("IP6 {UPLINK6} >")))
+    {
+        failures.push(format!(
+            "lab-wan must see only {UPLINK6} as the IPv6 source"
+        ));
     }
 
     println!("\n== TCP transfer (iperf3, 20 MB) from each container to {REMOTE}");

@@ -27,7 +27,7 @@ use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 23] = [
+pub(crate) const PINNED_MAPS: [&str; 24] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -53,6 +53,7 @@ pub(crate) const PINNED_MAPS: [&str; 23] = [
     names::MAP_IPV6_PROGS,
     names::MAP_ENDPOINTS6,
     names::MAP_ASSIGNED_PORTS6,
+    names::MAP_PUBLISH6,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -566,6 +567,23 @@ impl Datapath {
         let mut publish: HashMap<&mut MapData, PublishKey, PublishTarget> =
             HashMap::try_from(self.map_mut(names::MAP_PUBLISH)?)?;
         publish.insert(key, target, 0).context("publishing a port")
+    }
+
+    /// Publish a host port on the uplink's IPv6 address: new connections to it go to
+    /// `target`.
+    pub fn publish6(
+        &mut self,
+        key: bpfnat_common::PublishKey6,
+        target: bpfnat_common::PublishTarget6,
+    ) -> anyhow::Result<()> {
+        let mut publish: HashMap<
+            &mut MapData,
+            bpfnat_common::PublishKey6,
+            bpfnat_common::PublishTarget6,
+        > = HashMap::try_from(self.map_mut(names::MAP_PUBLISH6)?)?;
+        publish
+            .insert(key, target, 0)
+            .context("publishing an IPv6 port")
     }
 
     /// Attach the port program to a bridge port's ingress (frames from its container), with

@@ -108,6 +108,7 @@ fn topology() -> LabSpec {
         uplink_prefix_len: 24,
         remote_server: SERVER,
         containers: vec![container],
+        ipv6: None,
     }
 }
 

@@ -13,7 +13,11 @@
 //! Everything lives in namespaces named by the [`LabSpec`]; nothing outside
 //! them is touched.
 
-use std::{collections::HashSet, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -76,6 +80,38 @@ pub struct LabSpec {
     /// The remote server, a /32 on the WAN namespace's `lo`.
     pub remote_server: Ipv4Addr,
     pub containers: Vec<ContainerSpec>,
+    /// IPv6 beside IPv4 (NAT66), if wanted.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Lab>,
+}
+
+/// The lab's IPv6: the bridge's address in its /64 (the containers get the following ones,
+/// in order), the uplink's and its WAN peer's in their /64, and the remote server's (a /128
+/// on the WAN namespace's `lo`, with no route back to the containers' /64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Lab {
+    pub bridge_addr: Ipv6Addr,
+    pub uplink_addr: Ipv6Addr,
+    pub wan_addr: Ipv6Addr,
+    pub remote_server: Ipv6Addr,
+}
+
+impl Ipv6Lab {
+    /// The standard lab's: fd00:18::1/64 on the bridge, 2001:db8::2/64 on the uplink via
+    /// 2001:db8::1, the remote 2001:db8:100::1.
+    pub fn default_lab() -> Self {
+        Self {
+            bridge_addr: "fd00:18::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+            uplink_addr: "2001:db8::2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+            wan_addr: "2001:db8::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+            remote_server: "2001:db8:100::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    /// Container `i`'s address: the bridge's plus 1 + i.
+    pub fn container_addr(&self, i: usize) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.bridge_addr) + 1 + i as u128)
+    }
 }
 
 impl LabSpec {
@@ -99,6 +135,7 @@ impl LabSpec {
                 ContainerSpec::new("ns1", Ipv4Addr::new(172, 18, 0, 2)),
                 ContainerSpec::new("ns2", Ipv4Addr::new(172, 18, 0, 3)),
             ],
+            ipv6: Some(Ipv6Lab::default_lab()),
         }
     }
 
@@ -252,6 +289,12 @@ pub fn up(spec: &LabSpec) -> Result<()> {
 fn build(spec: &LabSpec) -> Result<()> {
     for name in spec.namespaces() {
         netns::create(name)?;
+        if spec.ipv6.is_some() {
+            // Before any interface is made: the lab's IPv6 addresses are its own, and
+            // duplicate address detection would leave them (and the link-local ones
+            // neighbour discovery uses) tentative for a second.
+            netns::sysctl(name, "net/ipv6/conf/default/accept_dad", "0")?;
+        }
         netns::with_netlink(name, |handle| async move {
             netns::set_link_up(&handle, "lo").await
         })?;
@@ -303,6 +346,38 @@ fn build(spec: &LabSpec) -> Result<()> {
         netns::add_address(&handle, &wan_iface, wan_addr.into(), uplink_prefix_len).await?;
         netns::add_address(&handle, "lo", remote_server.into(), 32).await
     })?;
+    if let Some(v6) = &spec.ipv6 {
+        build_ipv6(spec, v6)?;
+    }
+    Ok(())
+}
+
+/// The IPv6 half of the lab: addresses, default routes, forwarding; like IPv4's, no route on
+/// the WAN side back to the containers' /64.
+fn build_ipv6(spec: &LabSpec, v6: &Ipv6Lab) -> Result<()> {
+    let (bridge, uplink, v6c) = (spec.bridge.clone(), spec.uplink.clone(), v6.clone());
+    netns::with_netlink(&spec.host_netns, move |handle| async move {
+        netns::add_address6_nodad(&handle, &bridge, v6c.bridge_addr, 64).await?;
+        netns::add_address6_nodad(&handle, &uplink, v6c.uplink_addr, 64).await?;
+        netns::replace_default_route_v6(&handle, v6c.wan_addr).await
+    })?;
+    netns::sysctl(&spec.host_netns, "net/ipv6/conf/all/forwarding", "1")?;
+    let (wan_iface, v6c) = (spec.wan_iface.clone(), v6.clone());
+    netns::with_netlink(&spec.wan_netns, move |handle| async move {
+        netns::add_address6_nodad(&handle, &wan_iface, v6c.wan_addr, 64).await?;
+        netns::add_address6_nodad(&handle, "lo", v6c.remote_server, 128).await
+    })?;
+    for (i, container) in spec.containers.iter().enumerate() {
+        let (ifname, addr, gateway) = (
+            container.ifname.clone(),
+            v6.container_addr(i),
+            v6.bridge_addr,
+        );
+        netns::with_netlink(&container.netns, move |handle| async move {
+            netns::add_address6_nodad(&handle, &ifname, addr, 64).await?;
+            netns::replace_default_route_v6(&handle, gateway).await
+        })?;
+    }
     Ok(())
 }
 
@@ -396,6 +471,22 @@ pub fn describe(spec: &LabSpec) -> String {
         "  netns {:<10} {} {}/{}; remote server {}/32 on lo; no route to {subnet}",
         spec.wan_netns, spec.wan_iface, spec.wan_addr, spec.uplink_prefix_len, spec.remote_server,
     );
+    if let Some(v6) = &spec.ipv6 {
+        let containers: Vec<String> = (0..spec.containers.len())
+            .map(|i| format!("{}/64", v6.container_addr(i)))
+            .collect();
+        let _ = writeln!(
+            text,
+            "  IPv6: containers {} via {} on {}; uplink {}/64 via {}; remote {}/128, no route \
+             back",
+            containers.join(", "),
+            v6.bridge_addr,
+            spec.bridge,
+            v6.uplink_addr,
+            v6.wan_addr,
+            v6.remote_server,
+        );
+    }
     text
 }
 

@@ -639,6 +639,43 @@ pub async fn add_address(
     }
 }
 
+/// `ip -6 addr add ADDR/PREFIX dev IFNAME nodad`: usable at once, with no duplicate address
+/// detection (the lab's addresses are its own); already present is fine.
+pub async fn add_address6_nodad(
+    handle: &Handle,
+    ifname: &str,
+    addr: std::net::Ipv6Addr,
+    prefix_len: u8,
+) -> Result<()> {
+    let index = require_link_index(handle, ifname).await?;
+    let mut req = handle.address().add(index, IpAddr::V6(addr), prefix_len);
+    req.message_mut()
+        .header
+        .flags
+        .push(netlink_packet_route::address::AddressHeaderFlag::Nodad);
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(err) if netlink_errno(&err) == Some(libc::EEXIST) => Ok(()),
+        Err(err) => Err(netlink_error(err))
+            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}")),
+    }
+}
+
+/// `ip -6 route replace default via GATEWAY`
+pub async fn replace_default_route_v6(handle: &Handle, gateway: std::net::Ipv6Addr) -> Result<()> {
+    handle
+        .route()
+        .add()
+        .v6()
+        .destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0)
+        .gateway(gateway)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink_error)
+        .with_context(|| format!("replacing the IPv6 default route via {gateway}"))
+}
+
 /// `ip addr del ADDR/PREFIX dev IFNAME`; absent is fine.
 pub async fn delete_address(
     handle: &Handle,

@@ -651,3 +651,62 @@ fn ipv6_port_policy_table() {
         }
     }
 }
+
+/// A port published on the uplink's IPv6 address (Docker's `-p [::]:8080:80`): the
+/// container sees the client's own address, its answers leave from the published port;
+/// only a SYN opens a connection; a port published into an internal network is never used.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_published_port_keeps_the_client_address() {
+    use bpfnat_common::{PublishKey6, PublishTarget6};
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let c1 = bpfnat_common::addr6_to_map(C1.parse::<Ipv6Addr>().unwrap().octets());
+    dp.publish6(
+        PublishKey6 {
+            host_port: 8080u16.to_be(),
+            proto: 6,
+            pad: 0,
+        },
+        PublishTarget6 {
+            addr: c1,
+            port: 80u16.to_be(),
+            pad: 0,
+        },
+    )
+    .unwrap();
+    const CLIENT6: &str = "2001:db8:200::9";
+    let syn = Frame6::new(CLIENT6, EXTERNAL6, tcp(50000, 8080, SYN, 100, 0));
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &syn.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(
+        got,
+        syn.with_dst(C1, 80).build(),
+        "to the container, client kept"
+    );
+    let answer = Frame6::new(C1, CLIENT6, tcp(80, 50000, SYN_ACK, 700, 101));
+    let (v, got) = run(&mut dp, names::PROG_EGRESS, &answer.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(
+        got,
+        answer.with_src(EXTERNAL6, 8080).build(),
+        "from the published port"
+    );
+    let ack = Frame6::new(CLIENT6, EXTERNAL6, tcp(50000, 8080, ACK, 101, 701));
+    let (_, got) = run(&mut dp, names::PROG_INGRESS, &ack.build());
+    assert_eq!(got, ack.with_dst(C1, 80).build());
+    // A mid-stream segment of no connection: dropped, nothing created.
+    let stray = Frame6::new(CLIENT6, EXTERNAL6, tcp(50001, 8080, ACK, 5, 5));
+    assert_eq!(
+        run(&mut dp, names::PROG_INGRESS, &stray.build()).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(dp.counter(Counter::PublishedMappings).unwrap(), 1);
+    assert_eq!(dp.counter(Counter::DropStrayTcp).unwrap(), 1);
+    let now = bpfnat::table::timeouts::monotonic_ns();
+    let t6 = dp.tables6().unwrap();
+    let list = bpfnat::table::conntrack6::list6(&t6, &bpfnat_common::Timeouts::KERNEL, now);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].src(), C1.parse::<Ipv6Addr>().unwrap());
+    assert!(list[0].reply_entry.is_some());
+}

@@ -46,6 +46,7 @@ fn test_spec(test: u8) -> LabSpec {
         uplink_prefix_len: 24,
         remote_server: Ipv4Addr::new(198, 51, 100, 77),
         containers: vec![first, second],
+        ipv6: None,
     }
 }
 

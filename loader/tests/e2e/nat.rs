@@ -202,6 +202,7 @@ fn up_on_other_names_with_partial_and_full_checksums() {
         uplink_prefix_len: 24,
         remote_server: Ipv4Addr::new(198, 51, 100, 77),
         containers: vec![c1, c2],
+        ipv6: None,
     };
     let lab = Lab::up(spec);
     let _srv = ServerBehindRouter::up("bnt-srv", &lab.spec.wan_netns);
@@ -327,6 +328,7 @@ fn clsact_mode_works_and_removes_its_qdisc() {
         uplink_prefix_len: 26,
         remote_server: Ipv4Addr::new(198, 51, 100, 78),
         containers: vec![c],
+        ipv6: None,
     };
     let lab = Lab::up(spec);
     let daemon = Daemon::start(

@@ -116,5 +116,6 @@ pub fn test_lab(
         uplink_prefix_len: 24,
         remote_server: remote,
         containers,
+        ipv6: None,
     }
 }
