@@ -661,6 +661,30 @@ pub struct FragKey {
     pub direction: u8,
 }
 
+/// Key of the IPv6 fragment table: the datagram a later fragment belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey6 {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    /// The fragment header's identification, network byte order.
+    pub id: u32,
+    pub proto: u8,
+    /// As in [`FragKey`].
+    pub direction: u8,
+    pub pad: u16,
+}
+
+/// Value of the IPv6 fragment table: the address the datagram's fragments get.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragEntry6 {
+    pub created_ns: u64,
+    pub addr: [u32; 4],
+}
+
 /// How long after its first fragment a datagram's later fragments are still translated: the
 /// kernel's reassembly timeout (`net.ipv4.ipfrag_time`, 30 s). Past it the reassembly has been
 /// given up anyway, and an old entry would hand a new datagram that reuses the IP id (and

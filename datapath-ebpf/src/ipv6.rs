@@ -64,6 +64,10 @@ pub struct Packet6 {
     /// The IPv6 payload length (0: a jumbogram or a BIG TCP packet).
     pub payload_len: u16,
     pub l4: L4,
+    /// The fragment header's identification (network order) of a fragment; `first_fragment`:
+    /// the first of several (it carries the L4 header and is translated).
+    pub frag_id: u32,
+    pub first_fragment: bool,
     /// An ICMPv6 error (destination unreachable, packet too big, time exceeded, parameter
     /// problem): the offset of the IPv6 header it quotes, 0 otherwise. The quoted packet's
     /// tuple and L4 fields follow.
@@ -110,6 +114,8 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
     pkt.icmp_type = 0;
     pkt.tcp_flags = 0;
     pkt.inner_off = 0;
+    pkt.frag_id = 0;
+    pkt.first_fragment = false;
     let mut next = fixed[6];
     let mut off = ETH_HLEN + IPV6_HLEN;
     for _ in 0..MAX_EXT_HEADERS {
@@ -122,9 +128,12 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
             }
             IPV6_FRAGMENT => {
                 // Next header, reserved, offset (13 bits) and flags, identification.
-                let frag: [u8; 4] = ctx.load(off).map_err(|_| malformed)?;
+                let frag: [u8; 8] = ctx.load(off).map_err(|_| malformed)?;
                 next = frag[0];
-                if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                let offset_flags = u16::from_be_bytes([frag[2], frag[3]]);
+                pkt.frag_id = u32::from_ne_bytes([frag[4], frag[5], frag[6], frag[7]]);
+                pkt.first_fragment = offset_flags & 1 != 0;
+                if offset_flags & 0xfff8 != 0 {
                     // A later fragment: no L4 header.
                     pkt.proto = next;
                     return Ok(Some(Counter::PassFragment));

@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FlowKey6, FragEntry, FragKey,
-    HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishKey6, PublishTarget,
-    PublishTarget6, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS,
-    TRAFFIC_PROTOS,
+    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FlowKey6, FragEntry, FragEntry6,
+    FragKey, FragKey6, HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishKey6,
+    PublishTarget, PublishTarget6, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE,
+    TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -147,3 +147,7 @@ pub static ASSIGNED_PORTS6: HashMap<u32, u32, 4096> = HashMap::new();
 /// Ports published on the uplink's IPv6 address. Written by the loader at run time.
 #[btf_map]
 pub static PUBLISH6: HashMap<PublishKey6, PublishTarget6, 16384> = HashMap::new();
+
+/// IPv6 fragmented datagrams in flight (see `FRAGS`).
+#[btf_map]
+pub static FRAGS6: LruHashMap<FragKey6, FragEntry6, 8192> = LruHashMap::new();

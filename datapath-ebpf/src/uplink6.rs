@@ -14,13 +14,13 @@ use bpfnat_common::{
         opens_connection, valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_ACK,
         TCP_RST, TCP_SYN,
     },
-    Counter, FlowKey6, NatEntry6, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, HOOK_UPLINK_EGRESS,
-    HOOK_UPLINK_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
+    Counter, FlowKey6, FragKey6, NatEntry6, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE,
+    HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
 };
 
 use crate::{
     csum::{rewrite_addr6, rewrite_port_stored},
-    fwd, host, icmp6,
+    frag, fwd, host, icmp6,
     ipv6::{parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
     maps::{NAT6_IN, NAT6_OUT, PACKET6},
     nat::{reopen_if_closed, touch, track_tcp},
@@ -46,9 +46,16 @@ pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
             {
                 return Ok(NEXT);
             }
-            // Nothing leaves with a container's address: a later fragment or an ICMPv6
-            // message that is not echo (the translation of IPv6 errors and fragments is not
-            // built yet).
+            // A later fragment of a datagram whose first fragment was translated: the same
+            // address.
+            if reason == Counter::PassFragment
+                && settings6().is_some()
+                && follow_fragment6(ctx, pkt, frag::OUTBOUND)?
+            {
+                return Ok(NEXT);
+            }
+            // Nothing leaves with a container's address: a fragment of no datagram we know,
+            // an ICMPv6 message that is neither echo nor an error about a flow of ours.
             if settings6().is_some() && fwd::is_masqueraded6(src_addr) {
                 return Err(if reason == Counter::PassFragment {
                     Counter::DropFragmentUnknown
@@ -129,6 +136,13 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         {
             let (dst_addr, proto) = (pkt.dst_addr, pkt.proto);
             account(HOOK_UPLINK_INGRESS, proto, ctx.len());
+            // A later fragment of a reply whose first fragment was translated.
+            if reason == Counter::PassFragment
+                && settings6().is_some_and(|c| c.external == dst_addr)
+                && follow_fragment6(ctx, pkt, frag::INBOUND)?
+            {
+                return Ok(NEXT);
+            }
             // An ICMPv6 error about a flow of ours goes to its container (packet too big,
             // unreachable, time exceeded).
             if pkt.inner_off != 0
@@ -195,6 +209,38 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     Ok(NEXT)
 }
 
+/// The datagram a fragment belongs to, as the fragment table keys it.
+#[inline(always)]
+fn fragment_key(pkt: &Packet6, direction: u8) -> FragKey6 {
+    FragKey6 {
+        src_addr: pkt.src_addr,
+        dst_addr: pkt.dst_addr,
+        id: pkt.frag_id,
+        proto: pkt.proto,
+        direction,
+        pad: 0,
+    }
+}
+
+/// A later fragment (no L4 header) of a datagram whose first fragment was translated: the
+/// same address, written with no checksum to fix (IPv6 has no header checksum, and the L4
+/// checksum is in the first fragment). `Ok(false)`: its first fragment was not seen.
+#[inline(never)]
+fn follow_fragment6(ctx: &TcContext, pkt: &Packet6, direction: u8) -> Result<bool, Counter> {
+    let Some(addr) = frag::lookup6(&fragment_key(pkt, direction)) else {
+        return Ok(false);
+    };
+    let off = if direction == frag::OUTBOUND {
+        IP6_SRC_OFF
+    } else {
+        IP6_DST_OFF
+    };
+    ctx.store(off, &addr, 0)
+        .map_err(|_| Counter::DropRewriteFailed)?;
+    count(Counter::FragmentsTranslated);
+    Ok(true)
+}
+
 /// This CPU's slot for the packet being parsed.
 #[inline(always)]
 fn packet_slot() -> Result<&'static mut Packet6, Counter> {
@@ -250,6 +296,14 @@ fn apply6(
     };
     rewrite_port_stored(ctx, &pkt.l4, port_off, old_port, port)?;
     rewrite_addr6(ctx, &pkt.l4, addr_off, old_addr, addr)?;
+    if pkt.first_fragment {
+        let direction = if egress {
+            frag::OUTBOUND
+        } else {
+            frag::INBOUND
+        };
+        frag::remember6(&fragment_key(pkt, direction), addr);
+    }
     count(if egress {
         Counter::EgressTranslated
     } else {

@@ -538,6 +538,7 @@ pub struct PinnedMaps {
     traffic: Map,
     nat6_out: Map,
     nat6_in: Map,
+    publish6: Map,
 }
 
 impl PinnedMaps {
@@ -566,6 +567,7 @@ impl PinnedMaps {
             traffic: open(names::MAP_TRAFFIC)?,
             nat6_out: open(names::MAP_NAT6_OUT)?,
             nat6_in: open(names::MAP_NAT6_IN)?,
+            publish6: open(names::MAP_PUBLISH6)?,
             dir,
         })
     }
@@ -598,6 +600,38 @@ impl PinnedMaps {
     /// Both connection tables, writable.
     pub fn tables(&mut self) -> anyhow::Result<crate::bpf::datapath::NatTables<'_>> {
         crate::bpf::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)
+    }
+
+    /// The IPv6 published ports and the IPv6 tables, writable.
+    #[allow(
+        clippy::type_complexity,
+        reason = "two typed map handles, named by their types"
+    )]
+    pub fn publish6_mut(
+        &mut self,
+    ) -> anyhow::Result<(
+        aya::maps::HashMap<&mut MapData, bpfnat_common::PublishKey6, bpfnat_common::PublishTarget6>,
+        crate::bpf::datapath::NatTables6<'_>,
+    )> {
+        Ok((
+            aya::maps::HashMap::try_from(&mut self.publish6)?,
+            crate::bpf::datapath::NatTables6 {
+                out: aya::maps::HashMap::try_from(&mut self.nat6_out)?,
+                inbound: aya::maps::HashMap::try_from(&mut self.nat6_in)?,
+            },
+        ))
+    }
+
+    /// Every IPv6 published host port.
+    pub fn publishes6(
+        &self,
+    ) -> anyhow::Result<Vec<(bpfnat_common::PublishKey6, bpfnat_common::PublishTarget6)>> {
+        let map: aya::maps::HashMap<
+            &MapData,
+            bpfnat_common::PublishKey6,
+            bpfnat_common::PublishTarget6,
+        > = aya::maps::HashMap::try_from(&self.publish6)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// Both IPv4 tables and both IPv6 tables, writable.

@@ -2,7 +2,10 @@
 
 use crate::{
     bpf::instance::PinnedMaps,
-    table::publish::{self, Flows, PublishSpec},
+    table::{
+        publish::{self, Flows, PublishSpec},
+        publish6::{self, Publish6Spec},
+    },
 };
 
 /// What to do; specs as given (one argument, or the host and the container part).
@@ -13,6 +16,14 @@ pub enum Action {
 }
 
 pub fn run(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
+    // A bracketed address: a port on the uplink's IPv6 address.
+    let ipv6 = match action {
+        Action::Add(args) | Action::Remove(args) => args.iter().any(|a| Publish6Spec::is_ipv6(a)),
+        Action::List => false,
+    };
+    if ipv6 {
+        return run6(name, json, action);
+    }
     // Parsed before opening anything, so bad input fails the same way everywhere.
     let spec = match action {
         Action::Add(args) => {
@@ -75,15 +86,57 @@ pub fn run(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
         }
         _ => {
             let specs = PublishSpec::group(&maps.publishes()?);
+            let specs6 = Publish6Spec::from_entries(&maps.publishes6()?);
             if json {
                 super::print_json(&serde_json::Value::Array(
-                    specs.iter().map(PublishSpec::to_json).collect(),
+                    specs
+                        .iter()
+                        .map(PublishSpec::to_json)
+                        .chain(specs6.iter().map(Publish6Spec::to_json))
+                        .collect(),
                 ));
             } else {
-                let text: String = specs.iter().map(|s| format!("{s}\n")).collect();
+                let text: String = specs
+                    .iter()
+                    .map(|s| format!("{s}\n"))
+                    .chain(specs6.iter().map(|s| format!("{s}\n")))
+                    .collect();
                 super::write_stdout(&text)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `publish add|remove` of a port on the uplink's IPv6 address.
+fn run6(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
+    let args = match action {
+        Action::Add(args) | Action::Remove(args) => args,
+        Action::List => return Ok(()),
+    };
+    let joined = args.join(":");
+    let spec = Publish6Spec::parse(&joined)?;
+    let mut maps = PinnedMaps::open(name)?;
+    let timeouts = maps.config()?.timeouts;
+    let (mut map, mut tables) = maps.publish6_mut()?;
+    let (what, n, removed) = match action {
+        Action::Add(_) => {
+            let (n, removed) = publish6::add6(&mut map, &mut tables, &timeouts, &spec)?;
+            ("published", n, removed)
+        }
+        _ => {
+            let (n, removed) = publish6::remove6(&mut map, &mut tables, &timeouts, &spec)?;
+            ("unpublished", n, removed)
+        }
+    };
+    if json {
+        super::print_json(&serde_json::json!({
+            "spec": spec.to_string(),
+            what: n,
+            "connections_removed": removed,
+        }));
+    } else {
+        println!("{what} {spec} ({n} host ports, {removed} connections removed)");
     }
     Ok(())
 }

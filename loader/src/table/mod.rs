@@ -8,9 +8,10 @@
 //! - [`conntrack6`]: the IPv6 table: list, expiry, removal.
 //! - [`expiry`]: the sweeper that removes idle mappings, both halves together.
 //! - [`publish`]: published ports (Docker's `-p`): specs, the `PUBLISH` map, and removal of
-//!   the connections made through a port that goes.
+//!   the connections made through a port that goes; [`publish6`] the same on IPv6.
 pub mod conntrack;
 pub mod conntrack6;
 pub mod expiry;
 pub mod publish;
+pub mod publish6;
 pub mod timeouts;

@@ -41,6 +41,10 @@ enum L4v6 {
     Icmp {
         kind: u8,
     },
+    /// No L4 header: the payload alone, as in a later fragment of a `proto` datagram.
+    Raw {
+        proto: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +88,7 @@ impl Frame6 {
             L4v6::Tcp { .. } => 6,
             L4v6::Udp { .. } => 17,
             L4v6::Echo { .. } | L4v6::Icmp { .. } => 58,
+            L4v6::Raw { proto } => proto,
         }
     }
 
@@ -121,6 +126,7 @@ impl Frame6 {
                 h
             }
             L4v6::Icmp { kind } => vec![kind, 0, 0, 0, 0, 0, 0, 0],
+            L4v6::Raw { .. } => return self.payload.clone(),
         };
         l4.extend_from_slice(&self.payload);
         let csum_at = match self.l4 {
@@ -497,7 +503,7 @@ fn ipv6_icmp_errors_are_translated_both_ways() {
         let port = match quoted_l4 {
             L4v6::Tcp { sport, .. } | L4v6::Udp { sport, .. } => sport,
             L4v6::Echo { id, .. } => id,
-            L4v6::Icmp { .. } => unreachable!(),
+            _ => unreachable!(),
         };
         let (_, sent) = run(&mut dp, names::PROG_EGRESS, &out.build());
         assert_eq!(sent, out.with_src(EXTERNAL6, port).build(), "{case}");
@@ -709,4 +715,80 @@ fn ipv6_published_port_keeps_the_client_address() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].src(), C1.parse::<Ipv6Addr>().unwrap());
     assert!(list[0].reply_entry.is_some());
+}
+
+/// A fragment header's body: offset (in 8-byte units) and the more-fragments flag, then the
+/// identification.
+fn fragment(offset_units: u16, more: bool, id: u32) -> Ext {
+    let mut body = (offset_units << 3 | u16::from(more)).to_be_bytes().to_vec();
+    body.extend_from_slice(&id.to_be_bytes());
+    Ext { kind: 44, body }
+}
+
+/// A fragmented UDP datagram each way: the first fragment is translated with its ports and
+/// its later fragments follow with the same address (out: the external one; back: the
+/// container's); a later fragment of a datagram never seen from a container is dropped, one
+/// to the uplink's address is the host's own and passes.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_fragments_follow_their_first() {
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let udp = L4v6::Udp {
+        sport: 40100,
+        dport: 53,
+    };
+    let mut first = Frame6::new(C1, REMOTE6, udp);
+    first.ext = vec![fragment(0, true, 0x1234)];
+    let mut later = Frame6::new(C1, REMOTE6, L4v6::Raw { proto: 17 });
+    later.ext = vec![fragment(4, false, 0x1234)];
+    later.payload = vec![0x55; 40];
+    let (v, got) = run(&mut dp, names::PROG_EGRESS, &first.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(got, first.with_src(EXTERNAL6, 40100).build());
+    let (v, got) = run(&mut dp, names::PROG_EGRESS, &later.build());
+    assert_eq!(v, TCX_NEXT);
+    let mut want = later.clone();
+    want.src = EXTERNAL6.parse().unwrap();
+    assert_eq!(got, want.build(), "the later fragment follows");
+
+    // The answer, fragmented too.
+    let mut back = Frame6::new(
+        REMOTE6,
+        EXTERNAL6,
+        L4v6::Udp {
+            sport: 53,
+            dport: 40100,
+        },
+    );
+    back.ext = vec![fragment(0, true, 0x9999)];
+    let mut back_later = Frame6::new(REMOTE6, EXTERNAL6, L4v6::Raw { proto: 17 });
+    back_later.ext = vec![fragment(4, false, 0x9999)];
+    let (_, got) = run(&mut dp, names::PROG_INGRESS, &back.build());
+    assert_eq!(got, back.with_dst(C1, 40100).build());
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &back_later.build());
+    assert_eq!(v, TCX_NEXT);
+    let mut want = back_later.clone();
+    want.dst = C1.parse().unwrap();
+    assert_eq!(
+        got,
+        want.build(),
+        "the later fragment of the answer follows"
+    );
+    assert_eq!(dp.counter(Counter::FragmentsTranslated).unwrap(), 2);
+
+    // Unknown datagrams: a container's is dropped, the host's own passes.
+    let mut stray = later.clone();
+    stray.ext = vec![fragment(4, false, 0x7777)];
+    assert_eq!(
+        run(&mut dp, names::PROG_EGRESS, &stray.build()).0,
+        TC_ACT_SHOT
+    );
+    let mut hosts = back_later.clone();
+    hosts.ext = vec![fragment(4, false, 0x4242)];
+    let input = hosts.build();
+    assert_eq!(
+        run(&mut dp, names::PROG_INGRESS, &input),
+        (TCX_NEXT, input.clone())
+    );
 }

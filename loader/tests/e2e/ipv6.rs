@@ -333,3 +333,80 @@ fn ipv6_sources_are_checked_and_internal_stays_in() {
         crate::support::cli::counter(&crate::support::cli::stats_json(&host), "drop_internal");
     assert!(internal > 0, "drop_internal {internal}");
 }
+
+/// `bpfnat publish add 8080:[fd00:85:3::2]:80`: a port on the uplink's IPv6 address reaches
+/// the container with the client's own address as its peer, listed with `publish list`;
+/// after `publish remove` it no longer answers.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs"]
+fn ipv6_published_port_keeps_the_client_address() {
+    let _slot = require_root();
+    let lab = lab(3);
+    let uplink = add_ipv6(&lab, 3);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let c1 = lab.spec.containers[0].netns.clone();
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    let out = crate::support::cli::bpfnat_ok(&[
+        "--netns",
+        &host,
+        "publish",
+        "add",
+        "8080:[fd00:85:3::2]:80",
+    ]);
+    assert!(
+        out.contains("published [::]:8080:[fd00:85:3::2]:80/tcp"),
+        "{out}"
+    );
+    let list = crate::support::cli::bpfnat_ok(&["--netns", &host, "publish", "list"]);
+    assert!(list.contains("[::]:8080:[fd00:85:3::2]:80/tcp"), "{list}");
+
+    // The container's server answers each connection with the peer it sees.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(&c1, move || {
+        let listener = TcpListener::bind("[::]:80").expect("bind");
+        listener.set_nonblocking(true).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok((mut sock, peer)) = listener.accept() {
+                let _ = sock.write_all(peer.ip().to_string().as_bytes());
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server");
+    let ask = |wan: &str| {
+        spawn_in(wan, move || {
+            let dst = SocketAddrV6::new(uplink, 8080, 0, 0);
+            let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2)).ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let mut peer = String::new();
+            sock.read_to_string(&mut peer).ok()?;
+            Some(peer)
+        })
+        .join()
+        .ok()
+        .flatten()
+    };
+    let peer = ask(&wan).expect("published port answers");
+    assert_eq!(
+        peer, "2001:db8:3::1",
+        "the container sees the client's own address"
+    );
+    let stats = crate::support::cli::stats_json(&host);
+    assert!(crate::support::cli::counter(&stats, "published_mappings") >= 1);
+
+    let out = crate::support::cli::bpfnat_ok(&[
+        "--netns",
+        &host,
+        "publish",
+        "remove",
+        "8080:[fd00:85:3::2]:80",
+    ]);
+    assert!(out.contains("unpublished"), "{out}");
+    assert_eq!(ask(&wan), None, "reachable after publish remove");
+}
