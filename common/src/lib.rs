@@ -1060,7 +1060,14 @@ mod tests {
     fn sizes_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NatEntry>(), 48);
-        assert_eq!(size_of::<NatConfig>(), 16 + 52 + 4);
+        assert_eq!(size_of::<NatConfig>(), 16 + 52 + 4 + 16);
+        assert_eq!(size_of::<FlowKey6>(), 40);
+        assert_eq!(size_of::<NatEntry6>(), 48 + 16);
+        assert_eq!(size_of::<BridgeInfo>(), 16 + 16);
+        assert_eq!(size_of::<PublishKey6>(), 4);
+        assert_eq!(size_of::<PublishTarget6>(), 20);
+        assert_eq!(size_of::<FragKey6>(), 40);
+        assert_eq!(size_of::<FragEntry6>(), 24);
         assert_eq!(size_of::<Timeouts>(), 52);
         assert_eq!(size_of::<EmbryonicSlot>(), 24);
         assert_eq!(embryonic_slots(DEFAULT_TABLE_SIZE), 65_536);
@@ -1068,6 +1075,31 @@ mod tests {
         assert_eq!(embryonic_slots(8), 16);
         assert_eq!(size_of::<TraceEvent>(), 56 + TRACE_CAPTURE);
         assert_eq!(size_of::<TraceFilter>(), 24);
+    }
+
+    #[test]
+    fn ipv6_keys_and_addresses() {
+        let a = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(addr6_from_map(addr6_to_map(a)), a);
+        let original = FlowKey6::new([1; 4], [2; 4], 1000, 80, IPPROTO_TCP);
+        let out = NatEntry6 {
+            entry: NatEntry {
+                port: 2000,
+                ..NatEntry::default()
+            },
+            addr: [3; 4],
+        };
+        let reply = original.reply_key(&out);
+        assert_eq!(reply, FlowKey6::new([2; 4], [3; 4], 80, 2000, IPPROTO_TCP));
+        let inbound = NatEntry6 {
+            entry: NatEntry {
+                port: 1000,
+                ..NatEntry::default()
+            },
+            addr: [1; 4],
+        };
+        assert_eq!(reply.original_key(&inbound), original);
+        assert_eq!(original.reversed().reversed(), original);
     }
 
     #[test]
