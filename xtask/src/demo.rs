@@ -174,97 +174,19 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     println!("\n== ping {REMOTE} from each container, capturing on lab-wan's wan0");
-    let capture = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            WAN_NS,
-            "tcpdump",
-            "-i",
-            "wan0",
-            "-nn",
-            "-l",
-            "-c",
-            "4",
-            "icmp[icmptype] == icmp-echo",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tcpdump")?;
-    std::thread::sleep(Duration::from_millis(500));
-    for (ns, ip) in CONTAINERS {
-        let ok = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "ping", "-c", "2", "-W", "2", "-q", REMOTE,
-            ])
-            .stdout(Stdio::null())
-            .status()?
-            .success();
-        println!(
-            "{ns} ({ip}) -> {REMOTE}: ping {}",
-            if ok { "OK" } else { "FAILED" }
-        );
-    }
-    let seen = wait_output(capture, Duration::from_secs(5))?;
-    println!("lab-wan saw:");
-    for line in seen.lines() {
-        println!("    {line}");
-    }
-    if seen.lines().count() == 0 || seen.lines().any(|l| !l.contains("IP 203.0.113.2 >")) {
-        failures.push("lab-wan must see only 203.0.113.2 as the source".to_owned());
-    }
-
+    failures.extend(ping_through_nat(
+        &CONTAINERS,
+        REMOTE,
+        "icmp[icmptype] == icmp-echo",
+        "IP 203.0.113.2 >",
+    )?);
     println!("\n== IPv6 (NAT66): ping6 {REMOTE6} from each container, capturing on wan0");
-    let capture = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            WAN_NS,
-            "tcpdump",
-            "-i",
-            "wan0",
-            "-nn",
-            "-l",
-            "-c",
-            "4",
-            "icmp6 and ip6[40] == 128",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tcpdump")?;
-    std::thread::sleep(Duration::from_millis(500));
-    for (ns, ip) in CONTAINERS6 {
-        let ok = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "ping", "-6", "-c", "2", "-W", "2", "-q", REMOTE6,
-            ])
-            .stdout(Stdio::null())
-            .status()?
-            .success();
-        println!(
-            "{ns} ({ip}) -> {REMOTE6}: ping6 {}",
-            if ok { "OK" } else { "FAILED" }
-        );
-        if !ok {
-            failures.push(format!("ping6 from {ns}"));
-        }
-    }
-    let seen = wait_output(capture, Duration::from_secs(5))?;
-    println!("lab-wan saw:");
-    for line in seen.lines() {
-        println!("    {line}");
-    }
-    if seen.lines().count() == 0
-        || seen
-            .lines()
-            .any(|l| !l.contains(&format!("IP6 {UPLINK6} >")))
-    {
-        failures.push(format!(
-            "lab-wan must see only {UPLINK6} as the IPv6 source"
-        ));
-    }
+    failures.extend(ping_through_nat(
+        &CONTAINERS6,
+        REMOTE6,
+        "icmp6 and ip6[40] == 128",
+        &format!("IP6 {UPLINK6} >"),
+    )?);
 
     println!("\n== TCP transfer (iperf3, 20 MB) from each container to {REMOTE}");
     for (ns, _) in CONTAINERS {
@@ -306,6 +228,52 @@ pub fn run(bin: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
         bail!("demo checks failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// Ping `remote` from each container (two echoes each) while lab-wan captures the echo
+/// requests (`filter`): every one must show `source` (the uplink's address) as its source.
+/// Returns what failed.
+fn ping_through_nat(
+    containers: &[(&str, &str)],
+    remote: &str,
+    filter: &str,
+    source: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let capture = Command::new("ip")
+        .args([
+            "netns", "exec", WAN_NS, "tcpdump", "-i", "wan0", "-nn", "-l", "-c", "4", filter,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tcpdump")?;
+    std::thread::sleep(Duration::from_millis(500));
+    for (ns, ip) in containers {
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-c", "2", "-W", "2", "-q", remote,
+            ])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        println!(
+            "{ns} ({ip}) -> {remote}: ping {}",
+            if ok { "OK" } else { "FAILED" }
+        );
+        if !ok {
+            failures.push(format!("ping from {ns} to {remote}"));
+        }
+    }
+    let seen = wait_output(capture, Duration::from_secs(5))?;
+    println!("lab-wan saw:");
+    for line in seen.lines() {
+        println!("    {line}");
+    }
+    if seen.lines().count() == 0 || seen.lines().any(|l| !l.contains(source)) {
+        failures.push(format!("lab-wan must see only {source} as the source"));
+    }
+    Ok(failures)
 }
 
 /// Collect a child's stdout, killing it if it has not exited after `limit`.
