@@ -925,6 +925,33 @@ impl Datapath {
         }
     }
 
+    /// The IPv6 published ports with the IPv6 connection tables, writable.
+    #[allow(
+        clippy::type_complexity,
+        reason = "the maps an IPv6 publish change touches"
+    )]
+    pub(crate) fn publish6_tables(
+        &mut self,
+    ) -> anyhow::Result<(
+        HashMap<&mut MapData, bpfnat_common::PublishKey6, bpfnat_common::PublishTarget6>,
+        NatTables6<'_>,
+    )> {
+        match self.ebpf.maps_disjoint_mut([
+            names::MAP_PUBLISH6,
+            names::MAP_NAT6_OUT,
+            names::MAP_NAT6_IN,
+        ]) {
+            [Some(publish), Some(out), Some(inbound)] => Ok((
+                HashMap::try_from(publish)?,
+                NatTables6 {
+                    out: HashMap::try_from(out)?,
+                    inbound: HashMap::try_from(inbound)?,
+                },
+            )),
+            _ => bail!("IPv6 publish or connection maps missing from the datapath object"),
+        }
+    }
+
     /// The IPv6 connection tables, writable.
     pub fn tables6(&mut self) -> anyhow::Result<NatTables6<'_>> {
         match self

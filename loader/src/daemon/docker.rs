@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -25,12 +25,15 @@ use bollard::{
     },
     Docker,
 };
-use bpfnat_common::{addr_to_map, PublishKey, PublishTarget, IPPROTO_TCP, IPPROTO_UDP};
+use bpfnat_common::{
+    addr6_to_map, addr_to_map, PublishKey, PublishKey6, PublishTarget, PublishTarget6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use tokio::sync::watch;
 
-use crate::util::addr::Ipv4Net;
+use crate::util::addr::{Ipv4Net, Ipv6Net};
 
 /// Where the Docker daemon listens unless `--docker-host` or `$DOCKER_HOST` says otherwise.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -57,6 +60,8 @@ pub(crate) struct Network {
     /// characters (Docker's own naming).
     pub bridge: String,
     pub subnets: Vec<Ipv4Net>,
+    /// Its IPv6 subnets (a network made with `--ipv6`).
+    pub subnets6: Vec<Ipv6Net>,
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
@@ -75,6 +80,8 @@ pub(crate) struct Endpoint {
     /// Docker's id of the endpoint: a new one every time the container (re)starts.
     pub endpoint_id: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address on an `--ipv6` network.
+    pub addr6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
 }
 
@@ -85,12 +92,20 @@ pub(crate) struct Publish {
     pub target: PublishTarget,
 }
 
+/// One host port published on the uplink's IPv6 address (`-p` on an `--ipv6` network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Publish6 {
+    pub key: PublishKey6,
+    pub target: PublishTarget6,
+}
+
 /// Everything bpfnat serves for Docker, as of one snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct DockerState {
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub publishes: Vec<Publish>,
+    pub publishes6: Vec<Publish6>,
     /// Published ports left out, with why (e.g. SCTP with another container port).
     pub skipped: Vec<String>,
     /// The running containers' network namespaces (`SandboxKey`).
@@ -341,6 +356,10 @@ pub(crate) fn reduce(networks: &[ApiNetwork], containers: &[ContainerSummary]) -
                     network: net.id.clone(),
                     endpoint_id: ep.endpoint_id.clone().unwrap_or_default(),
                     addr,
+                    addr6: ep
+                        .global_ipv6_address
+                        .as_deref()
+                        .and_then(|a| a.parse().ok()),
                     mac,
                 },
             ));
@@ -349,6 +368,10 @@ pub(crate) fn reduce(networks: &[ApiNetwork], containers: &[ContainerSummary]) -
         // Ports are published to the container's address on its first network that reaches
         // the outside, as Docker's DNAT rules do for its gateway network.
         let target = mine.iter().find(|(n, _)| !n.internal).map(|(_, e)| e.addr);
+        let target6 = mine
+            .iter()
+            .filter(|(n, _)| !n.internal)
+            .find_map(|(_, e)| e.addr6);
         for port in c.ports.iter().flatten() {
             let Some(host_port) = port.public_port else {
                 continue; // exposed, not published
@@ -365,9 +388,32 @@ pub(crate) fn reduce(networks: &[ApiNetwork], containers: &[ContainerSummary]) -
             };
             let host_addr = match port.ip.as_deref().unwrap_or_default() {
                 "" | "0.0.0.0" => 0,
+                "::" => {
+                    // On the uplink's IPv6 address, to the container's IPv6 address (a
+                    // container on no `--ipv6` network has none: Docker's binding then
+                    // leads nowhere either).
+                    if let Some(addr6) = target6 {
+                        let publish = Publish6 {
+                            key: PublishKey6 {
+                                host_port: host_port.to_be(),
+                                proto,
+                                pad: 0,
+                            },
+                            target: PublishTarget6 {
+                                addr: addr6_to_map(addr6.octets()),
+                                port: port.private_port.to_be(),
+                                pad: 0,
+                            },
+                        };
+                        if !state.publishes6.contains(&publish) {
+                            state.publishes6.push(publish);
+                        }
+                    }
+                    continue;
+                }
                 ip => match ip.parse::<Ipv4Addr>() {
                     Ok(a) => addr_to_map(a.octets()),
-                    Err(_) => continue, // IPv6 bindings ("::"): IPv4 only for now
+                    Err(_) => continue, // a specific IPv6 address: only [::] is served
                 },
             };
             let Some(addr) = target else {
@@ -412,14 +458,20 @@ fn network(n: &ApiNetwork) -> Option<Network> {
             .and_then(|v| crate::daemon::bridge::parse_bool(v))
             .unwrap_or(default)
     };
-    let subnets: Vec<Ipv4Net> = n
-        .ipam
-        .as_ref()
-        .and_then(|i| i.config.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
-        .collect();
+    let configs = || {
+        n.ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.subnet.as_deref())
+    };
+    let subnets: Vec<Ipv4Net> = configs().filter_map(|c| c.parse().ok()).collect();
+    let subnets6: Vec<Ipv6Net> = if n.enable_ipv6 == Some(true) {
+        configs().filter_map(|c| c.parse().ok()).collect()
+    } else {
+        Vec::new()
+    };
     if subnets.is_empty() {
         return None; // IPv6 only: not served yet
     }
@@ -432,6 +484,7 @@ fn network(n: &ApiNetwork) -> Option<Network> {
         name: n.name.clone().unwrap_or_else(|| id.clone()),
         id,
         subnets,
+        subnets6,
         icc: flag(OPT_ICC, true),
         internal: n.internal.unwrap_or(false),
         masquerade: flag(OPT_MASQUERADE, true),
@@ -615,6 +668,43 @@ mod tests {
         assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
         assert!(s.skipped[0].contains("sctp"), "{:?}", s.skipped);
         assert!(s.skipped[1].starts_with("db: 5432"), "{:?}", s.skipped);
+    }
+
+    /// An `--ipv6` network: its IPv6 subnet, a container's IPv6 address, and a port bound on
+    /// `::` published on the uplink's IPv6 address to it.
+    #[test]
+    fn ipv6_networks_and_their_published_ports() {
+        let networks: Vec<ApiNetwork> = serde_json::from_str(
+            r#"[{"Name":"dual","Id":"ffffffffffffffff","Driver":"bridge","EnableIPv6":true,
+                 "IPAM":{"Config":[{"Subnet":"172.20.0.0/24"},{"Subnet":"fd00:dd::/64"}]}}]"#,
+        )
+        .unwrap();
+        let containers: Vec<ContainerSummary> = serde_json::from_str(
+            r#"[{"Id":"4444","Names":["/web6"],
+                 "Ports":[{"IP":"0.0.0.0","PrivatePort":80,"PublicPort":8080,"Type":"tcp"},
+                          {"IP":"::","PrivatePort":80,"PublicPort":8080,"Type":"tcp"}],
+                 "NetworkSettings":{"Networks":{"dual":{"NetworkID":"ffffffffffffffff",
+                    "EndpointID":"e9","IPAddress":"172.20.0.2",
+                    "GlobalIPv6Address":"fd00:dd::2","MacAddress":"02:42:ac:14:00:02"}}}}]"#,
+        )
+        .unwrap();
+        let s = reduce(&networks, &containers);
+        assert_eq!(s.networks[0].subnets6[0].to_string(), "fd00:dd::/64");
+        assert_eq!(
+            s.endpoints[0].addr6,
+            Some("fd00:dd::2".parse::<Ipv6Addr>().unwrap())
+        );
+        assert_eq!(s.publishes.len(), 1);
+        assert_eq!(s.publishes6.len(), 1);
+        let p = s.publishes6[0];
+        assert_eq!(
+            (u16::from_be(p.key.host_port), u16::from_be(p.target.port)),
+            (8080, 80)
+        );
+        assert_eq!(
+            p.target.addr,
+            addr6_to_map("fd00:dd::2".parse::<Ipv6Addr>().unwrap().octets())
+        );
     }
 
     #[test]

@@ -17,10 +17,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use bpfnat_common::{PublishKey, PublishTarget};
+use bpfnat_common::{
+    addr6_from_map, addr6_to_map, PublishKey, PublishKey6, PublishTarget, PublishTarget6,
+};
 use log::{info, warn};
 
 use crate::{
@@ -30,8 +32,8 @@ use crate::{
         docker::{DockerState, Network},
     },
     host::iface,
-    table::{conntrack, publish::Flows},
-    util::addr::Ipv4Net,
+    table::{conntrack, conntrack6, publish::Flows},
+    util::addr::{Ipv4Net, Ipv6Net},
 };
 
 /// What has been applied of Docker's state.
@@ -46,6 +48,8 @@ pub(crate) struct DockerSync {
     fixed_publishes: HashSet<PublishKey>,
     /// Container address -> its endpoint id, as last applied (None: nothing applied yet).
     endpoints: Option<BTreeMap<Ipv4Addr, String>>,
+    /// The same for IPv6 addresses.
+    endpoints6: Option<BTreeMap<Ipv6Addr, String>>,
     /// Publish skips already warned about.
     skipped: BTreeSet<String>,
     /// The last state applied in full.
@@ -60,6 +64,7 @@ impl DockerSync {
             fixed: fixed.to_vec(),
             fixed_publishes,
             endpoints: None,
+            endpoints6: None,
             skipped: BTreeSet::new(),
             last: None,
         }
@@ -91,6 +96,9 @@ impl DockerSync {
         self.containers(state, dp, ports, timeouts);
         if let Err(e) = self.publishes(state, dp) {
             warn!("Docker: published ports not applied: {e:#}");
+        }
+        if let Err(e) = self.publishes6(state, dp, timeouts) {
+            warn!("Docker: IPv6 published ports not applied: {e:#}");
         }
         for skip in &state.skipped {
             if self.skipped.insert(skip.clone()) {
@@ -158,6 +166,7 @@ impl DockerSync {
                             .subnets
                             .iter()
                             .map(ToString::to_string)
+                            .chain(bridge.subnets6.iter().map(ToString::to_string))
                             .collect::<Vec<_>>()
                             .join(","),
                         if bridge.internal { ", internal" } else { "" },
@@ -205,9 +214,7 @@ impl DockerSync {
             internal: net.internal,
             masquerade: net.masquerade,
             subnets: net.subnets.clone(),
-            // From the bridge's own addresses, as for any bridge: an `--ipv6` network's
-            // gateway address gives its subnet.
-            subnets6: Vec::new(),
+            subnets6: net.subnets6.clone(),
         };
         let bridge = Bridge::resolve(netlink, links, &spec)
             .await
@@ -272,6 +279,33 @@ impl DockerSync {
             .iter()
             .map(|e| (e.addr, e.endpoint_id.clone()))
             .collect();
+        let now6: BTreeMap<Ipv6Addr, String> = state
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.addr6?, e.endpoint_id.clone())))
+            .collect();
+        let stale6: Vec<[u32; 4]> = match &self.endpoints6 {
+            Some(before) => before
+                .iter()
+                .filter(|(addr, id)| now6.get(addr) != Some(id))
+                .map(|(addr, _)| addr6_to_map(addr.octets()))
+                .collect(),
+            None => Vec::new(),
+        };
+        if !stale6.is_empty() {
+            if let Ok(mut t6) = dp.tables6() {
+                let removed = conntrack6::remove6_where(
+                    &mut t6,
+                    timeouts,
+                    crate::table::timeouts::monotonic_ns(),
+                    |c| stale6.contains(&c.original.src_addr),
+                );
+                if removed > 0 {
+                    info!("Docker: {removed} IPv6 mappings of containers that stopped or restarted removed");
+                }
+            }
+        }
+        self.endpoints6 = Some(now6);
         let docker_nets: Vec<Ipv4Net> = self
             .served
             .values()
@@ -359,6 +393,70 @@ impl DockerSync {
         }
         for a in added {
             info!("Docker: published {a}");
+        }
+        Ok(())
+    }
+}
+
+impl DockerSync {
+    /// [`Self::publishes`] for the ports Docker publishes on `[::]`.
+    fn publishes6(
+        &self,
+        state: &DockerState,
+        dp: &mut Datapath,
+        timeouts: &bpfnat_common::Timeouts,
+    ) -> anyhow::Result<()> {
+        let docker_nets: Vec<Ipv6Net> = self
+            .served
+            .values()
+            .flat_map(|b| b.subnets6.iter().copied())
+            .collect();
+        let into_docker = |t: &PublishTarget6| {
+            let addr = Ipv6Addr::from(addr6_from_map(t.addr));
+            docker_nets.iter().any(|n| n.contains(addr))
+        };
+        let wanted: HashMap<PublishKey6, PublishTarget6> = state
+            .publishes6
+            .iter()
+            .filter(|p| into_docker(&p.target))
+            .map(|p| (p.key, p.target))
+            .collect();
+        let (mut map, mut tables) = dp.publish6_tables()?;
+        let current: Vec<(PublishKey6, PublishTarget6)> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, t)| into_docker(t))
+            .collect();
+        let mut doomed = Vec::new();
+        for (key, target) in &current {
+            if wanted.get(key) != Some(target) {
+                if !wanted.contains_key(key) {
+                    map.remove(key).ok();
+                }
+                doomed.push((*key, *target));
+            }
+        }
+        for (key, target) in &wanted {
+            if !current.contains(&(*key, *target)) {
+                match map.insert(*key, *target, 0) {
+                    Ok(()) => info!(
+                        "Docker: published [::]:{}/{} -> [{}]:{}",
+                        u16::from_be(key.host_port),
+                        crate::util::addr::proto_name(key.proto),
+                        Ipv6Addr::from(addr6_from_map(target.addr)),
+                        u16::from_be(target.port)
+                    ),
+                    Err(e) => warn!("Docker: cannot publish an IPv6 port: {e}"),
+                }
+            }
+        }
+        let removed = crate::table::publish6::remove_flows6(&mut tables, timeouts, &doomed);
+        for (key, _) in &doomed {
+            info!(
+                "Docker: unpublished [::]:{}/{} ({removed} connections removed)",
+                u16::from_be(key.host_port),
+                crate::util::addr::proto_name(key.proto)
+            );
         }
         Ok(())
     }

@@ -891,3 +891,123 @@ fn docker_and_bpfnat_restarts_keep_connections_and_catch_up() {
     assert_no_firewall_rules(&host);
     drop(daemon);
 }
+
+/// Issue 15 with Docker: an `--ipv6` network is served for both families; its container
+/// reaches out over IPv6 masqueraded with the uplink's IPv6 address, and `-p 8080:80`
+/// (which Docker binds on `::` too) is reached over IPv6 with the client's own address.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs, dockerd"]
+fn docker_ipv6_network_masquerades_and_publishes_on_ipv6() {
+    let _slot = require_root();
+    let lab = lab(6);
+    let uplink6 = crate::ipv6::add_ipv6(&lab, 6);
+    let host = lab.spec.host_netns.clone();
+    let wan = Place::Netns(lab.spec.wan_netns.clone());
+    let dockerd = Dockerd::start(&host);
+    let _daemon = bpfnat_up(&lab, &dockerd);
+    dockerd.docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        &subnet(6, 1),
+        "--subnet",
+        "fd00:dd:6::/64",
+        "dual",
+    ]);
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web6",
+        "--network",
+        "dual",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let web = Place::Sandbox(dockerd.sandbox("web6"));
+    wait_until("8080 published on IPv6", Duration::from_secs(10), || {
+        published(&host)
+            .iter()
+            .any(|p| p.starts_with("[::]:8080:[fd00:dd:6::"))
+    });
+
+    // Out: the remote sees the uplink's IPv6 address.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let echo_stop = stop.clone();
+    wan.spawn(move || {
+        let sock = UdpSocket::bind("[2001:db8:100::1]:7").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
+        ready_tx.send(()).ok();
+        let mut buf = [0u8; 1500];
+        let end = Instant::now() + Duration::from_secs(30);
+        while !echo_stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("echo");
+    let seen = web
+        .spawn(|| {
+            let sock = UdpSocket::bind("[::]:0").ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
+            let mut buf = [0u8; 100];
+            for _ in 0..3 {
+                sock.send_to(b"q", "[2001:db8:100::1]:7").ok()?;
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            None
+        })
+        .join()
+        .expect("client");
+    assert_eq!(seen, Some(uplink6.to_string()), "masqueraded over IPv6");
+
+    // In: the published port over IPv6, the client's own address seen.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server_stop = stop.clone();
+    web.spawn(move || {
+        let listener = TcpListener::bind("[::]:80").expect("bind");
+        listener.set_nonblocking(true).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(30);
+        while !server_stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if let Ok((mut sock, peer)) = listener.accept() {
+                let _ = sock.write_all(peer.ip().to_string().as_bytes());
+            } else {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server");
+    let peer = wan
+        .spawn(move || {
+            let dst = std::net::SocketAddrV6::new(uplink6, 8080, 0, 0);
+            let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(3)).ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let mut out = String::new();
+            sock.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .join()
+        .expect("client");
+    assert_eq!(
+        peer.as_deref(),
+        Some("2001:db8:6::1"),
+        "the client's own address"
+    );
+    stop.store(true, Ordering::Relaxed);
+    dockerd.docker(&["stop", "-t", "1", "web6"]);
+    wait_until("8080 unpublished", Duration::from_secs(10), || {
+        published(&host).is_empty()
+    });
+    assert_no_firewall_rules(&host);
+}

@@ -38,7 +38,7 @@ fn ip(ns: &str, args: &[&str]) {
 }
 
 /// Give lab `n` its IPv6 addresses and routes (no DAD: the addresses are usable at once).
-fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
+pub(crate) fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
     let s = &lab.spec;
     let (host, wan) = (s.host_netns.as_str(), s.wan_netns.as_str());
     let uplink: Ipv6Addr = format!("2001:db8:{n}::2").parse().unwrap();
