@@ -16,7 +16,7 @@ use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE};
 
 use crate::{
     csum::decrement_ttl,
-    maps::{BRIDGES, ENDPOINTS, INTERNAL_NETS, INTERNAL_NETS6},
+    maps::{BRIDGES, ENDPOINTS, ENDPOINTS6, INTERNAL_NETS, INTERNAL_NETS6},
     parse::ptr_at,
     stats::count,
     verdict::NEXT,
@@ -135,6 +135,113 @@ pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
     // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
     // allowed); it only records where the packet goes next.
     Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// The IPv6 hop limit, relative to the frame start.
+const IP6_HOP_LIMIT_OFF: usize = crate::parse::ETH_HLEN + 7;
+const AF_INET6: u8 = 10;
+
+/// Decrement the IPv6 hop limit as a router does (no checksum in IPv6). `Ok(false)`: spent.
+#[inline(always)]
+fn decrement_hop_limit(ctx: &TcContext) -> Result<bool, Counter> {
+    let Some(hop) = ptr_at::<u8>(ctx, IP6_HOP_LIMIT_OFF) else {
+        return Err(Counter::DropRewriteFailed);
+    };
+    // SAFETY: the pointer comes from the bounds-checked accessor (`parse::ptr_at`).
+    unsafe {
+        if *hop <= 1 {
+            return Ok(false);
+        }
+        *hop -= 1;
+    }
+    Ok(true)
+}
+
+/// [`to_container`] for IPv6: a translated packet straight to container `dst`'s port (its
+/// MAC known), else through its bridge with the kernel resolving the neighbour.
+#[inline(always)]
+pub fn to_container6(ctx: &TcContext, dst: [u32; 4]) -> Result<i32, Counter> {
+    let Some(bridge) = bridge_of6(dst) else {
+        return Ok(NEXT);
+    };
+    if bridge == 0 {
+        return Ok(NEXT);
+    }
+    let Some(info) = BRIDGES.get_ptr(bridge) else {
+        return Ok(NEXT);
+    };
+    if !decrement_hop_limit(ctx)? {
+        // Left to the host, its time-exceeded would quote the container's address.
+        return Err(Counter::DropTtlExceeded);
+    }
+    count(Counter::Forwarded);
+    if let Some(ep) = ENDPOINTS6.get_ptr(dst) {
+        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+        // whole program run (the verifier checks the lookup's result before any use).
+        let ep: Endpoint = unsafe { *ep };
+        // SAFETY: as above.
+        let bridge_mac = unsafe { (*info).mac };
+        set_macs(ctx, &ep.mac, &bridge_mac)?;
+        return Ok(to_port(ep.port_ifindex));
+    }
+    // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
+    // allowed); it only records where the packet goes next.
+    Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// [`to_uplink`] for IPv6: a container's packet for the outside, routed in BPF to the
+/// uplink's egress (where `nat_egress6` masquerades it) when the routing table says so.
+#[inline(always)]
+pub fn to_uplink6(
+    ctx: &TcContext,
+    bridge: u32,
+    uplink: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    proto: u8,
+) -> Result<Option<i32>, Counter> {
+    let mut slot = MaybeUninit::<bpf_fib_lookup>::uninit();
+    let params = zeroed_fib_params(&mut slot);
+    params.family = AF_INET6;
+    params.l4_protocol = proto;
+    params.__bindgen_anon_1.tot_len = 0;
+    params.ifindex = bridge;
+    params.__bindgen_anon_3.ipv6_src = *src;
+    params.__bindgen_anon_4.ipv6_dst = *dst;
+    // SAFETY: the context is this program's skb, and `params` a live, exclusive bpf_fib_lookup
+    // of exactly the size given.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            params as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if params.ifindex != uplink {
+        return Ok(None);
+    }
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if !decrement_hop_limit(ctx)? {
+            return Ok(None);
+        }
+        set_macs(ctx, &params.dmac, &params.smac)?;
+        count(Counter::Forwarded);
+        // SAFETY: a redirect helper given an ifindex and flags.
+        return Ok(Some(unsafe { bpf_redirect(uplink, 0) } as i32));
+    }
+    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if !decrement_hop_limit(ctx)? {
+            return Ok(None);
+        }
+        count(Counter::Forwarded);
+        return Ok(Some(
+            // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters
+            // are allowed); it only records where the packet goes next.
+            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) } as i32,
+        ));
+    }
+    Ok(None)
 }
 
 /// `slot` zeroed, as 4-byte stores. `mem::zeroed()` of this 64-byte struct compiles to a call

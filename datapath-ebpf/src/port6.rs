@@ -12,8 +12,9 @@
 //! - Link-local and multicast traffic (neighbour discovery, router solicitations) stays on
 //!   the bridge, where the kernel bridge's port isolation applies to it.
 //!
-//! What passes goes on through the bridge and the host's forwarding (the IPv6 fast path is
-//! not built yet).
+//! A packet for the outside is routed in BPF to the uplink (`bpf_fib_lookup` with
+//! `AF_INET6`), past the bridge and the host's forwarding; the rest goes on through the
+//! bridge.
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use bpfnat_common::{
@@ -21,9 +22,11 @@ use bpfnat_common::{
 };
 
 use crate::{
-    fwd::bridge_of6,
+    fwd::{bridge_of6, to_uplink6},
     ipv6::{IP6_DST_OFF, IP6_SRC_OFF, IPV6_HLEN},
     maps::{ASSIGNED_PORTS6, BRIDGES, ENDPOINTS6, PORTS},
+    nat::settings,
+    parse::pull,
     parse::ETH_HLEN,
     stats::{account, count},
     verdict::NEXT,
@@ -95,6 +98,8 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(NEXT);
     };
     let malformed = Counter::DropMalformed;
+    // The fixed header linear: the fast path rewrites the MACs and the hop limit in place.
+    pull(ctx, ETH_HLEN + IPV6_HLEN)?;
     let fixed: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| malformed)?;
     if fixed[0] >> 4 != 6 {
         return Err(malformed);
@@ -134,7 +139,15 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             if info.flags & BRIDGE_INTERNAL != 0 {
                 return Err(Counter::DropInternal);
             }
-            Ok(NEXT)
+            // The fast path: routed in BPF straight to the uplink, past the bridge and the
+            // host's forwarding, when the routing table says that is the way out.
+            let Some(cfg) = settings() else {
+                return Ok(NEXT);
+            };
+            match to_uplink6(ctx, bridge, cfg.uplink_ifindex, &src, &dst, fixed[6])? {
+                Some(action) => Ok(action),
+                None => Ok(NEXT),
+            }
         }
     }
 }

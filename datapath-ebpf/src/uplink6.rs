@@ -4,9 +4,9 @@
 //! claims, TCP tracking, no direct access from outside, nothing leaving with a container's
 //! address untranslated.
 //!
-//! Translated replies go on to the host's stack, which routes them to the container's bridge
-//! (the IPv6 fast path, redirecting them itself, is not built yet). Neighbour discovery and
-//! everything that is not a flow of ours passes untouched.
+//! Translated replies are handed to the container's port (`bpf_redirect_peer`) or bridge
+//! (`bpf_redirect_neigh`) directly, with the hop limit decremented as a router would.
+//! Neighbour discovery and everything that is not a flow of ours passes untouched.
 
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
@@ -205,8 +205,11 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         },
     };
     apply6(ctx, false, pkt, &key, entry)?;
-    // On to the stack, which routes it to the container's bridge.
-    Ok(NEXT)
+    // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
+    // whole program run (the verifier checks the lookup's result before any use).
+    let addr = unsafe { (*entry).addr };
+    // Straight to the container (its port, or its bridge), past the host's forwarding.
+    fwd::to_container6(ctx, addr)
 }
 
 /// The datagram a fragment belongs to, as the fragment table keys it.

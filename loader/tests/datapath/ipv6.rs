@@ -792,3 +792,38 @@ fn ipv6_fragments_follow_their_first() {
         (TCX_NEXT, input.clone())
     );
 }
+
+/// The IPv6 fast path on the way in: a translated reply for a container of a served bridge
+/// is handed to it directly (redirected, hop limit decremented as a router does); one whose
+/// hop limit runs out at the host is dropped rather than answered with a time-exceeded that
+/// would quote the container's address.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_replies_go_straight_to_the_container() {
+    let _slot = require_root();
+    let mut dp = bridged6(0);
+    let udp = |sport, dport| L4v6::Udp { sport, dport };
+    let out = Frame6::new(C1, REMOTE6, udp(40200, 53));
+    // Its port learns it (the port program), then the uplink masquerades it.
+    run(&mut dp, names::PROG_PORT, &out.build());
+    run(&mut dp, names::PROG_EGRESS, &out.build());
+    let reply = Frame6::new(REMOTE6, EXTERNAL6, udp(53, 40200));
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &reply.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let mut want = reply.with_dst(C1, 40200);
+    want.hop_limit -= 1;
+    assert_eq!(
+        got[14..],
+        want.build()[14..],
+        "translated, hop limit decremented"
+    );
+    assert_eq!(got[0..6], [2, 0, 0, 0, 0, 2], "to the container's MAC");
+
+    let mut dying = Frame6::new(REMOTE6, EXTERNAL6, udp(53, 40200));
+    dying.hop_limit = 1;
+    assert_eq!(
+        run(&mut dp, names::PROG_INGRESS, &dying.build()).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(dp.counter(Counter::DropTtlExceeded).unwrap(), 1);
+}

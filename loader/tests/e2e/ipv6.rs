@@ -242,6 +242,11 @@ fn ipv6_containers_reach_out_masqueraded() {
         .expect("accepted");
     assert_eq!(peer.ip(), std::net::IpAddr::V6(uplink));
     assert_eq!(got, sent, "every byte arrived");
+    // Only IPv6 moved in this test: the datapath forwarded it itself (the fast path both
+    // ways), past the bridge and the host's forwarding.
+    let stats = crate::support::cli::stats_json(&host);
+    let forwarded = crate::support::cli::counter(&stats, "forwarded");
+    assert!(forwarded >= 20, "forwarded {forwarded}");
     // The IPv6 mappings in `conntrack list` (the TCP one closed, the UDP ones and the
     // echoes), and gone after `conntrack flush`.
     let list = crate::support::cli::conntrack_json(&host, &[]);
