@@ -702,6 +702,15 @@ pub struct EmbryonicSlot {
     pub created_ns: u64,
 }
 
+/// One slot of the `EMBRYONIC6` ring: as [`EmbryonicSlot`], for an IPv6 connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EmbryonicSlot6 {
+    pub key: FlowKey6,
+    pub created_ns: u64,
+}
+
 /// Value of the fragment table: the address the datagram's fragments get.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -988,6 +997,9 @@ pub mod names {
     pub const MAP_ASSIGNED_PORTS6: &str = "ASSIGNED_PORTS6";
     /// IPv6 published ports: `PublishKey6` -> `PublishTarget6`.
     pub const MAP_PUBLISH6: &str = "PUBLISH6";
+    /// The IPv6 early-drop ring and its cursor (as `EMBRYONIC`, `EMBRYONIC_NEXT`).
+    pub const MAP_EMBRYONIC6: &str = "EMBRYONIC6";
+    pub const MAP_EMBRYONIC6_NEXT: &str = "EMBRYONIC6_NEXT";
 }
 
 #[cfg(feature = "user")]
@@ -1008,6 +1020,7 @@ mod user {
         NatEntry6,
         PublishKey6,
         PublishTarget6,
+        EmbryonicSlot6,
         NatConfig,
         Timeouts,
         FragKey,
@@ -1068,6 +1081,7 @@ mod tests {
         assert_eq!(size_of::<PublishTarget6>(), 20);
         assert_eq!(size_of::<FragKey6>(), 40);
         assert_eq!(size_of::<FragEntry6>(), 24);
+        assert_eq!(size_of::<EmbryonicSlot6>(), 48);
         assert_eq!(size_of::<Timeouts>(), 52);
         assert_eq!(size_of::<EmbryonicSlot>(), 24);
         assert_eq!(embryonic_slots(DEFAULT_TABLE_SIZE), 65_536);

@@ -27,6 +27,7 @@
 
 mod csum;
 mod embryonic;
+mod embryonic6;
 mod frag;
 mod fwd;
 mod hairpin;

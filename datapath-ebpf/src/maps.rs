@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use bpfnat_common::{
-    BridgeInfo, Counter, EmbryonicSlot, Endpoint, FlowKey, FlowKey6, FragEntry, FragEntry6,
-    FragKey, FragKey6, HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey, PublishKey6,
-    PublishTarget, PublishTarget6, TraceEvent, TraceFilter, Traffic, DEFAULT_TABLE_SIZE,
-    TRAFFIC_HOOKS, TRAFFIC_PROTOS,
+    BridgeInfo, Counter, EmbryonicSlot, EmbryonicSlot6, Endpoint, FlowKey, FlowKey6, FragEntry,
+    FragEntry6, FragKey, FragKey6, HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey,
+    PublishKey6, PublishTarget, PublishTarget6, TraceEvent, TraceFilter, Traffic,
+    DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -151,3 +151,12 @@ pub static PUBLISH6: HashMap<PublishKey6, PublishTarget6, 16384> = HashMap::new(
 /// IPv6 fragmented datagrams in flight (see `FRAGS`).
 #[btf_map]
 pub static FRAGS6: LruHashMap<FragKey6, FragEntry6, 8192> = LruHashMap::new();
+
+/// IPv6 connections opened from outside, oldest overwritten first (see `EMBRYONIC`); the
+/// loader sizes it like `EMBRYONIC`.
+#[btf_map]
+pub static EMBRYONIC6: Array<EmbryonicSlot6, 65536> = Array::new();
+
+/// The next slot of `EMBRYONIC6`.
+#[btf_map]
+pub static EMBRYONIC6_NEXT: Array<u64, 1> = Array::new();

@@ -19,7 +19,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    fwd, host,
+    embryonic6, fwd, host,
     maps::{CONFIG, NAT6_IN, NAT6_OUT, PUBLISH6, SEARCH6},
     nat::port_range,
     stats::count,
@@ -33,6 +33,7 @@ pub struct Settings6 {
     pub external: [u32; 4],
     pub port_min: u16,
     pub port_max: u16,
+    pub embryonic_slots: u32,
 }
 
 /// The settings, if the datapath has been told an external IPv6 address.
@@ -47,6 +48,7 @@ pub fn settings6() -> Option<Settings6> {
         external: a,
         port_min: cfg.port_min,
         port_max: cfg.port_max,
+        embryonic_slots: cfg.embryonic_slots,
     })
 }
 
@@ -315,7 +317,7 @@ pub fn published6(proto: u8, host_port: u16) -> Option<PublishTarget6> {
 pub fn create_published_mapping6(
     key: &FlowKey6,
     target: &PublishTarget6,
-    external: &[u32; 4],
+    cfg: &Settings6,
 ) -> Result<(), Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -342,7 +344,7 @@ pub fn create_published_mapping6(
         key.src_port,
         key.proto,
     );
-    half.addr = *external;
+    half.addr = cfg.external;
     half.entry.port = key.dst_port;
     half.entry.flags = NAT_FLAG_PUBLISHED | NAT_FLAG_ORIGINAL;
     if NAT6_OUT.insert(reply, half, BPF_NOEXIST as u64).is_err() {
@@ -350,5 +352,6 @@ pub fn create_published_mapping6(
         return Err(Counter::DropTableFull);
     }
     count(Counter::PublishedMappings);
+    embryonic6::admit6(key, now, cfg.embryonic_slots);
     Ok(())
 }

@@ -193,7 +193,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
                         Counter::DropInvalidTcp
                     });
                 }
-                create_published_mapping6(&key, &target, &cfg.external)?;
+                create_published_mapping6(&key, &target, &cfg)?;
                 NAT6_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)?
             }
             _ => {

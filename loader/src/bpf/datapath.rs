@@ -27,7 +27,7 @@ use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 24] = [
+pub(crate) const PINNED_MAPS: [&str; 26] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -54,6 +54,8 @@ pub(crate) const PINNED_MAPS: [&str; 24] = [
     names::MAP_ENDPOINTS6,
     names::MAP_ASSIGNED_PORTS6,
     names::MAP_PUBLISH6,
+    names::MAP_EMBRYONIC6,
+    names::MAP_EMBRYONIC6_NEXT,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -151,6 +153,10 @@ fn size_tables(loader: &mut EbpfLoader, table_size: u32) {
         .map_max_entries(names::MAP_NAT6_IN, table_size)
         .map_max_entries(
             names::MAP_EMBRYONIC,
+            bpfnat_common::embryonic_slots(table_size),
+        )
+        .map_max_entries(
+            names::MAP_EMBRYONIC6,
             bpfnat_common::embryonic_slots(table_size),
         );
 }

@@ -46,6 +46,7 @@ pub(crate) struct DockerSync {
     fixed: Vec<Bridge>,
     /// Publishes given with `--publish`: never removed as Docker's.
     fixed_publishes: HashSet<PublishKey>,
+    fixed_publishes6: HashSet<PublishKey6>,
     /// Container address -> its endpoint id, as last applied (None: nothing applied yet).
     endpoints: Option<BTreeMap<Ipv4Addr, String>>,
     /// The same for IPv6 addresses.
@@ -57,12 +58,17 @@ pub(crate) struct DockerSync {
 }
 
 impl DockerSync {
-    pub(crate) fn new(fixed: &[Bridge], fixed_publishes: HashSet<PublishKey>) -> Self {
+    pub(crate) fn new(
+        fixed: &[Bridge],
+        fixed_publishes: HashSet<PublishKey>,
+        fixed_publishes6: HashSet<PublishKey6>,
+    ) -> Self {
         Self {
             served: BTreeMap::new(),
             waiting: BTreeMap::new(),
             fixed: fixed.to_vec(),
             fixed_publishes,
+            fixed_publishes6,
             endpoints: None,
             endpoints6: None,
             skipped: BTreeSet::new(),
@@ -418,14 +424,14 @@ impl DockerSync {
         let wanted: HashMap<PublishKey6, PublishTarget6> = state
             .publishes6
             .iter()
-            .filter(|p| into_docker(&p.target))
+            .filter(|p| into_docker(&p.target) && !self.fixed_publishes6.contains(&p.key))
             .map(|p| (p.key, p.target))
             .collect();
         let (mut map, mut tables) = dp.publish6_tables()?;
         let current: Vec<(PublishKey6, PublishTarget6)> = map
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, t)| into_docker(t))
+            .filter(|(k, t)| into_docker(t) && !self.fixed_publishes6.contains(k))
             .collect();
         let mut doomed = Vec::new();
         for (key, target) in &current {

@@ -181,6 +181,11 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     for spec in &opts.publish {
         publish::add(&mut dp.publish_map()?, None, spec)?;
     }
+    for spec in &opts.publish6 {
+        for (key, target) in spec.entries() {
+            dp.publish6(key, target)?;
+        }
+    }
     let mut ports = PortWatcher::new(&bridges, uplink_index, mode);
     // Docker's networks are served before anything is pruned after an adoption: their ports
     // are then ours already, and keep their pinned links and their containers.
@@ -193,7 +198,14 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
                 .collect();
             let mut follower = DockerFollower {
                 states: docker::follow(url.clone()),
-                sync: DockerSync::new(&bridges, fixed_publishes),
+                sync: DockerSync::new(
+                    &bridges,
+                    fixed_publishes,
+                    opts.publish6
+                        .iter()
+                        .flat_map(|p| p.entries().into_iter().map(|(k, _)| k))
+                        .collect(),
+                ),
             };
             // Start-up serves what runs already, before the readiness line.
             let first = tokio::time::timeout(

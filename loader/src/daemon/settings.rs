@@ -36,7 +36,7 @@ use serde::Deserialize;
 use crate::{
     bpf::datapath::TcMode,
     daemon::bridge::BridgeSpec,
-    table::publish::PublishSpec,
+    table::{publish::PublishSpec, publish6::Publish6Spec},
     util::addr::{Ipv4Net, PortRange},
 };
 
@@ -233,7 +233,9 @@ pub struct UpFlags {
     /// Traffic between containers of a bridge, for bridges that do not say [default: true].
     #[arg(long, value_name = "BOOL", value_parser = parse_bool_arg)]
     pub icc: Option<bool>,
-    /// Publish a port, [HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp|udp] (repeatable).
+    /// Publish a port, [HOST_IP:]HOST_PORT[-END]:CONTAINER_IP:PORT[-END][/tcp|udp], or on the
+    /// uplink's IPv6 address HOST_PORT[-END]:[CONTAINER_IPV6]:PORT[-END][/tcp|udp]
+    /// (repeatable).
     #[arg(long, value_name = "SPEC")]
     pub publish: Vec<String>,
     /// External port range for TCP/UDP; default: MASQUERADE's classes (1-511, 600-1023,
@@ -276,6 +278,8 @@ pub struct Settings {
     pub bridges: Vec<BridgeSpec>,
     /// Ports published from the start.
     pub publish: Vec<PublishSpec>,
+    /// Ports published on the uplink's IPv6 address from the start.
+    pub publish6: Vec<Publish6Spec>,
     pub port_range: Option<PortRange>,
     pub table_size: u32,
     pub tc_mode: TcMode,
@@ -380,6 +384,19 @@ pub(crate) fn merge(
     } else {
         flags.publish
     };
+    // A bracketed container address: a port on the uplink's IPv6 address.
+    let (publish6, publish): (Vec<&String>, Vec<&String>) =
+        publish.iter().partition(|s| Publish6Spec::is_ipv6(s));
+    let publish6 = publish6
+        .iter()
+        .map(|s| {
+            let spec = Publish6Spec::parse(s)?;
+            if spec.target.is_none() {
+                bail!("bad publish spec {s:?}: no container address");
+            }
+            Ok(spec)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let publish = publish
         .iter()
         .map(|s| PublishSpec::parse(s))
@@ -422,6 +439,7 @@ pub(crate) fn merge(
         uplink,
         bridges,
         publish,
+        publish6,
         port_range,
         table_size,
         tc_mode,
@@ -576,6 +594,19 @@ icc = true
             [("a", Some(true), true, 0), ("b", Some(false), false, 1)]
         );
         assert_eq!(s.publish[0].entries().len(), 3);
+        // A bracketed address: on the uplink's IPv6 address.
+        let s = merge_flags(
+            UpFlags {
+                uplink: Some("u".into()),
+                bridges: vec!["a".into()],
+                publish: vec!["8080:10.9.0.2:80".into(), "8080:[fd00:9::2]:80".into()],
+                ..UpFlags::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!((s.publish.len(), s.publish6.len()), (1, 1));
+        assert_eq!(s.publish6[0].to_string(), "[::]:8080:[fd00:9::2]:80/tcp");
 
         let base = || UpFlags {
             uplink: Some("u".into()),

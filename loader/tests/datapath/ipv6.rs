@@ -827,3 +827,55 @@ fn ipv6_replies_go_straight_to_the_container() {
     );
     assert_eq!(dp.counter(Counter::DropTtlExceeded).unwrap(), 1);
 }
+
+/// Early drop on IPv6: SYNs from forged sources to an IPv6 published port hold at most the
+/// ring's slots (a quarter of the table: 1,024 of 4,096 here); an answered connection is
+/// never evicted.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_unanswered_syns_are_early_dropped_answered_ones_kept() {
+    use bpfnat_common::{PublishKey6, PublishTarget6};
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let c1 = bpfnat_common::addr6_to_map(C1.parse::<Ipv6Addr>().unwrap().octets());
+    dp.publish6(
+        PublishKey6 {
+            host_port: 8080u16.to_be(),
+            proto: 6,
+            pad: 0,
+        },
+        PublishTarget6 {
+            addr: c1,
+            port: 80u16.to_be(),
+            pad: 0,
+        },
+    )
+    .unwrap();
+    // One real client, answered and acknowledged.
+    let client = "2001:db8:300::1";
+    let syn = Frame6::new(client, EXTERNAL6, tcp(50000, 8080, SYN, 1, 0));
+    run(&mut dp, names::PROG_INGRESS, &syn.build());
+    let syn_ack = Frame6::new(C1, client, tcp(80, 50000, SYN_ACK, 9, 2));
+    run(&mut dp, names::PROG_EGRESS, &syn_ack.build());
+    let ack = Frame6::new(client, EXTERNAL6, tcp(50000, 8080, ACK, 2, 10));
+    run(&mut dp, names::PROG_INGRESS, &ack.build());
+    // 1,500 SYNs from forged sources, never answered.
+    for i in 0..1500u32 {
+        let src = format!("2001:db8:400::{:x}:{:x}", i >> 16, i & 0xffff);
+        let f = Frame6::new(&src, EXTERNAL6, tcp(40000, 8080, SYN, i, 0));
+        run(&mut dp, names::PROG_INGRESS, &f.build());
+    }
+    let early = dp.counter(Counter::EarlyDrops).unwrap();
+    // 1,501 connections through a ring of 1,024: 477 evictions are due, and one of them
+    // meets the answered connection, which stays.
+    assert_eq!(early, 1500 - 1024, "early_drops");
+    let t6 = dp.tables6().unwrap();
+    let now = bpfnat::table::timeouts::monotonic_ns();
+    let list = bpfnat::table::conntrack6::list6(&t6, &bpfnat_common::Timeouts::KERNEL, now);
+    assert!(list.len() <= 1024 + 1, "{} mappings", list.len());
+    let real = list
+        .iter()
+        .find(|c| u16::from_be(c.original.dst_port) == 50000)
+        .expect("the answered connection is kept");
+    assert!(real.reply_entry.is_some());
+}

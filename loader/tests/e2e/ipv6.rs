@@ -339,9 +339,9 @@ fn ipv6_sources_are_checked_and_internal_stays_in() {
     assert!(internal > 0, "drop_internal {internal}");
 }
 
-/// `bpfnat publish add 8080:[fd00:85:3::2]:80`: a port on the uplink's IPv6 address reaches
-/// the container with the client's own address as its peer, listed with `publish list`;
-/// after `publish remove` it no longer answers.
+/// `bpfnat publish add 8080:[fd00:85:3::2]:80` (and `--publish 8081:[...]:80` at start): a
+/// port on the uplink's IPv6 address reaches the container with the client's own address as
+/// its peer, listed with `publish list`; after `publish remove` it no longer answers.
 #[test]
 #[ignore = "needs root: network namespaces, BPF programs"]
 fn ipv6_published_port_keeps_the_client_address() {
@@ -351,7 +351,17 @@ fn ipv6_published_port_keeps_the_client_address() {
     let host = lab.spec.host_netns.clone();
     let wan = lab.spec.wan_netns.clone();
     let c1 = lab.spec.containers[0].netns.clone();
-    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    let _daemon = Daemon::start(
+        &host,
+        &[
+            "--uplink",
+            "up0",
+            "--bridge",
+            "br0",
+            "--publish",
+            "8081:[fd00:85:3::2]:80",
+        ],
+    );
     let out = crate::support::cli::bpfnat_ok(&[
         "--netns",
         &host,
@@ -365,6 +375,10 @@ fn ipv6_published_port_keeps_the_client_address() {
     );
     let list = crate::support::cli::bpfnat_ok(&["--netns", &host, "publish", "list"]);
     assert!(list.contains("[::]:8080:[fd00:85:3::2]:80/tcp"), "{list}");
+    assert!(
+        list.contains("[::]:8081:[fd00:85:3::2]:80/tcp"),
+        "--publish at start: {list}"
+    );
 
     // The container's server answers each connection with the peer it sees.
     let (ready_tx, ready_rx) = mpsc::channel();
