@@ -12,7 +12,10 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext as _,
 };
-use bpfnat_common::{Counter, Endpoint, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE};
+use bpfnat_common::{
+    wire::{TCP_ACK, TCP_SYN},
+    Counter, Endpoint, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, IPPROTO_TCP,
+};
 
 use crate::{
     csum::decrement_ttl,
@@ -30,6 +33,20 @@ pub fn bridge_of(addr: u32) -> Option<u32> {
     INTERNAL_NETS.get(&Key::new(32, addr)).copied()
 }
 
+/// Whether a packet from outside to `dst`'s bridge (`bridge_of(dst)`, either family), not a
+/// reply to a mapping nor to a published port, is refused: always into a masqueraded (or
+/// internal) network, which nothing reaches directly (Docker 28's direct-access protection);
+/// into a routed one (masquerade off), only a new TCP connection, as Docker's FORWARD rules
+/// accept established traffic only. One subnet lookup, one bridge lookup.
+#[inline(always)]
+pub fn refused_from_outside(bridge: Option<u32>, proto: u8, tcp_flags: u8) -> bool {
+    let Some(bridge) = bridge else {
+        return false;
+    };
+    bridge_flags(bridge) & BRIDGE_NO_MASQUERADE == 0
+        || (proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
 /// The bridge an IPv6 address lives on, if it is in a container subnet.
 #[inline(always)]
 pub fn bridge_of6(addr: [u32; 4]) -> Option<u32> {
@@ -43,12 +60,6 @@ pub fn is_masqueraded6(addr: [u32; 4]) -> bool {
         Some(bridge) => bridge_flags(bridge) & BRIDGE_NO_MASQUERADE == 0,
         None => false,
     }
-}
-
-/// Whether `addr` is in one of the served bridges' subnets (a container's address).
-#[inline(always)]
-pub fn is_internal(addr: u32) -> bool {
-    bridge_of(addr).is_some()
 }
 
 /// The `BRIDGE_*` flags of bridge `bridge` (an ifindex from [`bridge_of`]; 0 if unknown).
@@ -107,34 +118,9 @@ pub fn to_port(port_ifindex: u32) -> i32 {
 /// kernel resolving its MAC. Returns the TC action.
 #[inline(always)]
 pub fn to_container(ctx: &TcContext, dst: u32) -> Result<i32, Counter> {
-    let Some(bridge) = bridge_of(dst) else {
-        return Ok(NEXT);
-    };
-    if bridge == 0 {
-        return Ok(NEXT); // no bridge configured for this subnet: let the stack route it
-    }
-    let Some(info) = BRIDGES.get_ptr(bridge) else {
-        return Ok(NEXT);
-    };
-    if !decrement_ttl(ctx)? {
-        // Its TTL runs out here. Left to the host, it would be answered with an ICMP
-        // time-exceeded quoting it as translated, the container's address included.
-        return Err(Counter::DropTtlExceeded);
-    }
-    count(Counter::Forwarded);
-    if let Some(ep) = ENDPOINTS.get_ptr(dst) {
-        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
-        // whole program run (the verifier checks the lookup's result before any use).
-        let ep: Endpoint = unsafe { *ep };
-        // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
-        // whole program run (the verifier checks the lookup's result before any use).
-        let bridge_mac = unsafe { (*info).mac };
-        set_macs(ctx, &ep.mac, &bridge_mac)?;
-        return Ok(to_port(ep.port_ifindex));
-    }
-    // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
-    // allowed); it only records where the packet goes next.
-    Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
+    deliver(ctx, bridge_of(dst), decrement_ttl, || {
+        ENDPOINTS.get_ptr(dst)
+    })
 }
 
 /// The IPv6 hop limit, relative to the frame start.
@@ -157,25 +143,39 @@ fn decrement_hop_limit(ctx: &TcContext) -> Result<bool, Counter> {
     Ok(true)
 }
 
-/// [`to_container`] for IPv6: a translated packet straight to container `dst`'s port (its
-/// MAC known), else through its bridge with the kernel resolving the neighbour.
+/// [`to_container`] for IPv6.
 #[inline(always)]
 pub fn to_container6(ctx: &TcContext, dst: [u32; 4]) -> Result<i32, Counter> {
-    let Some(bridge) = bridge_of6(dst) else {
+    deliver(ctx, bridge_of6(dst), decrement_hop_limit, || {
+        ENDPOINTS6.get_ptr(dst)
+    })
+}
+
+/// Both families' delivery to a container on `bridge` (from `bridge_of`): the TTL or hop
+/// limit decremented (`decrement`), then its port when `endpoint` finds it, else its bridge.
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    bridge: Option<u32>,
+    decrement: impl Fn(&TcContext) -> Result<bool, Counter>,
+    endpoint: impl FnOnce() -> Option<*const Endpoint>,
+) -> Result<i32, Counter> {
+    let Some(bridge) = bridge else {
         return Ok(NEXT);
     };
     if bridge == 0 {
-        return Ok(NEXT);
+        return Ok(NEXT); // no bridge configured for this subnet: let the stack route it
     }
     let Some(info) = BRIDGES.get_ptr(bridge) else {
         return Ok(NEXT);
     };
-    if !decrement_hop_limit(ctx)? {
-        // Left to the host, its time-exceeded would quote the container's address.
+    if !decrement(ctx)? {
+        // Its TTL runs out here. Left to the host, it would be answered with an ICMP
+        // time-exceeded quoting it as translated, the container's address included.
         return Err(Counter::DropTtlExceeded);
     }
     count(Counter::Forwarded);
-    if let Some(ep) = ENDPOINTS6.get_ptr(dst) {
+    if let Some(ep) = endpoint() {
         // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
         // whole program run (the verifier checks the lookup's result before any use).
         let ep: Endpoint = unsafe { *ep };
@@ -187,61 +187,6 @@ pub fn to_container6(ctx: &TcContext, dst: [u32; 4]) -> Result<i32, Counter> {
     // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters are
     // allowed); it only records where the packet goes next.
     Ok(unsafe { bpf_redirect_neigh(bridge, core::ptr::null_mut(), 0, 0) } as i32)
-}
-
-/// [`to_uplink`] for IPv6: a container's packet for the outside, routed in BPF to the
-/// uplink's egress (where `nat_egress6` masquerades it) when the routing table says so.
-#[inline(always)]
-pub fn to_uplink6(
-    ctx: &TcContext,
-    bridge: u32,
-    uplink: u32,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    proto: u8,
-) -> Result<Option<i32>, Counter> {
-    let mut slot = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let params = zeroed_fib_params(&mut slot);
-    params.family = AF_INET6;
-    params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = 0;
-    params.ifindex = bridge;
-    params.__bindgen_anon_3.ipv6_src = *src;
-    params.__bindgen_anon_4.ipv6_dst = *dst;
-    // SAFETY: the context is this program's skb, and `params` a live, exclusive bpf_fib_lookup
-    // of exactly the size given.
-    let ret = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            params as *mut bpf_fib_lookup,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if params.ifindex != uplink {
-        return Ok(None);
-    }
-    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        if !decrement_hop_limit(ctx)? {
-            return Ok(None);
-        }
-        set_macs(ctx, &params.dmac, &params.smac)?;
-        count(Counter::Forwarded);
-        // SAFETY: a redirect helper given an ifindex and flags.
-        return Ok(Some(unsafe { bpf_redirect(uplink, 0) } as i32));
-    }
-    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        if !decrement_hop_limit(ctx)? {
-            return Ok(None);
-        }
-        count(Counter::Forwarded);
-        return Ok(Some(
-            // SAFETY: a redirect helper given an ifindex and flags (null neighbour parameters
-            // are allowed); it only records where the packet goes next.
-            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) } as i32,
-        ));
-    }
-    Ok(None)
 }
 
 /// `slot` zeroed, as 4-byte stores. `mem::zeroed()` of this 64-byte struct compiles to a call
@@ -271,17 +216,53 @@ pub fn to_uplink(
     dst: u32,
     proto: u8,
 ) -> Result<Option<i32>, Counter> {
+    route_to_uplink(ctx, bridge, uplink, proto, decrement_ttl, |params| {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+    })
+}
+
+/// [`to_uplink`] for IPv6: routed in BPF to the uplink's egress (where `nat_egress6`
+/// masquerades it).
+#[inline(always)]
+pub fn to_uplink6(
+    ctx: &TcContext,
+    bridge: u32,
+    uplink: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    proto: u8,
+) -> Result<Option<i32>, Counter> {
+    route_to_uplink(ctx, bridge, uplink, proto, decrement_hop_limit, |params| {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = *src;
+        params.__bindgen_anon_4.ipv6_dst = *dst;
+    })
+}
+
+/// Both families' fast path to the uplink: a FIB lookup from the bridge (`addresses` fills
+/// in the family and the addresses), and if the route leaves through the uplink, what the
+/// router would do (`decrement`: the TTL or the hop limit; MACs from the FIB result, or
+/// `bpf_redirect_neigh` when the neighbour is not resolved yet) and a redirect there.
+#[inline(always)]
+fn route_to_uplink(
+    ctx: &TcContext,
+    bridge: u32,
+    uplink: u32,
+    proto: u8,
+    decrement: impl Fn(&TcContext) -> Result<bool, Counter>,
+    addresses: impl FnOnce(&mut bpf_fib_lookup),
+) -> Result<Option<i32>, Counter> {
     let mut slot = MaybeUninit::<bpf_fib_lookup>::uninit();
     let params = zeroed_fib_params(&mut slot);
-    params.family = AF_INET;
     params.l4_protocol = proto;
     // tot_len 0: let the helper check the packet itself against the MTU, which knows GSO
     // packets (a TSO burst from a container is larger than the MTU and legitimate); a
     // non-zero tot_len would be compared as is and refuse every GSO packet.
     params.__bindgen_anon_1.tot_len = 0;
     params.ifindex = bridge;
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
+    addresses(params);
     // SAFETY: the context is this program's skb, and `params` a live, exclusive bpf_fib_lookup
     // of exactly the size given.
     let ret = unsafe {
@@ -296,7 +277,7 @@ pub fn to_uplink(
         return Ok(None);
     }
     if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        if !decrement_ttl(ctx)? {
+        if !decrement(ctx)? {
             return Ok(None);
         }
         set_macs(ctx, &params.dmac, &params.smac)?;
@@ -306,7 +287,7 @@ pub fn to_uplink(
         return Ok(Some(unsafe { bpf_redirect(uplink, 0) } as i32));
     }
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        if !decrement_ttl(ctx)? {
+        if !decrement(ctx)? {
             return Ok(None);
         }
         count(Counter::Forwarded);

@@ -8,8 +8,8 @@
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{
-        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        opens_connection, valid_tcp_flags, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
     Counter, FlowKey, NatEntry, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE, HOOK_UPLINK_EGRESS,
     HOOK_UPLINK_INGRESS, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
@@ -330,18 +330,9 @@ pub fn try_ingress(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassNoMatch));
     };
     if pkt.dst_addr != cfg.external_addr {
-        // Docker 28's direct-access protection: nothing reaches a container from outside
-        // except replies and published ports, even when the outside has a route to it.
-        if fwd::is_masqueraded(pkt.dst_addr) {
-            return Err(Counter::DropDirectAccess);
-        }
-        // A network with masquerade off is routed: its replies arrive here as they are.
-        // A new TCP connection to it is refused all the same (Docker's FORWARD rules accept
-        // only established traffic and published ports).
-        if pkt.proto == IPPROTO_TCP
-            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && fwd::is_internal(pkt.dst_addr)
-        {
+        // Nothing reaches a container from outside except replies and published ports,
+        // even when the outside has a route to it.
+        if fwd::refused_from_outside(fwd::bridge_of(pkt.dst_addr), pkt.proto, pkt.tcp_flags) {
             return Err(Counter::DropDirectAccess);
         }
         return Ok(pass(Counter::PassNoMatch));

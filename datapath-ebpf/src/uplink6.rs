@@ -11,8 +11,7 @@
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
     wire::{
-        opens_connection, valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_ACK,
-        TCP_RST, TCP_SYN,
+        opens_connection, valid_tcp_flags, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TCP_RST, TCP_SYN,
     },
     Counter, FlowKey6, FragKey6, NatEntry6, BRIDGE_INTERNAL, BRIDGE_NO_MASQUERADE,
     HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, NAT_FLAG_PUBLISHED,
@@ -35,36 +34,28 @@ pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::EgressPackets);
     let pkt = packet_slot()?;
     if let Some(reason) = parse6(ctx, pkt)? {
-        {
-            let (src_addr, proto) = (pkt.src_addr, pkt.proto);
-            account(HOOK_UPLINK_EGRESS, proto, ctx.len());
-            // A container's ICMPv6 error about a flow of ours leaves translated.
-            if pkt.inner_off != 0
-                && settings6().is_some()
-                && fwd::is_masqueraded6(src_addr)
-                && icmp6::translate_outbound6(ctx, pkt)?
-            {
-                return Ok(NEXT);
-            }
-            // A later fragment of a datagram whose first fragment was translated: the same
-            // address.
-            if reason == Counter::PassFragment
-                && settings6().is_some()
-                && follow_fragment6(ctx, pkt, frag::OUTBOUND)?
-            {
-                return Ok(NEXT);
-            }
-            // Nothing leaves with a container's address: a fragment of no datagram we know,
-            // an ICMPv6 message that is neither echo nor an error about a flow of ours.
-            if settings6().is_some() && fwd::is_masqueraded6(src_addr) {
-                return Err(if reason == Counter::PassFragment {
-                    Counter::DropFragmentUnknown
-                } else {
-                    Counter::DropUntranslatable
-                });
-            }
+        account(HOOK_UPLINK_EGRESS, pkt.proto, ctx.len());
+        // Only what a container sends is ours, once the loader has told the datapath its
+        // IPv6 address.
+        if settings6().is_none() || !fwd::is_masqueraded6(pkt.src_addr) {
             return Ok(pass(reason));
         }
+        // A container's ICMPv6 error about a flow of ours leaves translated.
+        if pkt.inner_off != 0 && icmp6::translate_outbound6(ctx, pkt)? {
+            return Ok(NEXT);
+        }
+        // A later fragment of a datagram whose first fragment was translated: the same
+        // address.
+        if reason == Counter::PassFragment && follow_fragment6(ctx, pkt, frag::OUTBOUND)? {
+            return Ok(NEXT);
+        }
+        // Nothing leaves with a container's address: a fragment of no datagram we know, an
+        // ICMPv6 message that is neither echo nor an error about a flow of ours.
+        return Err(if reason == Counter::PassFragment {
+            Counter::DropFragmentUnknown
+        } else {
+            Counter::DropUntranslatable
+        });
     }
     let pkt: &Packet6 = pkt;
     account(HOOK_UPLINK_EGRESS, pkt.proto, ctx.len());
@@ -133,30 +124,26 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     count(Counter::IngressPackets);
     let pkt = packet_slot()?;
     if let Some(reason) = parse6(ctx, pkt)? {
-        {
-            let (dst_addr, proto) = (pkt.dst_addr, pkt.proto);
-            account(HOOK_UPLINK_INGRESS, proto, ctx.len());
-            // A later fragment of a reply whose first fragment was translated.
-            if reason == Counter::PassFragment
-                && settings6().is_some_and(|c| c.external == dst_addr)
-                && follow_fragment6(ctx, pkt, frag::INBOUND)?
-            {
-                return Ok(NEXT);
-            }
-            // An ICMPv6 error about a flow of ours goes to its container (packet too big,
-            // unreachable, time exceeded).
-            if pkt.inner_off != 0
-                && settings6().is_some_and(|c| c.external == dst_addr)
-                && icmp6::translate_inbound6(ctx, pkt)?
-            {
-                return Ok(NEXT);
-            }
-            // Nothing reaches a container from outside directly.
-            if settings6().is_some() && fwd::is_masqueraded6(dst_addr) {
-                return Err(Counter::DropDirectAccess);
-            }
+        let dst_addr = pkt.dst_addr;
+        account(HOOK_UPLINK_INGRESS, pkt.proto, ctx.len());
+        let Some(cfg) = settings6() else {
             return Ok(pass(reason));
+        };
+        if cfg.external == dst_addr {
+            // A later fragment of a reply whose first fragment was translated.
+            if reason == Counter::PassFragment && follow_fragment6(ctx, pkt, frag::INBOUND)? {
+                return Ok(NEXT);
+            }
+            // An ICMPv6 error about a flow of ours goes to its container (packet too
+            // big, unreachable, time exceeded).
+            if pkt.inner_off != 0 && icmp6::translate_inbound6(ctx, pkt)? {
+                return Ok(NEXT);
+            }
+        } else if fwd::is_masqueraded6(dst_addr) {
+            // Nothing reaches a container from outside directly.
+            return Err(Counter::DropDirectAccess);
         }
+        return Ok(pass(reason));
     }
     let pkt: &Packet6 = pkt;
     account(HOOK_UPLINK_INGRESS, pkt.proto, ctx.len());
@@ -164,14 +151,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         return Ok(pass(Counter::PassNoMatch));
     };
     if pkt.dst_addr != cfg.external {
-        if fwd::is_masqueraded6(pkt.dst_addr) {
-            return Err(Counter::DropDirectAccess);
-        }
-        // A routed network (masquerade off): replies pass, a new TCP connection does not.
-        if pkt.proto == IPPROTO_TCP
-            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && fwd::bridge_of6(pkt.dst_addr).is_some()
-        {
+        if fwd::refused_from_outside(fwd::bridge_of6(pkt.dst_addr), pkt.proto, pkt.tcp_flags) {
             return Err(Counter::DropDirectAccess);
         }
         return Ok(pass(Counter::PassNoMatch));
