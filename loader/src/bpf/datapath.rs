@@ -425,20 +425,24 @@ impl Datapath {
     /// Change the external IPv6 address (None: the uplink has none; translate no IPv6),
     /// keeping the rest of the configuration.
     pub fn set_external6(&mut self, external: Option<Ipv6Addr>) -> anyhow::Result<()> {
-        let mut cfg = self.config()?;
-        cfg.external_addr6 = external.map_or([0; 4], |a| bpfnat_common::addr6_to_map(a.octets()));
-        let mut config: Array<&mut MapData, NatConfig> =
-            Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
-        config
-            .set(0, cfg, 0)
-            .context("writing the datapath configuration")
+        self.update_config(|cfg| {
+            cfg.external_addr6 =
+                external.map_or([0; 4], |a| bpfnat_common::addr6_to_map(a.octets()));
+        })
     }
 
     /// Change the external address (None: the uplink has none; translate nothing), keeping
     /// the rest of the configuration.
     pub(crate) fn set_external(&mut self, external: Option<Ipv4Addr>) -> anyhow::Result<()> {
+        self.update_config(|cfg| {
+            cfg.external_addr = external.map_or(0, |a| bpfnat_common::addr_to_map(a.octets()));
+        })
+    }
+
+    /// Change one part of the configuration, keeping the rest.
+    fn update_config(&mut self, change: impl FnOnce(&mut NatConfig)) -> anyhow::Result<()> {
         let mut cfg = self.config()?;
-        cfg.external_addr = external.map_or(0, |a| bpfnat_common::addr_to_map(a.octets()));
+        change(&mut cfg);
         let mut config: Array<&mut MapData, NatConfig> =
             Array::try_from(self.map_mut(names::MAP_CONFIG)?)?;
         config
@@ -636,96 +640,80 @@ impl Datapath {
         mac: [u8; 6],
         addrs: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
-        self.forget_endpoints4_of(port_ifindex)?;
-        {
-            let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
-                HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
-            for addr in addrs {
-                let ep = Endpoint {
-                    port_ifindex,
-                    mac,
-                    flags: bpfnat_common::ENDPOINT_ASSIGNED,
-                    pad: 0,
-                };
-                endpoints
-                    .insert(bpfnat_common::addr_to_map(addr.octets()), ep, 0)
-                    .with_context(|| format!("assigning {addr} to a bridge port"))?;
-            }
-        }
-        let mut assigned: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS)?)?;
-        assigned
-            .insert(port_ifindex, addrs.len() as u32, 0)
-            .context("marking a bridge port's addresses as assigned")
+        let keys: Vec<(u32, String)> = addrs
+            .iter()
+            .map(|a| (bpfnat_common::addr_to_map(a.octets()), a.to_string()))
+            .collect();
+        self.assign_family(Family::V4, port_ifindex, mac, &keys)
     }
 
-    /// The IPv6 addresses configured on the container's end of port `port_ifindex`: from now
-    /// on the port may send from these only (its IPv4 addresses are assigned apart).
+    /// [`Self::assign_endpoints`] for the port's IPv6 addresses (assigned apart from its IPv4
+    /// ones).
     pub fn assign_endpoints6(
         &mut self,
         port_ifindex: u32,
         mac: [u8; 6],
         addrs: &[Ipv6Addr],
     ) -> anyhow::Result<()> {
-        self.forget_endpoints6_of(port_ifindex)?;
-        {
-            let mut endpoints: HashMap<&mut MapData, [u32; 4], Endpoint> =
-                HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS6)?)?;
-            for addr in addrs {
-                let ep = Endpoint {
-                    port_ifindex,
-                    mac,
-                    flags: bpfnat_common::ENDPOINT_ASSIGNED,
-                    pad: 0,
-                };
-                endpoints
-                    .insert(bpfnat_common::addr6_to_map(addr.octets()), ep, 0)
-                    .with_context(|| format!("assigning {addr} to a bridge port"))?;
-            }
-        }
-        let mut assigned: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS6)?)?;
-        assigned
-            .insert(port_ifindex, addrs.len() as u32, 0)
-            .context("marking a bridge port's IPv6 addresses as assigned")
-    }
-
-    /// The IPv6 part of [`Self::forget_endpoints_of`].
-    fn forget_endpoints6_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
-        {
-            let mut assigned: HashMap<&mut MapData, u32, u32> =
-                HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS6)?)?;
-            if assigned.get(&port_ifindex, 0).is_ok() {
-                assigned
-                    .remove(&port_ifindex)
-                    .context("unmarking a bridge port")?;
-            }
-        }
-        let mut endpoints6: HashMap<&mut MapData, [u32; 4], Endpoint> =
-            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS6)?)?;
-        let doomed: Vec<[u32; 4]> = endpoints6
+        let keys: Vec<([u32; 4], String)> = addrs
             .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, ep)| ep.port_ifindex == port_ifindex)
-            .map(|(addr, _)| addr)
+            .map(|a| (bpfnat_common::addr6_to_map(a.octets()), a.to_string()))
             .collect();
-        Ok(doomed
-            .iter()
-            .filter(|a| endpoints6.remove(a).is_ok())
-            .count() as u64)
+        self.assign_family(Family::V6, port_ifindex, mac, &keys)
     }
 
     /// Forget the containers assigned to or learned behind a port that went away (so a new
-    /// port given their addresses is not passed over for a dead one). Returns how many.
+    /// port given their addresses is not passed over for a dead one), both families.
+    /// Returns how many.
     pub(crate) fn forget_endpoints_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
-        Ok(self.forget_endpoints6_of(port_ifindex)? + self.forget_endpoints4_of(port_ifindex)?)
+        Ok(self.forget_family::<[u32; 4]>(Family::V6, port_ifindex)?
+            + self.forget_family::<u32>(Family::V4, port_ifindex)?)
     }
 
-    /// The IPv4 part of [`Self::forget_endpoints_of`] (what a new assignment replaces).
-    fn forget_endpoints4_of(&mut self, port_ifindex: u32) -> anyhow::Result<u64> {
+    /// Assign `addrs` (map keys, with their text for errors) to a port in one family's
+    /// `ENDPOINTS` and mark the port in its `ASSIGNED_PORTS`, replacing what it had.
+    fn assign_family<K: aya::Pod>(
+        &mut self,
+        family: Family,
+        port_ifindex: u32,
+        mac: [u8; 6],
+        addrs: &[(K, String)],
+    ) -> anyhow::Result<()> {
+        self.forget_family::<K>(family, port_ifindex)?;
+        let (endpoints_map, assigned_map) = family.maps();
+        {
+            let mut endpoints: HashMap<&mut MapData, K, Endpoint> =
+                HashMap::try_from(self.map_mut(endpoints_map)?)?;
+            let ep = Endpoint {
+                port_ifindex,
+                mac,
+                flags: bpfnat_common::ENDPOINT_ASSIGNED,
+                pad: 0,
+            };
+            for (key, text) in addrs {
+                endpoints
+                    .insert(*key, ep, 0)
+                    .with_context(|| format!("assigning {text} to a bridge port"))?;
+            }
+        }
+        let mut assigned: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(assigned_map)?)?;
+        assigned
+            .insert(port_ifindex, addrs.len() as u32, 0)
+            .context("marking a bridge port's addresses as assigned")
+    }
+
+    /// Unmark a port in one family's `ASSIGNED_PORTS` and remove its entries from that
+    /// family's `ENDPOINTS`. Returns how many entries.
+    fn forget_family<K: aya::Pod>(
+        &mut self,
+        family: Family,
+        port_ifindex: u32,
+    ) -> anyhow::Result<u64> {
+        let (endpoints_map, assigned_map) = family.maps();
         {
             let mut assigned: HashMap<&mut MapData, u32, u32> =
-                HashMap::try_from(self.map_mut(names::MAP_ASSIGNED_PORTS)?)?;
+                HashMap::try_from(self.map_mut(assigned_map)?)?;
             // Absent (ENOENT) when nothing was assigned: nothing to undo.
             if assigned.get(&port_ifindex, 0).is_ok() {
                 assigned
@@ -733,9 +721,9 @@ impl Datapath {
                     .context("unmarking a bridge port")?;
             }
         }
-        let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
-            HashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)?;
-        let doomed: Vec<u32> = endpoints
+        let mut endpoints: HashMap<&mut MapData, K, Endpoint> =
+            HashMap::try_from(self.map_mut(endpoints_map)?)?;
+        let doomed: Vec<K> = endpoints
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, ep)| ep.port_ifindex == port_ifindex)
@@ -1030,6 +1018,23 @@ fn raw_fd(map: &aya::maps::Map, name: &str) -> anyhow::Result<std::os::fd::RawFd
     match map {
         aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
         _ => Err(anyhow!("map {name} is not a hash map")),
+    }
+}
+
+/// An address family's containers maps.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Its `ENDPOINTS` and `ASSIGNED_PORTS` maps.
+    fn maps(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => (names::MAP_ENDPOINTS, names::MAP_ASSIGNED_PORTS),
+            Family::V6 => (names::MAP_ENDPOINTS6, names::MAP_ASSIGNED_PORTS6),
+        }
     }
 }
 

@@ -229,6 +229,56 @@ impl Bridge {
     }
 }
 
+/// Refuse subnets that overlap between bridges or hold the uplink's address: the datapath
+/// finds a subnet's bridge by longest prefix, so an overlap would send one bridge's
+/// containers to the other.
+pub(crate) fn check_subnets(bridges: &[Bridge], external: Option<Ipv4Addr>) -> anyhow::Result<()> {
+    if let Some(external) = external {
+        for net in bridges.iter().flat_map(|b| &b.subnets) {
+            if net.contains(external) {
+                bail!(
+                    "uplink address {external} is inside internal subnet {net}: check --uplink \
+                     and --subnet"
+                );
+            }
+        }
+    }
+    first_overlap(
+        bridges,
+        |b| &b.subnets,
+        |a, b| a.contains(b.addr) || b.contains(a.addr),
+    )?;
+    first_overlap(
+        bridges,
+        |b| &b.subnets6,
+        |a, b| a.contains(b.addr) || b.contains(a.addr),
+    )
+}
+
+/// The first pair of `subnets` (of one family) of two bridges, or of one, that overlap.
+fn first_overlap<N: std::fmt::Display>(
+    bridges: &[Bridge],
+    subnets: impl Fn(&Bridge) -> &[N],
+    overlap: impl Fn(&N, &N) -> bool,
+) -> anyhow::Result<()> {
+    let all: Vec<(&Bridge, &N)> = bridges
+        .iter()
+        .flat_map(|b| subnets(b).iter().map(move |n| (b, n)))
+        .collect();
+    for (i, (b, net)) in all.iter().enumerate() {
+        for (o, other) in &all[..i] {
+            if overlap(net, other) {
+                bail!(
+                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
+                    b.name,
+                    o.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One port the port program is attached to.
 struct Port {
     name: String,

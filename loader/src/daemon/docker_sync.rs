@@ -28,7 +28,7 @@ use log::{info, warn};
 use crate::{
     bpf::datapath::Datapath,
     daemon::{
-        bridge::{Bridge, BridgeSpec, PortWatcher},
+        bridge::{check_subnets, Bridge, BridgeSpec, PortWatcher},
         docker::{DockerState, Network},
     },
     host::iface,
@@ -225,24 +225,15 @@ impl DockerSync {
         let bridge = Bridge::resolve(netlink, links, &spec)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        for net in &bridge.subnets {
-            if let Some(ext) = external.filter(|e| net.contains(*e)) {
-                return Err(format!("subnet {net} holds the uplink's address {ext}"));
-            }
-            let others = self.fixed.iter().chain(self.served.values());
-            for other in others {
-                if let Some(o) = other
-                    .subnets
-                    .iter()
-                    .find(|o| o.contains(net.addr) || net.contains(o.addr))
-                {
-                    return Err(format!(
-                        "subnet {net} overlaps subnet {o} of bridge {}",
-                        other.name
-                    ));
-                }
-            }
-        }
+        // Against every bridge served, of either kind, in both families.
+        let mut all: Vec<Bridge> = self
+            .fixed
+            .iter()
+            .chain(self.served.values())
+            .cloned()
+            .collect();
+        all.push(bridge.clone());
+        check_subnets(&all, external).map_err(|e| format!("{e:#}"))?;
         dp.add_bridge(bridge.ifindex, bridge.info(), &bridge.subnets)
             .map_err(|e| format!("{e:#}"))?;
         dp.add_bridge_nets6(bridge.ifindex, &bridge.subnets6)
@@ -351,60 +342,22 @@ impl DockerSync {
             .values()
             .flat_map(|b| b.subnets.iter().copied())
             .collect();
-        let into_docker = |t: &PublishTarget| {
+        // Docker's: into a served network (the others wait for it), not given with
+        // --publish.
+        let ours = |k: &PublishKey, t: &PublishTarget| {
             let addr = Ipv4Addr::from(t.addr.to_ne_bytes());
-            docker_nets.iter().any(|n| n.contains(addr))
+            docker_nets.iter().any(|n| n.contains(addr)) && !self.fixed_publishes.contains(k)
         };
-        // Only ports whose container is on a served network: the others wait for it.
-        let wanted: HashMap<PublishKey, PublishTarget> = state
-            .publishes
-            .iter()
-            .filter(|p| into_docker(&p.target) && !self.fixed_publishes.contains(&p.key))
-            .map(|p| (p.key, p.target))
-            .collect();
+        let wanted = state.publishes.iter().map(|p| (p.key, p.target));
         let (mut map, tables, hairpin) = dp.publish_tables()?;
-        let current: Vec<(PublishKey, PublishTarget)> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, t)| into_docker(t) && !self.fixed_publishes.contains(k))
-            .collect();
-        let mut doomed = Vec::new();
-        for (key, target) in &current {
-            if wanted.get(key) != Some(target) {
-                if !wanted.contains_key(key) {
-                    map.remove(key).ok();
-                }
-                doomed.push((*key, *target));
-            }
-        }
-        let mut added = Vec::new();
-        for (key, target) in &wanted {
-            if !current.contains(&(*key, *target)) {
-                match map.insert(*key, *target, 0) {
-                    Ok(()) => added.push(describe(key, target)),
-                    Err(e) => warn!(
-                        "Docker: cannot publish {}: {e} (is the PUBLISH table full?)",
-                        describe(key, target)
-                    ),
-                }
-            }
-        }
-        let mut flows = Flows { tables, hairpin };
-        let removed = flows.remove(&doomed);
-        for (key, target) in &doomed {
-            info!("Docker: unpublished {}", describe(key, target));
-        }
-        if !doomed.is_empty() && removed > 0 {
+        let doomed = reconcile(&mut map, wanted, ours, describe);
+        let removed = Flows { tables, hairpin }.remove(&doomed);
+        if removed > 0 {
             info!("Docker: {removed} connections through unpublished ports removed");
-        }
-        for a in added {
-            info!("Docker: published {a}");
         }
         Ok(())
     }
-}
 
-impl DockerSync {
     /// [`Self::publishes`] for the ports Docker publishes on `[::]`.
     fn publishes6(
         &self,
@@ -417,55 +370,71 @@ impl DockerSync {
             .values()
             .flat_map(|b| b.subnets6.iter().copied())
             .collect();
-        let into_docker = |t: &PublishTarget6| {
+        let ours = |k: &PublishKey6, t: &PublishTarget6| {
             let addr = Ipv6Addr::from(addr6_from_map(t.addr));
-            docker_nets.iter().any(|n| n.contains(addr))
+            docker_nets.iter().any(|n| n.contains(addr)) && !self.fixed_publishes6.contains(k)
         };
-        let wanted: HashMap<PublishKey6, PublishTarget6> = state
-            .publishes6
-            .iter()
-            .filter(|p| into_docker(&p.target) && !self.fixed_publishes6.contains(&p.key))
-            .map(|p| (p.key, p.target))
-            .collect();
+        let wanted = state.publishes6.iter().map(|p| (p.key, p.target));
         let (mut map, mut tables) = dp.publish6_tables()?;
-        let current: Vec<(PublishKey6, PublishTarget6)> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, t)| into_docker(t) && !self.fixed_publishes6.contains(k))
-            .collect();
-        let mut doomed = Vec::new();
-        for (key, target) in &current {
-            if wanted.get(key) != Some(target) {
-                if !wanted.contains_key(key) {
-                    map.remove(key).ok();
-                }
-                doomed.push((*key, *target));
-            }
-        }
-        for (key, target) in &wanted {
-            if !current.contains(&(*key, *target)) {
-                match map.insert(*key, *target, 0) {
-                    Ok(()) => info!(
-                        "Docker: published [::]:{}/{} -> [{}]:{}",
-                        u16::from_be(key.host_port),
-                        crate::util::addr::proto_name(key.proto),
-                        Ipv6Addr::from(addr6_from_map(target.addr)),
-                        u16::from_be(target.port)
-                    ),
-                    Err(e) => warn!("Docker: cannot publish an IPv6 port: {e}"),
-                }
-            }
-        }
+        let doomed = reconcile(&mut map, wanted, ours, |k, t| {
+            format!(
+                "[::]:{}/{} -> [{}]:{}",
+                u16::from_be(k.host_port),
+                crate::util::addr::proto_name(k.proto),
+                Ipv6Addr::from(addr6_from_map(t.addr)),
+                u16::from_be(t.port)
+            )
+        });
         let removed = crate::table::publish6::remove_flows6(&mut tables, timeouts, &doomed);
-        for (key, _) in &doomed {
-            info!(
-                "Docker: unpublished [::]:{}/{} ({removed} connections removed)",
-                u16::from_be(key.host_port),
-                crate::util::addr::proto_name(key.proto)
-            );
+        if removed > 0 {
+            info!("Docker: {removed} IPv6 connections through unpublished ports removed");
         }
         Ok(())
     }
+}
+
+/// Bring the published ports of `map` that are `ours` in line with `wanted` (the others are
+/// left alone): add what is new, re-target what changed, remove what went. Returns the
+/// entries whose connections must go (removed or re-targeted, with their old target).
+/// `describe` names an entry in the log.
+fn reconcile<K, V>(
+    map: &mut aya::maps::HashMap<&mut aya::maps::MapData, K, V>,
+    wanted: impl Iterator<Item = (K, V)>,
+    ours: impl Fn(&K, &V) -> bool,
+    describe: impl Fn(&K, &V) -> String,
+) -> Vec<(K, V)>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let wanted: HashMap<K, V> = wanted.filter(|(k, v)| ours(k, v)).collect();
+    let current: Vec<(K, V)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| ours(k, v))
+        .collect();
+    let mut doomed = Vec::new();
+    for (key, value) in &current {
+        if wanted.get(key) != Some(value) {
+            if !wanted.contains_key(key) {
+                map.remove(key).ok();
+            }
+            info!("Docker: unpublished {}", describe(key, value));
+            doomed.push((*key, *value));
+        }
+    }
+    for (key, value) in &wanted {
+        if !current.contains(&(*key, *value)) {
+            match map.insert(*key, *value, 0) {
+                Ok(()) => info!("Docker: published {}", describe(key, value)),
+                Err(e) => warn!(
+                    "Docker: cannot publish {}: {e} (is the table full?)",
+                    describe(key, value)
+                ),
+            }
+        }
+    }
+    doomed
 }
 
 /// `8080/tcp -> 172.18.0.2:80`.

@@ -37,48 +37,6 @@ const PORT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// (it is followed from then on all the same).
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(5);
 
-/// Refuse subnets that overlap between bridges or hold the uplink's address: the datapath
-/// finds a subnet's bridge by longest prefix, so an overlap would send one bridge's
-/// containers to the other.
-fn check_subnets(bridges: &[Bridge], external: Ipv4Addr) -> anyhow::Result<()> {
-    let all: Vec<_> = bridges
-        .iter()
-        .flat_map(|b| b.subnets.iter().map(move |n| (b, n)))
-        .collect();
-    for (_, net) in &all {
-        if net.contains(external) {
-            bail!("uplink address {external} is inside internal subnet {net}: check --uplink and --subnet");
-        }
-    }
-    for (i, (b, net)) in all.iter().enumerate() {
-        for (o, other) in &all[..i] {
-            if net.contains(other.addr) || other.contains(net.addr) {
-                bail!(
-                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
-                    b.name,
-                    o.name
-                );
-            }
-        }
-    }
-    let all6: Vec<_> = bridges
-        .iter()
-        .flat_map(|b| b.subnets6.iter().map(move |n| (b, n)))
-        .collect();
-    for (i, (b, net)) in all6.iter().enumerate() {
-        for (o, other) in &all6[..i] {
-            if net.contains(other.addr) || other.contains(net.addr) {
-                bail!(
-                    "subnet {net} of bridge {:?} overlaps subnet {other} of bridge {:?}",
-                    b.name,
-                    o.name
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 pub async fn run(opts: Settings) -> anyhow::Result<()> {
     // Before anything is claimed or attached: a signal from now on means a clean shutdown
     // (pins removed) instead of the default action (killed, pins left stale).
@@ -107,7 +65,7 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     for spec in &opts.bridges {
         bridges.push(Bridge::resolve(&netlink, &links, spec).await?);
     }
-    check_subnets(&bridges, external)?;
+    crate::daemon::bridge::check_subnets(&bridges, Some(external))?;
     // Publishes are checked before anything is claimed or attached, against what will be
     // served.
     let served = crate::bpf::datapath::Served {

@@ -664,23 +664,9 @@ fn ipv6_port_policy_table() {
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn ipv6_published_port_keeps_the_client_address() {
-    use bpfnat_common::{PublishKey6, PublishTarget6};
     let _slot = require_root();
     let mut dp = datapath6();
-    let c1 = bpfnat_common::addr6_to_map(C1.parse::<Ipv6Addr>().unwrap().octets());
-    dp.publish6(
-        PublishKey6 {
-            host_port: 8080u16.to_be(),
-            proto: 6,
-            pad: 0,
-        },
-        PublishTarget6 {
-            addr: c1,
-            port: 80u16.to_be(),
-            pad: 0,
-        },
-    )
-    .unwrap();
+    publish_8080_to_c1(&mut dp);
     const CLIENT6: &str = "2001:db8:200::9";
     let syn = Frame6::new(CLIENT6, EXTERNAL6, tcp(50000, 8080, SYN, 100, 0));
     let (v, got) = run(&mut dp, names::PROG_INGRESS, &syn.build());
@@ -834,23 +820,9 @@ fn ipv6_replies_go_straight_to_the_container() {
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn ipv6_unanswered_syns_are_early_dropped_answered_ones_kept() {
-    use bpfnat_common::{PublishKey6, PublishTarget6};
     let _slot = require_root();
     let mut dp = datapath6();
-    let c1 = bpfnat_common::addr6_to_map(C1.parse::<Ipv6Addr>().unwrap().octets());
-    dp.publish6(
-        PublishKey6 {
-            host_port: 8080u16.to_be(),
-            proto: 6,
-            pad: 0,
-        },
-        PublishTarget6 {
-            addr: c1,
-            port: 80u16.to_be(),
-            pad: 0,
-        },
-    )
-    .unwrap();
+    publish_8080_to_c1(&mut dp);
     // One real client, answered and acknowledged.
     let client = "2001:db8:300::1";
     let syn = Frame6::new(client, EXTERNAL6, tcp(50000, 8080, SYN, 1, 0));
@@ -878,4 +850,22 @@ fn ipv6_unanswered_syns_are_early_dropped_answered_ones_kept() {
         .find(|c| u16::from_be(c.original.dst_port) == 50000)
         .expect("the answered connection is kept");
     assert!(real.reply_entry.is_some());
+}
+
+/// Publish TCP port 8080 of the uplink's IPv6 address to C1's port 80.
+fn publish_8080_to_c1(dp: &mut Datapath) {
+    let c1 = bpfnat_common::addr6_to_map(C1.parse::<Ipv6Addr>().unwrap().octets());
+    dp.publish6(
+        bpfnat_common::PublishKey6 {
+            host_port: 8080u16.to_be(),
+            proto: 6,
+            pad: 0,
+        },
+        bpfnat_common::PublishTarget6 {
+            addr: c1,
+            port: 80u16.to_be(),
+            pad: 0,
+        },
+    )
+    .unwrap();
 }
