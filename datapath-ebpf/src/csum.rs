@@ -96,14 +96,24 @@ pub fn rewrite_port_stored(
     old: u16,
     new: u16,
 ) -> Result<(), Counter> {
+    if port_csum(ctx, l4, old, new)? {
+        ctx.store(port_off, &new, 0).map_err(|_| FAILED)?;
+    }
+    Ok(())
+}
+
+/// The L4 checksum's part of a port change `old` -> `new`; `Ok(false)`: no change at all.
+#[inline(always)]
+fn port_csum(ctx: &TcContext, l4: &L4, old: u16, new: u16) -> Result<bool, Counter> {
     if old == new {
-        return Ok(());
+        return Ok(false);
     }
     if l4.csum_off != 0 {
+        // Size 2 and no BPF_F_PSEUDO_HDR: ports are not part of the pseudo-header.
         ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4_flags(l4))
             .map_err(|_| FAILED)?;
     }
-    ctx.store(port_off, &new, 0).map_err(|_| FAILED)
+    Ok(true)
 }
 
 /// The checksum difference of a 128-bit change (`bpf_csum_diff`).
@@ -179,13 +189,8 @@ pub fn rewrite_port(
     old: u16,
     new: u16,
 ) -> Result<(), Counter> {
-    if old == new {
+    if !port_csum(ctx, l4, old, new)? {
         return Ok(());
-    }
-    if l4.csum_off != 0 {
-        // Size 2 and no BPF_F_PSEUDO_HDR: ports are not part of the pseudo-header.
-        ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, 2 | l4_flags(l4))
-            .map_err(|_| FAILED)?;
     }
     match ptr_at::<u16>(ctx, port_off) {
         // SAFETY: the pointers come from the bounds-checked accessor (`parse::ptr_at`), which
