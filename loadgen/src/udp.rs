@@ -397,25 +397,35 @@ fn sink_thread(
     Ok(part)
 }
 
-/// The namespace's UDP counters from /proc/net/snmp (read on the main
-/// thread, which is in the namespace the sockets are).
+/// The namespace's UDP counters, IPv4 (/proc/net/snmp) and IPv6 (/proc/net/snmp6) added up:
+/// the sink takes the difference over its run, whichever family it listens on (read on the
+/// main thread, which is in the namespace the sockets are).
 struct Snmp {
     in_errors: u64,
     rcvbuf_errors: u64,
 }
 
 fn udp_snmp() -> Option<Snmp> {
-    let text = fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let v4 = fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = v4.lines().filter(|l| l.starts_with("Udp:"));
     let names: Vec<&str> = lines.next()?.split_whitespace().collect();
     let values: Vec<&str> = lines.next()?.split_whitespace().collect();
     let get = |name: &str| -> Option<u64> {
         let i = names.iter().position(|n| *n == name)?;
         values.get(i)?.parse().ok()
     };
+    // One "Name value" per line; absent when the kernel has no IPv6.
+    let v6 = fs::read_to_string("/proc/net/snmp6").unwrap_or_default();
+    let get6 = |name: &str| -> u64 {
+        v6.lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
     Some(Snmp {
-        in_errors: get("InErrors")?,
-        rcvbuf_errors: get("RcvbufErrors")?,
+        in_errors: get("InErrors")? + get6("Udp6InErrors"),
+        rcvbuf_errors: get("RcvbufErrors")? + get6("Udp6RcvbufErrors"),
     })
 }
 

@@ -13,7 +13,8 @@
 //! benchmark reports them next to the end-to-end figures.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, UdpSocket},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -24,10 +25,10 @@ use serde::Serialize;
 
 use crate::{
     bpf::datapath::{Datapath, LoadOptions},
-    host::lab::{lab_mac, ContainerSpec, LabSpec},
+    host::lab::{lab_mac, ContainerSpec, Ipv6Lab, LabSpec},
     host::netns,
-    util::addr::Ipv4Net,
-    util::packet::{Frame, ETH_HLEN, L4},
+    util::addr::{Ipv4Net, Ipv6Net},
+    util::packet::{udp6_frame, Frame, ETH_HLEN, L4},
 };
 
 use bpfnat_common::wire::{TCX_NEXT, TC_ACT_REDIRECT};
@@ -43,6 +44,12 @@ const WAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 91);
 /// 22 bytes of payload make a 64-byte UDP frame (14 + 20 + 8 + 22), the bench's packet size.
 const PAYLOAD: usize = 22;
+
+const CONTAINER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x91, 0, 0, 0, 0, 0, 2);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x91, 0, 0, 0, 0, 0, 1);
+const UPLINK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x91, 0, 0, 0, 0, 2);
+const WAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x91, 0, 0, 0, 0, 1);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x91);
 
 #[derive(Clone, Debug)]
 pub struct ProfileOptions {
@@ -108,7 +115,12 @@ fn topology() -> LabSpec {
         uplink_prefix_len: 24,
         remote_server: SERVER,
         containers: vec![container],
-        ipv6: None,
+        ipv6: Some(Ipv6Lab {
+            bridge_addr: GATEWAY6,
+            uplink_addr: UPLINK6,
+            wan_addr: WAN6,
+            remote_server: SERVER6,
+        }),
     }
 }
 
@@ -125,6 +137,7 @@ impl Drop for LabGuard {
 /// Runs inside the topology's host namespace.
 fn measure(spec: &LabSpec, opts: &ProfileOptions) -> anyhow::Result<Vec<CaseResult>> {
     resolve_gateway(spec.wan_addr)?;
+    resolve_gateway6(WAN6)?;
     let bridge = crate::host::iface::ifindex(&spec.bridge)?;
     let port = crate::host::iface::ifindex(&spec.containers[0].host_veth)?;
     let uplink = crate::host::iface::ifindex(&spec.uplink)?;
@@ -132,15 +145,17 @@ fn measure(spec: &LabSpec, opts: &ProfileOptions) -> anyhow::Result<Vec<CaseResu
     let mut dp = Datapath::load(LoadOptions::default())?;
     dp.configure(spec.uplink_addr, None, &Timeouts::KERNEL)?;
     dp.set_uplink_ifindex(uplink)?;
+    dp.set_external6(Some(UPLINK6))?;
     let info = BridgeInfo {
         gateway: bpfnat_common::addr_to_map(spec.bridge_addr.octets()),
         flags: 0,
         mac: lab_mac(spec.bridge_addr),
         pad: [0; 2],
-        gateway6: [0; 4],
+        gateway6: bpfnat_common::addr6_to_map(GATEWAY6.octets()),
     };
     let subnet = Ipv4Net::new(spec.subnet(), spec.subnet_prefix_len)?;
     dp.add_bridge(bridge, info, &[subnet])?;
+    dp.add_bridge_nets6(bridge, &[Ipv6Net::new(GATEWAY6, 64)?])?;
     dp.add_port(port, bridge)?;
 
     let mut bench = Bench {
@@ -171,6 +186,29 @@ fn resolve_gateway(gateway: Ipv4Addr) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("the profile topology's gateway {gateway} did not answer ARP within 5 s")
+}
+
+/// The same for IPv6: the uplink's next hop in the neighbour cache.
+fn resolve_gateway6(gateway: Ipv6Addr) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("[::]:0").context("opening a UDP socket")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let _ = socket.send_to(b"nd", SocketAddrV6::new(gateway, 9, 0, 0));
+        // The child inherits this thread's network namespace.
+        let out = Command::new("ip")
+            .args(["-6", "neigh", "show", &gateway.to_string()])
+            .output()
+            .context("running ip -6 neigh")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if ["REACHABLE", "STALE", "DELAY"]
+            .iter()
+            .any(|state| text.contains(state))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the profile topology's IPv6 gateway {gateway} did not answer within 5 s")
 }
 
 struct Bench<'a> {
@@ -268,6 +306,58 @@ impl Bench<'_> {
             program: names::PROG_INGRESS,
             path:
                 "uplink ingress, UDP reply: lookup, rewrite destination, redirect to the container",
+            ifindex: uplink,
+            frame: &|_| reply.clone(),
+            verdict: TC_ACT_REDIRECT,
+        })?;
+        self.cases6(port, uplink)
+    }
+
+    /// The same paths over IPv6: the programs above tail-call their IPv6 twins, so each
+    /// figure includes that dispatch.
+    fn cases6(&mut self, port: u32, uplink: u32) -> anyhow::Result<()> {
+        // The same 22-byte payload as the IPv4 cases (an 84-byte frame: IPv6's header is 20
+        // bytes longer).
+        let udp6 = |src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, hop: u8| {
+            udp6_frame(src, dst, sport, dport, hop, &[0x5a; PAYLOAD])
+        };
+        let mut outbound = udp6(CONTAINER6, 40000, SERVER6, 9, 64);
+        outbound[0..6].copy_from_slice(&lab_mac(GATEWAY));
+        outbound[6..12].copy_from_slice(&lab_mac(CONTAINER));
+        let routed = self.time(&Case {
+            case: "port_udp_out6",
+            program: names::PROG_PORT,
+            path: "IPv6 container -> internet, UDP: learn, policy, FIB lookup, redirect to the \
+                   uplink",
+            ifindex: port,
+            frame: &|_| outbound.clone(),
+            verdict: TC_ACT_REDIRECT,
+        })?;
+        let translated = self.time(&Case {
+            case: "egress_udp_known6",
+            program: names::PROG_EGRESS,
+            path: "IPv6 uplink egress, UDP of a known flow: lookup, rewrite source",
+            ifindex: uplink,
+            frame: &|_| routed.clone(),
+            verdict: TCX_NEXT,
+        })?;
+        // Source port: after the 40-byte IPv6 header.
+        let external_port =
+            u16::from_be_bytes([translated[ETH_HLEN + 40], translated[ETH_HLEN + 41]]);
+        self.time(&Case {
+            case: "egress_udp_new6",
+            program: names::PROG_EGRESS,
+            path: "IPv6 uplink egress, UDP of a new flow: port allocation, both table entries",
+            ifindex: uplink,
+            frame: &|i| udp6(CONTAINER6, (10_000 + i % 55_000) as u16, SERVER6, 9, 63),
+            verdict: TCX_NEXT,
+        })?;
+        let reply = udp6(SERVER6, 9, UPLINK6, external_port, 64);
+        self.time(&Case {
+            case: "ingress_udp_reply6",
+            program: names::PROG_INGRESS,
+            path: "IPv6 uplink ingress, UDP reply: lookup, rewrite destination, redirect to \
+                   the container",
             ifindex: uplink,
             frame: &|_| reply.clone(),
             verdict: TC_ACT_REDIRECT,

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{
     proc::{cmd_stdin, in_ns, signal, tail, Proc},
-    topo::{self, BRIDGE, BRIDGE_PORT, CLIENT_ADDR, HOST_NS, SUBNET, UPLINK, UPLINK_ADDR},
+    topo::{self, Family, BRIDGE, BRIDGE_PORT, HOST_NS, SUBNET, SUBNET6, UPLINK},
     Ctx,
 };
 use crate::cmd;
@@ -50,34 +50,37 @@ impl Arm {
     pub fn description(self) -> &'static str {
         match self {
             Arm::Routed => {
-                "no NAT, no netfilter rule: plain forwarding, with a route back to the client \
-                 subnet on the server side (the reference)"
+                "no NAT, no netfilter rule: plain forwarding, with routes back to the client \
+                 subnets on the server side (the reference)"
             }
             Arm::Iptables => {
-                "Docker's rules (iptables-restore): FORWARD policy DROP, DOCKER-USER and \
-                 DOCKER-ISOLATION chains, established/related back to the bridge, bridge out \
-                 accepted; nat POSTROUTING -s SUBNET ! -o BRIDGE -j MASQUERADE"
+                "Docker's rules, for IPv4 (iptables-restore) and IPv6 (ip6tables-restore, as \
+                 Docker installs them for a network with --ipv6): FORWARD policy DROP, \
+                 DOCKER-USER and DOCKER-ISOLATION chains, established/related back to the \
+                 bridge, bridge out accepted; nat POSTROUTING -s SUBNET ! -o BRIDGE -j \
+                 MASQUERADE"
             }
             Arm::Nftables => {
-                "native nftables: forward chain (policy drop, the same accepts) and masquerade \
-                 in a nat postrouting chain"
+                "native nftables, one inet table for both families: forward chain (policy \
+                 drop, the same accepts) and masquerade (ip and ip6 saddr) in a nat \
+                 postrouting chain"
             }
             Arm::NftFlowtable => {
                 "the nftables arm plus a flowtable on the bridge port and the uplink \
-                 (`flow add @ft` for TCP and UDP): netfilter's own fast path"
+                 (`flow add @ft` for TCP and UDP, both families): netfilter's own fast path"
             }
             Arm::Bpfnat => {
-                "`bpfnat up --uplink UPLINK --bridge BRIDGE` with default settings, no netfilter \
-                 rule"
+                "`bpfnat up --uplink UPLINK --bridge BRIDGE` with default settings (the \
+                 bridge's IPv4 and IPv6 subnets served), no netfilter rule"
             }
         }
     }
 
     /// The source address the server must see.
-    pub fn expected_peer(self) -> Ipv4Addr {
+    pub fn expected_peer(self, family: Family) -> IpAddr {
         match self {
-            Arm::Routed => CLIENT_ADDR,
-            _ => UPLINK_ADDR,
+            Arm::Routed => family.client(),
+            _ => family.uplink(),
         }
     }
 }
@@ -85,6 +88,16 @@ impl Arm {
 /// Docker's filter and nat rules for one bridge network (what `iptables-save` shows on a host
 /// running Docker 24-27 with no published port), with our names.
 pub fn docker_iptables_rules() -> String {
+    docker_rules(SUBNET, "127.0.0.0/8")
+}
+
+/// The same for IPv6 (`ip6tables-save` of a network created with `--ipv6`): Docker installs
+/// the same chains and rules, with the IPv6 subnet and loopback.
+pub fn docker_ip6tables_rules() -> String {
+    docker_rules(SUBNET6, "::1/128")
+}
+
+fn docker_rules(subnet: &str, loopback: &str) -> String {
     format!(
         "*nat
 :PREROUTING ACCEPT [0:0]
@@ -93,8 +106,8 @@ pub fn docker_iptables_rules() -> String {
 :POSTROUTING ACCEPT [0:0]
 :DOCKER - [0:0]
 -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s {SUBNET} ! -o {BRIDGE} -j MASQUERADE
+-A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s {subnet} ! -o {BRIDGE} -j MASQUERADE
 -A DOCKER -i {BRIDGE} -j RETURN
 COMMIT
 *filter
@@ -128,13 +141,13 @@ pub fn nft_ruleset(flowtable: bool) -> String {
             format!(
                 "\tflowtable ft {{\n\t\thook ingress priority filter;\n\t\tdevices = {{ {BRIDGE_PORT}, {UPLINK} }};\n\t}}\n"
             ),
-            "\t\tip protocol { tcp, udp } flow add @ft\n".to_owned(),
+            "\t\tmeta l4proto { tcp, udp } flow add @ft\n".to_owned(),
         )
     } else {
         (String::new(), String::new())
     };
     format!(
-        "table ip bnb_nat {{
+        "table inet bnb_nat {{
 {ft_decl}\tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
 {ft_rule}\t\toifname \"{BRIDGE}\" ct state established,related accept
@@ -144,6 +157,7 @@ pub fn nft_ruleset(flowtable: bool) -> String {
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\tip saddr {SUBNET} oifname != \"{BRIDGE}\" masquerade
+\t\tip6 saddr {SUBNET6} oifname != \"{BRIDGE}\" masquerade
 \t}}
 }}
 "
@@ -205,6 +219,11 @@ pub fn setup(ctx: &Ctx, arm: Arm) -> anyhow::Result<Active> {
                 &docker_iptables_rules(),
             )
             .context("loading Docker's iptables rules")?;
+            cmd_stdin(
+                &mut in_ns(HOST_NS, "ip6tables-restore"),
+                &docker_ip6tables_rules(),
+            )
+            .context("loading Docker's ip6tables rules")?;
         }
         Arm::Nftables => {
             cmd_stdin(in_ns(HOST_NS, "nft").args(["-f", "-"]), &nft_ruleset(false))
@@ -262,19 +281,23 @@ pub fn remove_everything(iptables_nft: bool) {
     topo::del_return_route();
     if !iptables_nft {
         // Legacy x_tables are not in the nft ruleset.
-        for args in [
-            &["-t", "filter", "-F"][..],
-            &["-t", "filter", "-X"],
-            &["-t", "filter", "-P", "FORWARD", "ACCEPT"],
-            &["-t", "nat", "-F"],
-            &["-t", "nat", "-X"],
-        ] {
-            let _ = cmd(in_ns(HOST_NS, "iptables").args(args));
+        for tool in ["iptables", "ip6tables"] {
+            for args in [
+                &["-t", "filter", "-F"][..],
+                &["-t", "filter", "-X"],
+                &["-t", "filter", "-P", "FORWARD", "ACCEPT"],
+                &["-t", "nat", "-F"],
+                &["-t", "nat", "-X"],
+            ] {
+                let _ = cmd(in_ns(HOST_NS, tool).args(args));
+            }
         }
     }
     // Also deletes the tables iptables-nft made, and with them netfilter's hooks.
     let _ = cmd(in_ns(HOST_NS, "nft").args(["flush", "ruleset"]));
+    // conntrack -F flushes one family (IPv4 unless told).
     let _ = cmd(in_ns(HOST_NS, "conntrack").arg("-F"));
+    let _ = cmd(in_ns(HOST_NS, "conntrack").args(["-F", "-f", "ipv6"]));
 }
 
 /// Fails unless the host namespace is back to plain forwarding with no trace of any arm.
@@ -284,20 +307,24 @@ pub fn check_clean() -> anyhow::Result<()> {
     if !nft.trim().is_empty() {
         problems.push(format!("nftables ruleset not empty: {}", one_line(&nft)));
     }
-    let ipt = cmd(&mut in_ns(HOST_NS, "iptables-save"))?;
-    let rules: Vec<&str> = ipt
-        .lines()
-        .filter(|l| l.starts_with("-A") || l.starts_with(":FORWARD DROP"))
-        .collect();
-    if !rules.is_empty() {
-        problems.push(format!("iptables rules remain: {rules:?}"));
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let saved = cmd(&mut in_ns(HOST_NS, tool))?;
+        let rules: Vec<&str> = saved
+            .lines()
+            .filter(|l| l.starts_with("-A") || l.starts_with(":FORWARD DROP"))
+            .collect();
+        if !rules.is_empty() {
+            problems.push(format!("{tool}: rules remain: {rules:?}"));
+        }
     }
     let ct = conntrack_count()?;
     if ct != 0 {
         problems.push(format!("{ct} conntrack entries remain"));
     }
     if topo::wan_has_return_route() {
-        problems.push(format!("the route to {SUBNET} remains on the WAN side"));
+        problems.push(format!(
+            "a route to {SUBNET} or {SUBNET6} remains on the WAN side"
+        ));
     }
     if topo::pin_dir().exists() {
         problems.push(format!("{} remains", topo::pin_dir().display()));
@@ -500,9 +527,10 @@ pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
 /// Record of the arm in place, for the results: what is configured.
 pub fn describe_state(arm: Arm) -> Value {
     match arm {
-        Arm::Iptables => {
-            json!({"iptables_save": cmd(&mut in_ns(HOST_NS, "iptables-save")).unwrap_or_default()})
-        }
+        Arm::Iptables => json!({
+            "iptables_save": cmd(&mut in_ns(HOST_NS, "iptables-save")).unwrap_or_default(),
+            "ip6tables_save": cmd(&mut in_ns(HOST_NS, "ip6tables-save")).unwrap_or_default(),
+        }),
         Arm::Nftables | Arm::NftFlowtable => {
             json!({"nft_ruleset": cmd(in_ns(HOST_NS, "nft").args(["list", "ruleset"])).unwrap_or_default()})
         }

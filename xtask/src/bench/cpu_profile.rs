@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::{
     arms::{self, Arm},
     proc::{self, Proc},
+    topo::Family,
     workloads::{self, Metric, Workload},
     Ctx,
 };
@@ -272,7 +273,7 @@ fn profile_arm(ctx: &Ctx, arm: Arm) -> anyhow::Result<Value> {
     arms::check_clean().with_context(|| format!("before profiling {}", arm.name()))?;
     let active = arms::setup(ctx, arm)?;
     let result = (|| {
-        workloads::translation_check(ctx, arm.expected_peer())?;
+        workloads::translation_check(ctx, Family::V4, arm.expected_peer(Family::V4))?;
         let data = ctx.scratch.join(format!("perf-{}.data", arm.name()));
         // Sample the middle of the run: the load generators need well under a second to
         // start, and the last half second may already be the drain.

@@ -54,8 +54,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "ARMS")]
     pub arms: Vec<String>,
     /// Only these workloads (comma-separated: tcp-stream-1, tcp-stream-4, tcp-rr,
-    /// tcp-rr-cross-cpu, tcp-crr, udp-pps, cpu-fixed-rate); for quick comparisons while
-    /// developing.
+    /// tcp-rr-cross-cpu, tcp-crr, udp-pps, cpu-fixed-rate, and over IPv6 ipv6-tcp-stream-1,
+    /// ipv6-tcp-stream-4, ipv6-tcp-rr, ipv6-tcp-crr, ipv6-udp-pps); for quick comparisons
+    /// while developing.
     #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
     pub workloads: Vec<String>,
     /// Let the scheduler place the load generators (by default the client runs on CPU 0 and
@@ -296,26 +297,38 @@ fn measure_and_report(
                     memory_default = scale::map_memory(&d.programs).ok();
                 }
             }
-            match workloads::translation_check(ctx, arm.expected_peer()) {
-                Ok(v) => {
-                    println!(
-                        "   translation check: server saw {}, {} UDP echoes back",
-                        v["tcp_peer_seen_by_server"].as_str().unwrap_or("?"),
-                        v["udp_echoes_back"]
-                    );
-                    rep_info["translation_check"] = v;
+            // Both families must translate before anything is measured.
+            let mut checks = serde_json::Map::new();
+            let mut failed = None;
+            for family in topo::Family::ALL {
+                let expect = arm.expected_peer(family);
+                match workloads::translation_check(ctx, family, expect) {
+                    Ok(v) => {
+                        println!(
+                            "   translation check {}: server saw {}, {} UDP echoes back",
+                            family.name(),
+                            v["tcp_peer_seen_by_server"].as_str().unwrap_or("?"),
+                            v["udp_echoes_back"]
+                        );
+                        checks.insert(family.name().to_owned(), v);
+                    }
+                    Err(e) => {
+                        failed = Some(format!(
+                            "{} translation check failed (expected the server to see \
+                             {expect}): {e:#}",
+                            family.name()
+                        ));
+                        break;
+                    }
                 }
-                Err(e) => {
-                    let msg = format!(
-                        "translation check failed (expected the server to see {}): {e:#}",
-                        arm.expected_peer()
-                    );
-                    println!("   {} ABORTED: {msg}", arm.name());
-                    rec.status = ArmStatus::Aborted(msg);
-                    rec.reps.push(rep_info);
-                    active.teardown()?;
-                    continue;
-                }
+            }
+            rep_info["translation_check"] = Value::Object(checks);
+            if let Some(msg) = failed {
+                println!("   {} ABORTED: {msg}", arm.name());
+                rec.status = ArmStatus::Aborted(msg);
+                rec.reps.push(rep_info);
+                active.teardown()?;
+                continue;
             }
             // Is netfilter's conntrack involved at all? (Not in routed and bpfnat.)
             rep_info["host_conntrack_entries_after_check"] = json!(arms::conntrack_count().ok());
@@ -511,7 +524,7 @@ fn quick_check(records: &[ArmRecord], samples: &[Sample]) -> (Vec<String>, Vec<S
             }
             Ok(m) => m,
         };
-        for &metric in s.workload.metrics() {
+        for metric in s.workload.metrics() {
             let figure = m
                 .values
                 .iter()

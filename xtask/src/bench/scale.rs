@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::{
     arms::{self, bpftool_json, Prog},
     proc,
-    topo::{self, UPLINK_ADDR},
+    topo::{self, Family, UPLINK_ADDR},
     workloads::{self, Metric, Workload},
     Ctx,
 };
@@ -313,7 +313,8 @@ pub fn run(ctx: &Ctx, reps: usize) -> anyhow::Result<Value> {
     let mut active = arms::setup_bpfnat(ctx, &["--table-size", &TABLE_SIZE.to_string()])?;
     let d = active.daemon.as_ref().context("daemon")?;
     check_layout()?;
-    workloads::translation_check(ctx, UPLINK_ADDR).context("bpfnat (scale) translation check")?;
+    workloads::translation_check(ctx, Family::V4, UPLINK_ADDR.into())
+        .context("bpfnat (scale) translation check")?;
     let memory = map_memory(&d.programs)?;
     let mut filled = 0;
     for rep in 0..reps {

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::IpAddr,
     process::Command,
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{
     cpu_time::CpuBusy,
     proc::{wait_file, Proc},
-    topo::{CLIENT_NS, SERVER_ADDR, WAN_NS},
+    topo::{Family, CLIENT_NS, WAN_NS},
     Ctx,
 };
 
@@ -30,10 +30,17 @@ pub enum Metric {
     CrrCps,
     UdpPps,
     CpuNsPerPkt,
+    Stream1V6,
+    Stream4V6,
+    RrTpsV6,
+    RrP50V6,
+    RrP99V6,
+    CrrCpsV6,
+    UdpPpsV6,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Stream1,
         Metric::Stream4,
         Metric::RrTps,
@@ -43,10 +50,58 @@ impl Metric {
         Metric::CrrCps,
         Metric::UdpPps,
         Metric::CpuNsPerPkt,
+        Metric::Stream1V6,
+        Metric::Stream4V6,
+        Metric::RrTpsV6,
+        Metric::RrP50V6,
+        Metric::RrP99V6,
+        Metric::CrrCpsV6,
+        Metric::UdpPpsV6,
     ];
+
+    pub fn family(self) -> Family {
+        if self.ipv4_twin() == self {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// The IPv4 metric an IPv6 one measures the same way (itself for an IPv4 metric).
+    pub fn ipv4_twin(self) -> Metric {
+        match self {
+            Metric::Stream1V6 => Metric::Stream1,
+            Metric::Stream4V6 => Metric::Stream4,
+            Metric::RrTpsV6 => Metric::RrTps,
+            Metric::RrP50V6 => Metric::RrP50,
+            Metric::RrP99V6 => Metric::RrP99,
+            Metric::CrrCpsV6 => Metric::CrrCps,
+            Metric::UdpPpsV6 => Metric::UdpPps,
+            m => m,
+        }
+    }
+
+    /// This metric measured over `family` (every IPv4 metric but the cross-CPU RR and the CPU
+    /// cost has an IPv6 twin).
+    pub fn over(self, family: Family) -> Metric {
+        match family {
+            Family::V4 => self.ipv4_twin(),
+            Family::V6 => Metric::ALL
+                .into_iter()
+                .find(|m| m.family() == Family::V6 && m.ipv4_twin() == self.ipv4_twin())
+                .unwrap_or(self),
+        }
+    }
 
     pub fn id(self) -> &'static str {
         match self {
+            Metric::Stream1V6 => "ipv6_tcp_stream_1flow_gbps",
+            Metric::Stream4V6 => "ipv6_tcp_stream_4flows_gbps",
+            Metric::RrTpsV6 => "ipv6_tcp_rr_per_sec",
+            Metric::RrP50V6 => "ipv6_tcp_rr_p50_us",
+            Metric::RrP99V6 => "ipv6_tcp_rr_p99_us",
+            Metric::CrrCpsV6 => "ipv6_tcp_crr_per_sec",
+            Metric::UdpPpsV6 => "ipv6_udp_pps_forwarded",
             Metric::Stream1 => "tcp_stream_1flow_gbps",
             Metric::Stream4 => "tcp_stream_4flows_gbps",
             Metric::RrTps => "tcp_rr_per_sec",
@@ -61,6 +116,13 @@ impl Metric {
 
     pub fn title(self) -> &'static str {
         match self {
+            Metric::Stream1V6 => "IPv6 TCP stream, 1 flow",
+            Metric::Stream4V6 => "IPv6 TCP stream, 4 flows",
+            Metric::RrTpsV6 => "IPv6 TCP_RR, 64 B, 1 connection",
+            Metric::RrP50V6 => "IPv6 TCP_RR latency p50",
+            Metric::RrP99V6 => "IPv6 TCP_RR latency p99",
+            Metric::CrrCpsV6 => "IPv6 TCP_CRR, 16 in parallel",
+            Metric::UdpPpsV6 => "IPv6 UDP 64 B, forwarded",
             Metric::Stream1 => "TCP stream, 1 flow",
             Metric::Stream4 => "TCP stream, 4 flows",
             Metric::RrTps => "TCP_RR, 64 B, 1 connection",
@@ -76,6 +138,13 @@ impl Metric {
     /// For the chart's axis.
     pub fn short(self) -> &'static str {
         match self {
+            Metric::Stream1V6 => "v6 strm 1",
+            Metric::Stream4V6 => "v6 strm 4",
+            Metric::RrTpsV6 => "v6 RR/s",
+            Metric::RrP50V6 => "v6 p50",
+            Metric::RrP99V6 => "v6 p99",
+            Metric::CrrCpsV6 => "v6 CRR/s",
+            Metric::UdpPpsV6 => "v6 UDP",
             Metric::Stream1 => "stream 1",
             Metric::Stream4 => "stream 4",
             Metric::RrTps => "RR/s",
@@ -96,11 +165,22 @@ impl Metric {
             Metric::CrrCps => "conn/s",
             Metric::UdpPps => "pkt/s",
             Metric::CpuNsPerPkt => "ns",
+            // Measured and shown as their IPv4 twins.
+            Metric::Stream1V6
+            | Metric::Stream4V6
+            | Metric::RrTpsV6
+            | Metric::RrP50V6
+            | Metric::RrP99V6
+            | Metric::CrrCpsV6
+            | Metric::UdpPpsV6 => self.ipv4_twin().unit(),
         }
     }
 
     pub fn higher_is_better(self) -> bool {
-        !matches!(self, Metric::RrP50 | Metric::RrP99 | Metric::CpuNsPerPkt)
+        !matches!(
+            self.ipv4_twin(),
+            Metric::RrP50 | Metric::RrP99 | Metric::CpuNsPerPkt
+        )
     }
 
     /// Which tool measured it.
@@ -127,6 +207,14 @@ impl Metric {
                  kernel threads; the clock is named below) over the udp-flood run at a fixed \
                  --rate, divided by the datagrams udp-sink received"
             }
+            // Measured and shown as their IPv4 twins.
+            Metric::Stream1V6
+            | Metric::Stream4V6
+            | Metric::RrTpsV6
+            | Metric::RrP50V6
+            | Metric::RrP99V6
+            | Metric::CrrCpsV6
+            | Metric::UdpPpsV6 => self.ipv4_twin().tool(),
         }
     }
 
@@ -135,6 +223,14 @@ impl Metric {
             Metric::Stream1 | Metric::Stream4 => format!("{v:.2}"),
             Metric::RrP50 | Metric::RrP99 => format!("{v:.1}"),
             Metric::CpuNsPerPkt => format!("{v:.0}"),
+            // Shown as their IPv4 twins.
+            Metric::Stream1V6
+            | Metric::Stream4V6
+            | Metric::RrTpsV6
+            | Metric::RrP50V6
+            | Metric::RrP99V6
+            | Metric::CrrCpsV6
+            | Metric::UdpPpsV6 => self.ipv4_twin().format(v),
             _ => thousands(v),
         }
     }
@@ -167,10 +263,16 @@ pub enum Workload {
     Crr,
     UdpPps,
     Cpu,
+    Stream1V6,
+    Stream4V6,
+    RrV6,
+    CrrV6,
+    UdpPpsV6,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] = [
+    /// In run order: IPv4, then IPv6.
+    pub const ALL: [Workload; 12] = [
         Workload::Stream1,
         Workload::Stream4,
         Workload::Rr,
@@ -178,6 +280,11 @@ impl Workload {
         Workload::Crr,
         Workload::UdpPps,
         Workload::Cpu,
+        Workload::Stream1V6,
+        Workload::Stream4V6,
+        Workload::RrV6,
+        Workload::CrrV6,
+        Workload::UdpPpsV6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -189,24 +296,51 @@ impl Workload {
             Workload::Crr => "tcp-crr",
             Workload::UdpPps => "udp-pps",
             Workload::Cpu => "cpu-fixed-rate",
+            Workload::Stream1V6 => "ipv6-tcp-stream-1",
+            Workload::Stream4V6 => "ipv6-tcp-stream-4",
+            Workload::RrV6 => "ipv6-tcp-rr",
+            Workload::CrrV6 => "ipv6-tcp-crr",
+            Workload::UdpPpsV6 => "ipv6-udp-pps",
         }
     }
 
-    pub fn metrics(self) -> &'static [Metric] {
+    pub fn family(self) -> Family {
+        if self.ipv4_twin() == self {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// The IPv4 workload an IPv6 one runs the same way (itself for an IPv4 workload).
+    fn ipv4_twin(self) -> Workload {
         match self {
+            Workload::Stream1V6 => Workload::Stream1,
+            Workload::Stream4V6 => Workload::Stream4,
+            Workload::RrV6 => Workload::Rr,
+            Workload::CrrV6 => Workload::Crr,
+            Workload::UdpPpsV6 => Workload::UdpPps,
+            w => w,
+        }
+    }
+
+    pub fn metrics(self) -> Vec<Metric> {
+        let family = self.family();
+        let v4: &[Metric] = match self.ipv4_twin() {
             Workload::Stream1 => &[Metric::Stream1],
             Workload::Stream4 => &[Metric::Stream4],
             Workload::Rr => &[Metric::RrTps, Metric::RrP50, Metric::RrP99],
             Workload::RrCross => &[Metric::RrCrossTps],
             Workload::Crr => &[Metric::CrrCps],
             Workload::UdpPps => &[Metric::UdpPps],
-            Workload::Cpu => &[Metric::CpuNsPerPkt],
-        }
+            _ => &[Metric::CpuNsPerPkt],
+        };
+        v4.iter().map(|m| m.over(family)).collect()
     }
 
     /// Where its two load generators run.
     fn placement(self) -> Placement {
-        match self {
+        match self.ipv4_twin() {
             Workload::Rr => Placement::SharedCpu,
             _ => Placement::SplitCpus,
         }
@@ -250,10 +384,6 @@ pub fn loadgen(ctx: &Ctx, ns: &str, cap_secs: f64, mode: &str, cpu: Option<usize
     };
     c.args(["--netns", ns, "--duration", &format!("{cap_secs:.1}"), mode]);
     c
-}
-
-fn server_at(port: u16) -> String {
-    format!("{SERVER_ADDR}:{port}")
 }
 
 struct PairOutcome {
@@ -350,9 +480,15 @@ fn s(x: impl ToString) -> String {
 pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
     let secs = ctx.seconds;
     let secs_arg = format!("{secs}");
-    match w {
+    let family = w.family();
+    let server_at = |port| family.server_at(port);
+    match w.ipv4_twin() {
         Workload::Stream1 | Workload::Stream4 => {
-            let flows = if w == Workload::Stream1 { 1 } else { 4 };
+            let flows = if w.ipv4_twin() == Workload::Stream1 {
+                1
+            } else {
+                4
+            };
             let port = 7201;
             let out = pair(
                 ctx,
@@ -379,7 +515,8 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 Metric::Stream1
             } else {
                 Metric::Stream4
-            };
+            }
+            .over(family);
             let mut notes = Vec::new();
             if out.server.get("bytes") != out.client.get("bytes") {
                 notes.push(format!(
@@ -420,11 +557,11 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
                 true,
                 w.placement(),
             )?;
-            let values = if w == Workload::Rr {
+            let values = if w.ipv4_twin() == Workload::Rr {
                 vec![
-                    (Metric::RrTps, num(&out.client, "per_sec")?),
-                    (Metric::RrP50, num(&out.client, "p50_us")?),
-                    (Metric::RrP99, num(&out.client, "p99_us")?),
+                    (Metric::RrTps.over(family), num(&out.client, "per_sec")?),
+                    (Metric::RrP50.over(family), num(&out.client, "p50_us")?),
+                    (Metric::RrP99.over(family), num(&out.client, "p99_us")?),
                 ]
             } else {
                 vec![(Metric::RrCrossTps, num(&out.client, "per_sec")?)]
@@ -462,13 +599,19 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
             )?;
             Ok(Measured {
                 unresolved: vec![],
-                values: vec![(Metric::CrrCps, num(&out.client, "per_sec")?)],
+                values: vec![(Metric::CrrCps.over(family), num(&out.client, "per_sec")?)],
                 raw: json!({"client": out.client, "server": out.server}),
                 notes: vec![],
             })
         }
         Workload::UdpPps => udp(ctx, w, 7301, None),
         Workload::Cpu => udp(ctx, w, 7302, Some(ctx.cpu_rate)),
+        // The IPv6 workloads are matched as their IPv4 twins above.
+        Workload::Stream1V6
+        | Workload::Stream4V6
+        | Workload::RrV6
+        | Workload::CrrV6
+        | Workload::UdpPpsV6 => bail!("{} has no IPv4 twin", w.name()),
     }
 }
 
@@ -476,6 +619,7 @@ pub fn run(ctx: &Ctx, w: Workload) -> anyhow::Result<Measured> {
 /// sink.
 fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<Measured> {
     let secs = ctx.seconds;
+    let server_at = |port| w.family().server_at(port);
     // Idle machine CPU just before, to tell background load (other work on the machine)
     // apart from ours; reported, not subtracted.
     let background = if rate.is_some() && !ctx.quick {
@@ -544,7 +688,10 @@ fn udp(ctx: &Ctx, w: Workload, port: u16, rate: Option<u64>) -> anyhow::Result<M
             }
             Ok(Measured {
                 unresolved: vec![],
-                values: vec![(Metric::UdpPps, forwarded / sink_secs.max(1e-3))],
+                values: vec![(
+                    Metric::UdpPps.over(w.family()),
+                    forwarded / sink_secs.max(1e-3),
+                )],
                 raw,
                 notes,
             })
@@ -620,11 +767,17 @@ pub fn cpu_per_packet(
 
 /// A short TCP connection and a UDP echo through the host: the server must see `expect` as
 /// the peer, and the UDP echoes must come back (the WAN side has no route to the client
-/// subnet, so they only do if the host translates them back, or in the routed arm).
-pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
+/// subnet, so they only do if the host translates them back, or in the routed arm). Over
+/// `family`; `expect` is of that family.
+pub fn translation_check(ctx: &Ctx, family: Family, expect: IpAddr) -> anyhow::Result<Value> {
+    let server_at = |port| family.server_at(port);
+    let tag = match family {
+        Family::V4 => "check",
+        Family::V6 => "check6",
+    };
     let tcp = pair(
         ctx,
-        "check-tcp",
+        &format!("{tag}-tcp"),
         "tcp-hold-server",
         &[s("--listen"), server_at(7100), s("--expect"), s(1)],
         "tcp-hold-clients",
@@ -658,7 +811,7 @@ pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
     }
     let udp = pair(
         ctx,
-        "check-udp",
+        &format!("{tag}-udp"),
         "udp-sink",
         &[
             s("--listen"),
@@ -688,11 +841,37 @@ pub fn translation_check(ctx: &Ctx, expect: Ipv4Addr) -> anyhow::Result<Value> {
     .context("UDP echo from the client to the server through the host")?;
     let replies = udp.client["replies"].as_u64().unwrap_or(0);
     if replies == 0 {
-        bail!("UDP: no echo came back from {SERVER_ADDR}");
+        bail!("UDP: no echo came back from {}", family.server());
     }
     Ok(json!({
         "tcp_peer_seen_by_server": peers[0],
         "udp_sent": udp.client["packets"],
         "udp_echoes_back": replies,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every IPv6 workload produces IPv6 metrics whose IPv4 twins are what its IPv4 twin
+    /// produces, and every metric a workload produces is listed (so the report shows it).
+    #[test]
+    fn ipv6_workloads_mirror_their_ipv4_twins() {
+        for w in Workload::ALL {
+            let twin = w.ipv4_twin();
+            let mine = w.metrics();
+            assert!(mine.iter().all(|m| m.family() == w.family()), "{w:?}");
+            assert!(mine.iter().all(|m| Metric::ALL.contains(m)), "{w:?}");
+            let as_v4: Vec<Metric> = mine.iter().map(|m| m.ipv4_twin()).collect();
+            assert_eq!(as_v4, twin.metrics(), "{w:?}");
+            assert_eq!(w.placement(), twin.placement(), "{w:?}");
+        }
+        let ids: std::collections::BTreeSet<&str> = Metric::ALL.iter().map(|m| m.id()).collect();
+        assert_eq!(ids.len(), Metric::ALL.len(), "metric ids are unique");
+        assert_eq!(Metric::UdpPps.over(Family::V6), Metric::UdpPpsV6);
+        assert_eq!(Metric::UdpPpsV6.over(Family::V4), Metric::UdpPps);
+        // No IPv6 twin: the cross-CPU RR and the CPU cost are measured over IPv4 only.
+        assert_eq!(Metric::CpuNsPerPkt.over(Family::V6), Metric::CpuNsPerPkt);
+    }
 }
