@@ -477,8 +477,9 @@ fn icmp6_error(kind: u8, src: &str, dst: &str, quoted: &Frame6) -> Frame6 {
     f
 }
 
-/// ICMPv6 errors about translated flows, both ways: a "packet too big" for a packet we
-/// sent for a container reaches the container quoting what it sent; a container's "port
+/// ICMPv6 errors about translated flows, both ways: a "destination unreachable", "packet too
+/// big" or "time exceeded" for a packet we sent for a container reaches the container quoting
+/// what it sent; a container's "port
 /// unreachable" about a reply leaves quoting our external address and port. Errors about
 /// nothing of ours pass untouched (the host's own) or, from a container, are dropped.
 #[test]
@@ -507,17 +508,25 @@ fn ipv6_icmp_errors_are_translated_both_ways() {
         };
         let (_, sent) = run(&mut dp, names::PROG_EGRESS, &out.build());
         assert_eq!(sent, out.with_src(EXTERNAL6, port).build(), "{case}");
-        // Packet too big, from a router on the way, quoting what left the uplink.
-        let too_big = icmp6_error(2, "2001:db8::1", EXTERNAL6, &out.with_src(EXTERNAL6, port));
-        let (v, got) = run(&mut dp, names::PROG_INGRESS, &too_big.build());
-        assert_eq!(v, TCX_NEXT, "{case}");
-        assert_eq!(
-            got,
-            icmp6_error(2, "2001:db8::1", C1, &out).build(),
-            "{case}: to the container, quoting what it sent"
-        );
+        // From a router on the way, quoting what left the uplink: destination unreachable
+        // (1), packet too big (2, path-MTU discovery), time exceeded (3, traceroute6).
+        for kind in [1, 2, 3] {
+            let error = icmp6_error(
+                kind,
+                "2001:db8::1",
+                EXTERNAL6,
+                &out.with_src(EXTERNAL6, port),
+            );
+            let (v, got) = run(&mut dp, names::PROG_INGRESS, &error.build());
+            assert_eq!(v, TCX_NEXT, "{case} type {kind}");
+            assert_eq!(
+                got,
+                icmp6_error(kind, "2001:db8::1", C1, &out).build(),
+                "{case} type {kind}: to the container, quoting what it sent"
+            );
+        }
     }
-    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 3);
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 9);
 
     // A container's port unreachable about a reply it got.
     let out = Frame6::new(C1, REMOTE6, udp(40006, 53));
@@ -531,7 +540,7 @@ fn ipv6_icmp_errors_are_translated_both_ways() {
         icmp6_error(1, EXTERNAL6, REMOTE6, &reply_in.with_dst(EXTERNAL6, 40006)).build(),
         "leaves with our address and port, in the quote too"
     );
-    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 4);
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 10);
 
     // About no mapping: the host's own error passes; a container's is dropped.
     let stranger = Frame6::new(EXTERNAL6, REMOTE6, udp(7, 7));
@@ -542,7 +551,7 @@ fn ipv6_icmp_errors_are_translated_both_ways() {
     );
     let leak = icmp6_error(1, C1, REMOTE6, &Frame6::new(REMOTE6, C1, udp(9, 9))).build();
     assert_eq!(run(&mut dp, names::PROG_EGRESS, &leak).0, TC_ACT_SHOT);
-    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 4);
+    assert_eq!(dp.counter(Counter::IcmpErrorsTranslated).unwrap(), 10);
 }
 
 /// Bridge 1000 (fd00:18::/64, gateway fd00:18::1) with `flags`, its port 1 (the test run's
