@@ -3,9 +3,11 @@
 //!
 //! IPv6 frames reach the IPv6 programs by a tail call from the IPv4 entry points (see
 //! [`dispatch`]), so that each family's programs are verified on their own and the IPv4 path
-//! pays one comparison for it. Headers behind extension headers sit at offsets only known at
-//! run time: every read here copies with `bpf_skb_load_bytes` (`ctx.load`), which checks its
-//! bounds itself, and every write goes through helpers.
+//! pays one comparison for it. The fixed header, and the L4 header of a packet without
+//! extension headers (nearly all of them), are read in place at constant offsets. Headers
+//! behind extension headers sit at offsets only known at run time: those reads copy with
+//! `bpf_skb_load_bytes` (`ctx.load`), which checks its bounds itself, and every write goes
+//! through helpers.
 
 use aya_ebpf::programs::TcContext;
 use bpfnat_common::{
@@ -18,7 +20,7 @@ use bpfnat_common::{
 
 use crate::{
     maps::IPV6_PROGS,
-    parse::{pull, read_at, ETH_HLEN, L4},
+    parse::{ptr_at, pull, read_at, ETH_HLEN, L4},
 };
 
 /// The fixed IPv6 header.
@@ -30,6 +32,40 @@ pub const IP6_DST_OFF: usize = ETH_HLEN + 24;
 const MAX_EXT_HEADERS: usize = 8;
 /// The fixed TCP header.
 const TCP_HLEN: usize = 20;
+/// Where the L4 header starts when there is no extension header.
+const L4_NO_EXT: usize = ETH_HLEN + IPV6_HLEN;
+
+/// The fixed IPv6 header, as it lies in the packet.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// The fixed header in place (after [`pull`]), or `None` for a frame too short to hold it.
+#[inline(always)]
+pub fn fixed_header(ctx: &TcContext) -> Option<*const Ipv6Hdr> {
+    ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).map(|p| p as *const Ipv6Hdr)
+}
+
+/// The L4 header's first bytes at `off`: in place when `off` is that of a packet without
+/// extension headers and the bytes are linear, else copied.
+#[inline(always)]
+fn read_l4<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    if off == L4_NO_EXT {
+        if let Some(p) = ptr_at::<T>(ctx, L4_NO_EXT) {
+            // SAFETY: the pointer comes from the bounds-checked accessor (`parse::ptr_at`),
+            // which checked that every byte lies between data and data_end; unaligned reads
+            // are allowed.
+            return Some(unsafe { p.read_unaligned() });
+        }
+    }
+    ctx.load(off).ok()
+}
 
 /// If the frame is IPv6, hand it to the IPv6 program at `index` of `IPV6_PROGS` (a tail
 /// call: it does not come back). If that slot is empty (an old loader) the IPv4 program goes
@@ -101,13 +137,21 @@ impl Packet6 {
 pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Counter> {
     let malformed = Counter::DropMalformed;
     pull(ctx, ETH_HLEN + IPV6_HLEN + TCP_HLEN)?;
-    let fixed: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| malformed)?;
-    if fixed[0] >> 4 != 6 {
+    let hdr = fixed_header(ctx).ok_or(malformed)?;
+    // SAFETY: the pointer comes from the bounds-checked accessor (`parse::ptr_at`): the whole
+    // fixed header lies between data and data_end; unaligned reads are allowed.
+    let (version, payload_len, first_next) = unsafe {
+        pkt.src_addr = core::ptr::addr_of!((*hdr).src).read_unaligned();
+        pkt.dst_addr = core::ptr::addr_of!((*hdr).dst).read_unaligned();
+        (
+            (*hdr).version_class_flow[0] >> 4,
+            u16::from_be_bytes((*hdr).payload_len),
+            (*hdr).next_header,
+        )
+    };
+    if version != 6 {
         return Err(malformed);
     }
-    let payload_len = u16::from_be_bytes([fixed[4], fixed[5]]);
-    pkt.src_addr = ctx.load(IP6_SRC_OFF).map_err(|_| malformed)?;
-    pkt.dst_addr = ctx.load(IP6_DST_OFF).map_err(|_| malformed)?;
     pkt.payload_len = payload_len;
     pkt.src_port = 0;
     pkt.dst_port = 0;
@@ -116,7 +160,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
     pkt.inner_off = 0;
     pkt.frag_id = 0;
     pkt.first_fragment = false;
-    let mut next = fixed[6];
+    let mut next = first_next;
     let mut off = ETH_HLEN + IPV6_HLEN;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
@@ -147,7 +191,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
     pkt.l4_off = off;
     match next {
         IPPROTO_TCP => {
-            let hdr: [u8; TCP_HLEN] = ctx.load(off).map_err(|_| malformed)?;
+            let hdr: [u8; TCP_HLEN] = read_l4(ctx, off).ok_or(malformed)?;
             let ports = [
                 u16::from_ne_bytes([hdr[0], hdr[1]]),
                 u16::from_ne_bytes([hdr[2], hdr[3]]),
@@ -165,7 +209,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
             Ok(None)
         }
         IPPROTO_UDP => {
-            let hdr: [u16; 4] = ctx.load(off).map_err(|_| malformed)?;
+            let hdr: [u16; 4] = read_l4(ctx, off).ok_or(malformed)?;
             pkt.l4 = L4 {
                 src_port_off: off,
                 dst_port_off: off + 2,
@@ -179,7 +223,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Packet6) -> Result<Option<Counter>, Cou
         }
         IPPROTO_ICMPV6 => {
             // type, code, checksum, identifier, sequence
-            let hdr: [u8; 8] = ctx.load(off).map_err(|_| malformed)?;
+            let hdr: [u8; 8] = read_l4(ctx, off).ok_or(malformed)?;
             let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
             // ICMPv6's checksum covers a pseudo-header, unlike ICMP's.
             pkt.l4 = L4 {
@@ -271,7 +315,7 @@ fn parse_quote(ctx: &TcContext, pkt: &mut Packet6, inner: usize) {
 /// The TCP segment's sequence numbers (host order) and where its sequence space ends.
 #[inline(always)]
 pub fn segment6(ctx: &TcContext, pkt: &Packet6) -> crate::nat::Segment {
-    let hdr: [u8; 16] = ctx.load(pkt.l4_off).unwrap_or([0; 16]);
+    let hdr: [u8; 16] = read_l4(ctx, pkt.l4_off).unwrap_or([0; 16]);
     let seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
     let ack = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
     let doff = (hdr[12] >> 4) as u32 * 4;

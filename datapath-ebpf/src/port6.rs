@@ -23,11 +23,10 @@ use bpfnat_common::{
 
 use crate::{
     fwd::{bridge_of6, to_uplink6},
-    ipv6::{IP6_DST_OFF, IP6_SRC_OFF, IPV6_HLEN},
+    ipv6::{fixed_header, IPV6_HLEN},
     maps::{ASSIGNED_PORTS6, BRIDGES, ENDPOINTS6, PORTS},
     nat::settings,
-    parse::pull,
-    parse::ETH_HLEN,
+    parse::{ptr_at, pull, ETH_HLEN},
     stats::{account, count},
     verdict::NEXT,
 };
@@ -100,14 +99,25 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     let malformed = Counter::DropMalformed;
     // The fixed header linear: the fast path rewrites the MACs and the hop limit in place.
     pull(ctx, ETH_HLEN + IPV6_HLEN)?;
-    let fixed: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| malformed)?;
-    if fixed[0] >> 4 != 6 {
+    let hdr = fixed_header(ctx).ok_or(malformed)?;
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(malformed)?;
+    // SAFETY: both pointers come from the bounds-checked accessor (`parse::ptr_at`): the
+    // Ethernet addresses and the fixed IPv6 header lie between data and data_end; unaligned
+    // reads are allowed.
+    let (version, next, src, dst, mac) = unsafe {
+        let eth = eth.read_unaligned();
+        (
+            (*hdr).version_class_flow[0] >> 4,
+            (*hdr).next_header,
+            core::ptr::addr_of!((*hdr).src).read_unaligned(),
+            core::ptr::addr_of!((*hdr).dst).read_unaligned(),
+            [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+        )
+    };
+    if version != 6 {
         return Err(malformed);
     }
-    let src: [u32; 4] = ctx.load(IP6_SRC_OFF).map_err(|_| malformed)?;
-    let dst: [u32; 4] = ctx.load(IP6_DST_OFF).map_err(|_| malformed)?;
-    let mac: [u8; 6] = ctx.load(6).map_err(|_| malformed)?;
-    account(HOOK_PORT_INGRESS, fixed[6], ctx.len());
+    account(HOOK_PORT_INGRESS, next, ctx.len());
     // The unspecified source (duplicate address detection) and link-local sources stay on
     // the link: the kernel never forwards them.
     if src != [0; 4] && !is_link_local(&src) {
@@ -115,7 +125,7 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     }
     // A neighbour advertisement (no extension headers: ND's hop limit is 255 and it is
     // sent as is) claims its target: it must be the port's own.
-    if fixed[6] == IPPROTO_ICMPV6 {
+    if next == IPPROTO_ICMPV6 {
         let icmp_off = ETH_HLEN + IPV6_HLEN;
         if ctx.load::<u8>(icmp_off).ok() == Some(ND_NEIGHBOR_ADVERT) {
             let target: [u32; 4] = ctx.load(icmp_off + 8).map_err(|_| malformed)?;
@@ -144,7 +154,7 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             let Some(cfg) = settings() else {
                 return Ok(NEXT);
             };
-            match to_uplink6(ctx, bridge, cfg.uplink_ifindex, &src, &dst, fixed[6])? {
+            match to_uplink6(ctx, bridge, cfg.uplink_ifindex, &src, &dst, next)? {
                 Some(action) => Ok(action),
                 None => Ok(NEXT),
             }
