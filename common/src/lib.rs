@@ -881,14 +881,18 @@ pub const fn hook_name(hook: u8) -> &'static str {
 /// `TraceEvent::reason` when the packet was not dropped.
 pub const TRACE_NOT_DROPPED: u32 = u32::MAX;
 
+/// `TraceEvent::family` and `TraceFilter::family`: the IP version.
+pub const TRACE_IPV4: u8 = 4;
+pub const TRACE_IPV6: u8 = 6;
+
 /// Addresses and ports of a traced packet (network byte order; ICMP echo: the identifier in
-/// both ports).
+/// both ports). An IPv4 address is the first word, the other three zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TraceTuple {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -909,7 +913,8 @@ pub struct TraceEvent {
     pub hook: u8,
     pub proto: u8,
     pub tcp_flags: u8,
-    pub pad: u8,
+    /// `TRACE_IPV4` or `TRACE_IPV6` (0: neither, no tuple).
+    pub family: u8,
     /// The TC action taken (0 pass, 2 drop, 7 redirect).
     pub action: i32,
     /// The `Counter` of a drop, or `TRACE_NOT_DROPPED`.
@@ -930,14 +935,16 @@ pub struct TraceFilter {
     pub enabled: u32,
     /// 0: any protocol.
     pub proto: u8,
-    pub pad: u8,
+    /// 0: either IP version; `TRACE_IPV4` or `TRACE_IPV6`: only that one (set with a network
+    /// filter, whose addresses are of that version).
+    pub family: u8,
     /// Either port, network order; 0: any.
     pub port: u16,
-    /// Source network (network order) and mask; mask 0: any.
-    pub src_addr: u32,
-    pub src_mask: u32,
-    pub dst_addr: u32,
-    pub dst_mask: u32,
+    /// Source network (network order, laid out as in `TraceTuple`) and mask; mask 0: any.
+    pub src_addr: [u32; 4],
+    pub src_mask: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub dst_mask: [u32; 4],
 }
 
 /// Names the loader and the datapath agree on.
@@ -1087,8 +1094,9 @@ mod tests {
         assert_eq!(embryonic_slots(DEFAULT_TABLE_SIZE), 65_536);
         assert_eq!(embryonic_slots(1000), 128);
         assert_eq!(embryonic_slots(8), 16);
-        assert_eq!(size_of::<TraceEvent>(), 56 + TRACE_CAPTURE);
-        assert_eq!(size_of::<TraceFilter>(), 24);
+        assert_eq!(size_of::<TraceTuple>(), 36);
+        assert_eq!(size_of::<TraceEvent>(), 104 + TRACE_CAPTURE);
+        assert_eq!(size_of::<TraceFilter>(), 72);
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct Packet6 {
     pub inner_sport: u16,
     pub inner_dport: u16,
     pub inner_l4: L4,
+    /// The flow's key ([`Packet6::key`]), kept here by the uplink programs rather than on
+    /// their stack.
+    pub flow: FlowKey6,
 }
 
 impl Packet6 {

@@ -72,13 +72,13 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 /// Uplink egress, IPv6 (tail-called by [`nat_egress`]).
 #[classifier]
 pub fn nat_egress6(ctx: TcContext) -> i32 {
-    verdict::run_untraced(&ctx, uplink6::try_egress6)
+    verdict::run(&ctx, HOOK_UPLINK_EGRESS, uplink6::try_egress6)
 }
 
 /// Uplink ingress, IPv6 (tail-called by [`nat_ingress`]).
 #[classifier]
 pub fn nat_ingress6(ctx: TcContext) -> i32 {
-    verdict::run_untraced(&ctx, uplink6::try_ingress6)
+    verdict::run(&ctx, HOOK_UPLINK_INGRESS, uplink6::try_ingress6)
 }
 
 /// Bridge ports (host side of each container's veth): learning, bridge policy, forwarding.
@@ -91,7 +91,7 @@ pub fn port_ingress(ctx: TcContext) -> i32 {
 /// Bridge ports, IPv6 (tail-called by [`port_ingress`]).
 #[classifier]
 pub fn port_ingress6(ctx: TcContext) -> i32 {
-    verdict::run_untraced(&ctx, port6::try_port_ingress6)
+    verdict::run(&ctx, HOOK_PORT_INGRESS, port6::try_port_ingress6)
 }
 
 #[cfg(not(test))]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use bpfnat_common::{
     BridgeInfo, Counter, EmbryonicSlot, EmbryonicSlot6, Endpoint, FlowKey, FlowKey6, FragEntry,
     FragEntry6, FragKey, FragKey6, HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey,
-    PublishKey6, PublishTarget, PublishTarget6, TraceEvent, TraceFilter, Traffic,
+    PublishKey6, PublishTarget, PublishTarget6, TraceEvent, TraceFilter, TraceTuple, Traffic,
     DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
@@ -89,6 +89,11 @@ pub static TRACE_FILTER: Array<TraceFilter, 1> = Array::new();
 /// Traced packets, read by `bpfnat trace`. 1 MiB: a few thousand events of backlog.
 #[btf_map]
 pub static TRACE: RingBuf<TraceEvent, { 1 << 20 }> = RingBuf::new();
+
+/// The traced packet's tuple before (0) and after (1) the program's work, one pair per CPU:
+/// two IPv6 tuples would crowd the IPv6 programs' stack.
+#[btf_map]
+pub static TRACE_TUPLES: PerCpuArray<TraceTuple, 2> = PerCpuArray::new();
 
 /// Per-CPU packets and bytes by hook and protocol (`traffic_index`).
 #[btf_map]

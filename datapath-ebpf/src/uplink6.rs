@@ -57,6 +57,7 @@ pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
             Counter::DropUntranslatable
         });
     }
+    pkt.flow = pkt.key();
     let pkt: &Packet6 = pkt;
     account(HOOK_UPLINK_EGRESS, pkt.proto, ctx.len());
     let Some(cfg) = settings6() else {
@@ -69,17 +70,17 @@ pub fn try_egress6(ctx: &TcContext) -> Result<i32, Counter> {
         }
         return Ok(pass(Counter::PassUnsupportedProto));
     }
-    let key = pkt.key();
+    let key = &pkt.flow;
     let entry = match NAT6_OUT.get_ptr_mut(key) {
         Some(entry) => entry,
         None => {
-            if !open_flow6(ctx, pkt, &key, &cfg)? {
+            if !open_flow6(ctx, pkt, key, &cfg)? {
                 return Ok(pass(Counter::PassNoMatch));
             }
             NAT6_OUT.get_ptr_mut(key).ok_or(Counter::DropTableFull)?
         }
     };
-    apply6(ctx, true, pkt, &key, entry)?;
+    apply6(ctx, true, pkt, key, entry)?;
     Ok(NEXT)
 }
 
@@ -145,6 +146,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         }
         return Ok(pass(reason));
     }
+    pkt.flow = pkt.key();
     let pkt: &Packet6 = pkt;
     account(HOOK_UPLINK_INGRESS, pkt.proto, ctx.len());
     let Some(cfg) = settings6() else {
@@ -159,7 +161,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     if pkt.proto == IPPROTO_ICMPV6 && pkt.icmp_type != ICMPV6_ECHO_REPLY {
         return Ok(pass(Counter::PassUnsupportedProto));
     }
-    let key = pkt.key();
+    let key = &pkt.flow;
     let entry = match NAT6_IN.get_ptr_mut(key) {
         Some(entry) => entry,
         None => match published6(pkt.proto, pkt.dst_port) {
@@ -173,7 +175,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
                         Counter::DropInvalidTcp
                     });
                 }
-                create_published_mapping6(&key, &target, &cfg)?;
+                create_published_mapping6(key, &target, &cfg)?;
                 NAT6_IN.get_ptr_mut(key).ok_or(Counter::DropTableFull)?
             }
             _ => {
@@ -184,7 +186,7 @@ pub fn try_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             }
         },
     };
-    apply6(ctx, false, pkt, &key, entry)?;
+    apply6(ctx, false, pkt, key, entry)?;
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     let addr = unsafe { (*entry).addr };
@@ -296,8 +298,9 @@ fn apply6(
 }
 
 /// A mid-stream TCP segment for the uplink address that no mapping and no local socket
-/// claims (see `uplink::is_stray_tcp`).
-#[inline(always)]
+/// claims (see `uplink::is_stray_tcp`). A BPF subprogram of its own: the socket lookup's
+/// 128-bit tuple stays off the ingress program's stack.
+#[inline(never)]
 fn is_stray_tcp6(ctx: &TcContext, pkt: &Packet6) -> bool {
     pkt.proto == IPPROTO_TCP
         && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0

@@ -45,32 +45,24 @@ fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
 }
 
 /// Run one program's logic, turn its error into a counted drop, and trace the packet when
-/// tracing is on (the only cost when off: one read of the trace filter).
+/// tracing is on (the only cost when off: one read of the trace filter). Both families: the
+/// tuples live in per-CPU slots, not on the stack.
 #[inline(always)]
 pub fn run(ctx: &TcContext, hook: u8, logic: impl Fn(&TcContext) -> Result<i32, Counter>) -> i32 {
-    let Some(filter) = trace::filter() else {
+    // Two copies of the logic, one per branch: nothing of the trace stays live across the
+    // untraced one, whose stack is then the logic's own (some programs are near the limit).
+    if !trace::start(ctx) {
         return match logic(ctx) {
             Ok(action) => action,
             Err(reason) => drop_packet(ctx, reason),
         };
-    };
-    let (before, _, _) = trace::tuple(ctx);
+    }
     let (action, reason) = match logic(ctx) {
         Ok(action) => (action, TRACE_NOT_DROPPED),
         Err(reason) => (drop_packet(ctx, reason), reason as u32),
     };
-    trace::emit(ctx, &filter, hook, &before, action, reason);
+    trace::emit(ctx, hook, action, reason);
     action
-}
-
-/// [`run`] without the trace: for the IPv6 programs, which `bpfnat trace` does not follow yet
-/// (its events carry IPv4 tuples), and whose stack has no room for the trace's part.
-#[inline(always)]
-pub fn run_untraced(ctx: &TcContext, logic: impl Fn(&TcContext) -> Result<i32, Counter>) -> i32 {
-    match logic(ctx) {
-        Ok(action) => action,
-        Err(reason) => drop_packet(ctx, reason),
-    }
 }
 
 /// At most one log line per second per CPU.

@@ -78,10 +78,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TraceArgs {
-    /// Source (before or after translation) in this network, e.g. 172.18.0.0/24.
+    /// Source (before or after translation) in this network or address, IPv4 or IPv6, e.g.
+    /// 172.18.0.0/24 or fd00:18::/64 (only packets of that IP version are traced).
     #[arg(long, value_name = "CIDR")]
     src: Option<String>,
-    /// Destination (before or after translation) in this network.
+    /// Destination (before or after translation) in this network or address, IPv4 or IPv6.
     #[arg(long, value_name = "CIDR")]
     dst: Option<String>,
     /// Either port (TCP/UDP) or ICMP echo identifier.

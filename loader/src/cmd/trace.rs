@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{BufWriter, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -13,17 +13,18 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::maps::{Array, Map, MapData, RingBuf};
 use bpfnat_common::{
-    hook_name, names, Counter, TraceEvent, TraceFilter, TraceTuple, IPPROTO_TCP, TRACE_NOT_DROPPED,
+    hook_name, names, Counter, TraceEvent, TraceFilter, TraceTuple, IPPROTO_TCP, TRACE_IPV4,
+    TRACE_IPV6, TRACE_NOT_DROPPED,
 };
 use serde_json::json;
 
-use crate::util::addr::{proto_name, Ipv4Net};
+use crate::util::addr::{proto_name, IpNet};
 
 /// What to trace, from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct TraceOptions {
-    pub src: Option<Ipv4Net>,
-    pub dst: Option<Ipv4Net>,
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
     pub port: Option<u16>,
     pub proto: Option<u8>,
     pub pcap: Option<PathBuf>,
@@ -35,25 +36,21 @@ pub struct TraceOptions {
 }
 
 impl TraceOptions {
-    /// The kernel-side filter (tracing on).
+    /// The kernel-side filter (tracing on). A network filter restricts the trace to its
+    /// family.
     pub(crate) fn filter(&self) -> TraceFilter {
-        let net = |n: Option<Ipv4Net>| match n {
-            Some(n) => {
-                let mask = if n.prefix_len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(n.prefix_len))
-                };
-                (bpfnat_common::addr_to_map(n.addr.octets()), mask.to_be())
-            }
-            None => (0, 0),
-        };
+        let net = |n: Option<IpNet>| n.map_or(([0; 4], [0; 4]), |n| n.words());
         let (src_addr, src_mask) = net(self.src);
         let (dst_addr, dst_mask) = net(self.dst);
+        let family = match self.src.or(self.dst) {
+            Some(n) if n.is_ipv6() => TRACE_IPV6,
+            Some(_) => TRACE_IPV4,
+            None => 0,
+        };
         TraceFilter {
             enabled: 1,
             proto: self.proto.unwrap_or(0),
-            pad: 0,
+            family,
             port: self.port.unwrap_or(0).to_be(),
             src_addr,
             src_mask,
@@ -192,14 +189,23 @@ fn reason_name(reason: u32) -> Option<&'static str> {
         .map(|c| c.name())
 }
 
-fn tuple_text(t: &TraceTuple) -> String {
-    let ip = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+/// An address of the tuple, as the event's family lays it out.
+fn addr(family: u8, words: [u32; 4]) -> IpAddr {
+    if family == TRACE_IPV6 {
+        Ipv6Addr::from(bpfnat_common::addr6_from_map(words)).into()
+    } else {
+        Ipv4Addr::from(words[0].to_ne_bytes()).into()
+    }
+}
+
+fn tuple_text(family: u8, t: &TraceTuple) -> String {
+    let end = |a: [u32; 4], port: u16| {
+        std::net::SocketAddr::new(addr(family, a), u16::from_be(port)).to_string()
+    };
     format!(
-        "{}:{} > {}:{}",
-        ip(t.src_addr),
-        u16::from_be(t.src_port),
-        ip(t.dst_addr),
-        u16::from_be(t.dst_port)
+        "{} > {}",
+        end(t.src_addr, t.src_port),
+        end(t.dst_addr, t.dst_port)
     )
 }
 
@@ -226,10 +232,10 @@ pub(crate) fn event_line(e: &TraceEvent) -> String {
         e.ifindex,
         hook_name(e.hook),
         proto_name(e.proto),
-        tuple_text(&e.before)
+        tuple_text(e.family, &e.before)
     );
     if e.after != e.before {
-        line.push_str(&format!(" => {}", tuple_text(&e.after)));
+        line.push_str(&format!(" => {}", tuple_text(e.family, &e.after)));
     }
     if e.proto == IPPROTO_TCP {
         line.push_str(&format!(" [{}]", tcp_flags_text(e.tcp_flags)));
@@ -244,8 +250,8 @@ pub(crate) fn event_line(e: &TraceEvent) -> String {
 pub(crate) fn event_json(e: &TraceEvent) -> serde_json::Value {
     let tuple = |t: &TraceTuple| {
         json!({
-            "src": Ipv4Addr::from(t.src_addr.to_ne_bytes()).to_string(),
-            "dst": Ipv4Addr::from(t.dst_addr.to_ne_bytes()).to_string(),
+            "src": addr(e.family, t.src_addr).to_string(),
+            "dst": addr(e.family, t.dst_addr).to_string(),
             "sport": u16::from_be(t.src_port),
             "dport": u16::from_be(t.dst_port),
         })
@@ -254,6 +260,11 @@ pub(crate) fn event_json(e: &TraceEvent) -> serde_json::Value {
         "ts_ns": e.ts_ns,
         "ifindex": e.ifindex,
         "hook": hook_name(e.hook),
+        "family": match e.family {
+            TRACE_IPV4 => "ipv4",
+            TRACE_IPV6 => "ipv6",
+            _ => "other",
+        },
         "proto": proto_name(e.proto),
         "tcp_flags": tcp_flags_text(e.tcp_flags),
         "before": tuple(&e.before),
@@ -315,6 +326,11 @@ pub fn validate(opts: &TraceOptions) -> anyhow::Result<()> {
     if opts.count == Some(0) {
         bail!("--count must be at least 1");
     }
+    if let (Some(src), Some(dst)) = (opts.src, opts.dst) {
+        if src.is_ipv6() != dst.is_ipv6() {
+            bail!("--src {src} and --dst {dst} are of different IP versions: no packet has both");
+        }
+    }
     Ok(())
 }
 
@@ -325,8 +341,8 @@ mod tests {
 
     fn event() -> TraceEvent {
         let t = |a: [u8; 4], p: u16, b: [u8; 4], q: u16| TraceTuple {
-            src_addr: u32::from_ne_bytes(a),
-            dst_addr: u32::from_ne_bytes(b),
+            src_addr: [u32::from_ne_bytes(a), 0, 0, 0],
+            dst_addr: [u32::from_ne_bytes(b), 0, 0, 0],
             src_port: p.to_be(),
             dst_port: q.to_be(),
         };
@@ -338,7 +354,7 @@ mod tests {
             hook: HOOK_UPLINK_EGRESS,
             proto: IPPROTO_TCP,
             tcp_flags: 0x02,
-            pad: 0,
+            family: TRACE_IPV4,
             action: -1,
             reason: TRACE_NOT_DROPPED,
             before: t([172, 18, 0, 2], 40000, [198, 51, 100, 1], 80),
@@ -358,10 +374,31 @@ mod tests {
         assert_eq!(j["before"]["src"], "172.18.0.2");
         assert_eq!(j["after"]["src"], "203.0.113.2");
         assert_eq!(j["translated"], true);
+        assert_eq!(j["family"], "ipv4");
         let mut dropped = e;
         dropped.action = 2;
         dropped.reason = Counter::DropNoPort as u32;
         assert!(event_line(&dropped).ends_with("drop (drop_no_port)"));
+    }
+
+    #[test]
+    fn ipv6_events_show_ipv6_tuples() {
+        let a6 = |s: &str| bpfnat_common::addr6_to_map(s.parse::<Ipv6Addr>().unwrap().octets());
+        let mut e = event();
+        e.family = TRACE_IPV6;
+        e.before.src_addr = a6("fd00:18::2");
+        e.before.dst_addr = a6("2001:db8:100::1");
+        e.after = e.before;
+        e.after.src_addr = a6("2001:db8::2");
+        assert_eq!(
+            event_line(&e),
+            "1.500000 if7 uplink_egress tcp [fd00:18::2]:40000 > [2001:db8:100::1]:80 => [2001:db8::2]:40000 > [2001:db8:100::1]:80 [S] len 74 pass"
+        );
+        let j = event_json(&e);
+        assert_eq!(j["family"], "ipv6");
+        assert_eq!(j["before"]["src"], "fd00:18::2");
+        assert_eq!(j["after"]["src"], "2001:db8::2");
+        assert_eq!(j["after"]["dst"], "2001:db8:100::1");
     }
 
     #[test]
@@ -374,10 +411,29 @@ mod tests {
         };
         let f = opts.filter();
         assert_eq!(f.enabled, 1);
-        assert_eq!(f.src_mask.to_ne_bytes(), [255, 255, 255, 0]);
-        assert_eq!(f.src_addr.to_ne_bytes(), [172, 18, 0, 0]);
-        assert_eq!((f.dst_addr, f.dst_mask), (0, 0));
+        assert_eq!(f.family, TRACE_IPV4);
+        assert_eq!(f.src_mask[0].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(f.src_addr[0].to_ne_bytes(), [172, 18, 0, 0]);
+        assert_eq!(f.src_mask[1..], [0; 3]);
+        assert_eq!((f.dst_addr, f.dst_mask), ([0; 4], [0; 4]));
         assert_eq!(u16::from_be(f.port), 80);
+
+        // IPv6: 128-bit address and mask, the family set; no network: either family.
+        let opts = TraceOptions {
+            dst: Some("2001:db8:100::/48".parse().unwrap()),
+            ..TraceOptions::default()
+        };
+        let f = opts.filter();
+        assert_eq!(f.family, TRACE_IPV6);
+        assert_eq!(
+            bpfnat_common::addr6_from_map(f.dst_addr),
+            "2001:db8:100::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(
+            bpfnat_common::addr6_from_map(f.dst_mask),
+            "ffff:ffff:ffff::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(TraceOptions::default().filter().family, 0);
     }
 
     #[test]

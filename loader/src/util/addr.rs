@@ -146,6 +146,74 @@ impl FromStr for Ipv6Net {
     }
 }
 
+/// A network of either family: a filter that may name IPv4 or IPv6 addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpNet {
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+}
+
+impl IpNet {
+    /// The network as 4 words in network order (an IPv4 address in the first, the rest
+    /// zero, as the datapath lays out both families) and its mask alike.
+    pub fn words(&self) -> ([u32; 4], [u32; 4]) {
+        match self {
+            IpNet::V4(n) => {
+                let mask = Ipv4Net::mask_of(n.prefix_len).to_be();
+                let addr = u32::from_ne_bytes(n.addr.octets());
+                ([addr, 0, 0, 0], [mask, 0, 0, 0])
+            }
+            IpNet::V6(n) => {
+                let mask = Ipv6Net::mask_of(n.prefix_len).to_be_bytes();
+                (
+                    bpfnat_common::addr6_to_map(n.addr.octets()),
+                    bpfnat_common::addr6_to_map(mask),
+                )
+            }
+        }
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self, IpNet::V6(_))
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpNet::V4(n) => n.fmt(f),
+            IpNet::V6(n) => n.fmt(f),
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = anyhow::Error;
+
+    /// A CIDR of either family, or one address (/32, /128).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let addr = s.split_once('/').map_or(s, |(a, _)| a);
+        if addr.contains(':') {
+            return Ok(IpNet::V6(if s.contains('/') {
+                s.parse()?
+            } else {
+                let a: Ipv6Addr = s
+                    .parse()
+                    .with_context(|| format!("bad address {s:?}: not an IPv6 address"))?;
+                Ipv6Net::new(a, 128)?
+            }));
+        }
+        Ok(IpNet::V4(if s.contains('/') {
+            s.parse()?
+        } else {
+            let a: Ipv4Addr = s.parse().map_err(|_| {
+                anyhow!("bad address {s:?}: expected an IPv4 or IPv6 address or CIDR")
+            })?;
+            Ipv4Net::new(a, 32)?
+        }))
+    }
+}
+
 /// An inclusive range of ports (1-65535): `--port-range`, and the host and container ports of a
 /// publish; `lo == hi` for one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
