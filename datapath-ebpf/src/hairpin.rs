@@ -3,6 +3,10 @@
 //! destination becomes the published container, and the source becomes the bridge's gateway
 //! so that the answer comes back through the host (here) instead of going straight to the
 //! asking container, which would not recognise it. This is Docker's hairpin MASQUERADE.
+//!
+//! Both families: `HAIRPIN` (IPv4, [`find`], [`touch`], [`create`], [`rewrite`]) and
+//! `HAIRPIN6` (IPv6, the same with a `6`). The gateway port search and the stamping of a
+//! known connection are shared; only the keys and the rewrites differ.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -11,13 +15,14 @@ use aya_ebpf::{
 };
 use bpfnat_common::{
     wire::{TCP_FIN, TCP_RST},
-    Counter, FlowKey, HairpinEntry, PublishTarget,
+    Counter, FlowKey, FlowKey6, HairpinEntry, HairpinEntry6, PublishTarget, PublishTarget6,
 };
 
 use crate::{
-    csum::{rewrite_addr, rewrite_port},
+    csum::{rewrite_addr, rewrite_addr6, rewrite_port, rewrite_port_stored},
     host,
-    maps::HAIRPIN,
+    ipv6::{Packet6, IP6_DST_OFF, IP6_SRC_OFF},
+    maps::{HAIRPIN, HAIRPIN6},
     parse::{Packet, IP_DST_OFF, IP_SRC_OFF},
     stats::count,
 };
@@ -43,20 +48,90 @@ pub fn find(pkt: &Packet) -> Option<*mut HairpinEntry> {
     HAIRPIN.get_ptr_mut(key_of(pkt))
 }
 
-/// A packet of the hairpin connection `entry`: stamp it, note the FIN and RST a TCP segment
-/// carries (the sweeper ages a closed connection sooner), and return the rewrite.
+/// [`find`] for IPv6.
+#[inline(always)]
+pub fn find6(pkt: &Packet6) -> Option<*mut HairpinEntry6> {
+    HAIRPIN6.get_ptr_mut(pkt.key())
+}
+
+/// Stamp a direction of a hairpin connection (its `last_seen_ns` and `tcp_flags` fields)
+/// with a packet carrying TCP flags `flags`: the time, and the FIN and RST it carries (the
+/// sweeper ages a closed connection sooner).
+///
+/// # Safety
+/// Both pointers are fields of one entry from a successful map lookup.
+#[inline(always)]
+unsafe fn stamp(last_seen_ns: *mut u64, tcp_flags: *mut u8, flags: u8) {
+    let closing = flags & (TCP_FIN | TCP_RST);
+    // SAFETY: the caller's pointers are valid for the whole program run; the clock helper
+    // has no preconditions.
+    unsafe {
+        *last_seen_ns = bpf_ktime_get_ns();
+        // Written only when it changes: most packets carry neither flag.
+        if closing & !*tcp_flags != 0 {
+            *tcp_flags |= closing;
+        }
+    }
+}
+
+/// A packet of the hairpin connection `entry`: stamp it and return the rewrite.
 #[inline(always)]
 pub fn touch(entry: *mut HairpinEntry, pkt: &Packet) -> HairpinEntry {
-    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST);
     // SAFETY: a pointer from a successful map lookup is non-null, aligned and valid for the
     // whole program run (the verifier checks the lookup's result before any use).
     unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
-        if closing & !(*entry).tcp_flags != 0 {
-            (*entry).tcp_flags |= closing;
-        }
+        stamp(
+            &raw mut (*entry).last_seen_ns,
+            &raw mut (*entry).tcp_flags,
+            pkt.tcp_flags,
+        );
         *entry
     }
+}
+
+/// [`touch`] for IPv6.
+#[inline(always)]
+pub fn touch6(entry: *mut HairpinEntry6, pkt: &Packet6) -> HairpinEntry6 {
+    // SAFETY: as in `touch`.
+    unsafe {
+        stamp(
+            &raw mut (*entry).last_seen_ns,
+            &raw mut (*entry).tcp_flags,
+            pkt.tcp_flags,
+        );
+        *entry
+    }
+}
+
+/// A random gateway port above 1024 (network order).
+#[inline(always)]
+fn random_port() -> u16 {
+    // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
+    ((1024 + unsafe { bpf_get_prandom_u32() } % 64512) as u16).to_be()
+}
+
+/// The gateway port of a new hairpin connection, both families: the asking side's own
+/// `port` first, then random ones, [`TRIES`] in all. A port the host uses with the target
+/// (`host_owns`: a connected socket of the answer's tuple, or one bound to the gateway's
+/// port) is the host's; otherwise `claim` reserves the answer's tuple (`false`: another
+/// connection holds it, or the table refused it).
+#[inline(always)]
+fn claim_gateway_port(
+    mut port: u16,
+    host_owns: impl Fn(u16) -> bool,
+    mut claim: impl FnMut(u16) -> bool,
+) -> Result<u16, Counter> {
+    let mut i = 0;
+    while i < TRIES {
+        if host_owns(port) {
+            count(Counter::PortHostOwned);
+        } else if claim(port) {
+            return Ok(port);
+        }
+        port = random_port();
+        i += 1;
+    }
+    Err(Counter::DropNoPort)
 }
 
 /// A new hairpin connection from `pkt` (to the host's address and a published port) to
@@ -70,49 +145,86 @@ pub fn create(
 ) -> Result<HairpinEntry, Counter> {
     // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut gw_port = pkt.src_port;
-    let mut i = 0;
-    while i < TRIES {
-        // The answer's direction, as the published container will send it.
-        let back_key = FlowKey::new(target.addr, gateway, target.port, gw_port, pkt.proto);
-        // A gateway port the host uses with that container (or has bound) is the host's.
-        if host::has_socket(ctx, pkt.proto, target.addr, gateway, target.port, gw_port) {
-            count(Counter::PortHostOwned);
-            // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
-            gw_port = ((1024 + unsafe { bpf_get_prandom_u32() } % 64512) as u16).to_be();
-            i += 1;
-            continue;
-        }
-        let back = HairpinEntry {
-            last_seen_ns: now,
-            src_addr: pkt.dst_addr,
-            dst_addr: pkt.src_addr,
-            src_port: pkt.dst_port,
-            dst_port: pkt.src_port,
-            tcp_flags: 0,
-            pad: [0; 3],
-        };
-        if HAIRPIN.insert(back_key, back, BPF_NOEXIST as u64).is_ok() {
-            let out = HairpinEntry {
-                last_seen_ns: now,
-                src_addr: gateway,
-                dst_addr: target.addr,
-                src_port: gw_port,
-                dst_port: target.port,
-                tcp_flags: 0,
-                pad: [0; 3],
-            };
-            if HAIRPIN.insert(key_of(pkt), out, 0).is_err() {
-                let _ = HAIRPIN.remove(back_key);
-                return Err(Counter::DropTableFull);
-            }
-            return Ok(out);
-        }
-        // SAFETY: bpf_get_prandom_u32 takes no arguments and has no preconditions.
-        gw_port = ((1024 + unsafe { bpf_get_prandom_u32() } % 64512) as u16).to_be();
-        i += 1;
+    // The answer's direction, as the published container will send it, is rewritten back to
+    // what the asking side sent.
+    let back = HairpinEntry {
+        last_seen_ns: now,
+        src_addr: pkt.dst_addr,
+        dst_addr: pkt.src_addr,
+        src_port: pkt.dst_port,
+        dst_port: pkt.src_port,
+        tcp_flags: 0,
+        pad: [0; 3],
+    };
+    let back_key = |port| FlowKey::new(target.addr, gateway, target.port, port, pkt.proto);
+    let gw_port = claim_gateway_port(
+        pkt.src_port,
+        |port| host::has_socket(ctx, pkt.proto, target.addr, gateway, target.port, port),
+        |port| {
+            HAIRPIN
+                .insert(back_key(port), back, BPF_NOEXIST as u64)
+                .is_ok()
+        },
+    )?;
+    let out = HairpinEntry {
+        last_seen_ns: now,
+        src_addr: gateway,
+        dst_addr: target.addr,
+        src_port: gw_port,
+        dst_port: target.port,
+        tcp_flags: 0,
+        pad: [0; 3],
+    };
+    if HAIRPIN.insert(key_of(pkt), out, 0).is_err() {
+        let _ = HAIRPIN.remove(back_key(gw_port));
+        return Err(Counter::DropTableFull);
     }
-    Err(Counter::DropNoPort)
+    Ok(out)
+}
+
+/// [`create`] for IPv6: sourced from the IPv6 `gateway` of the target's bridge.
+#[inline(always)]
+pub fn create6(
+    ctx: &TcContext,
+    pkt: &Packet6,
+    target: &PublishTarget6,
+    gateway: &[u32; 4],
+) -> Result<HairpinEntry6, Counter> {
+    // SAFETY: bpf_ktime_get_ns reads a clock; no arguments, no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let back = HairpinEntry6 {
+        last_seen_ns: now,
+        src_addr: pkt.dst_addr,
+        dst_addr: pkt.src_addr,
+        src_port: pkt.dst_port,
+        dst_port: pkt.src_port,
+        tcp_flags: 0,
+        pad: [0; 3],
+    };
+    let back_key = |port| FlowKey6::new(target.addr, *gateway, target.port, port, pkt.proto);
+    let gw_port = claim_gateway_port(
+        pkt.src_port,
+        |port| host::has_socket6(ctx, pkt.proto, target.addr, *gateway, target.port, port),
+        |port| {
+            HAIRPIN6
+                .insert(back_key(port), back, BPF_NOEXIST as u64)
+                .is_ok()
+        },
+    )?;
+    let out = HairpinEntry6 {
+        last_seen_ns: now,
+        src_addr: *gateway,
+        dst_addr: target.addr,
+        src_port: gw_port,
+        dst_port: target.port,
+        tcp_flags: 0,
+        pad: [0; 3],
+    };
+    if HAIRPIN6.insert(pkt.key(), out, 0).is_err() {
+        let _ = HAIRPIN6.remove(back_key(gw_port));
+        return Err(Counter::DropTableFull);
+    }
+    Ok(out)
 }
 
 /// Rewrite the packet to `to` (both ends).
@@ -122,6 +234,19 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, to: &HairpinEntry) -> Result<(), C
     rewrite_port(ctx, &pkt.l4, pkt.l4.dst_port_off, pkt.dst_port, to.dst_port)?;
     rewrite_addr(ctx, &pkt.l4, IP_SRC_OFF, pkt.src_addr, to.src_addr)?;
     rewrite_addr(ctx, &pkt.l4, IP_DST_OFF, pkt.dst_addr, to.dst_addr)?;
+    count(Counter::HairpinTranslated);
+    Ok(())
+}
+
+/// [`rewrite`] for IPv6: the ports through the store helper (the parse lives in a map slot,
+/// so the verifier cannot bound its offsets), each address as one 128-bit checksum
+/// difference through the pseudo-header.
+#[inline(always)]
+pub fn rewrite6(ctx: &TcContext, pkt: &Packet6, to: &HairpinEntry6) -> Result<(), Counter> {
+    rewrite_port_stored(ctx, &pkt.l4, pkt.l4.src_port_off, pkt.src_port, to.src_port)?;
+    rewrite_port_stored(ctx, &pkt.l4, pkt.l4.dst_port_off, pkt.dst_port, to.dst_port)?;
+    rewrite_addr6(ctx, &pkt.l4, IP6_SRC_OFF, pkt.src_addr, to.src_addr)?;
+    rewrite_addr6(ctx, &pkt.l4, IP6_DST_OFF, pkt.dst_addr, to.dst_addr)?;
     count(Counter::HairpinTranslated);
     Ok(())
 }

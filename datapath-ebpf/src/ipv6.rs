@@ -17,7 +17,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    maps::IPV6_PROGS,
+    maps::{IPV6_PROGS, PACKET6},
     parse::{pull, read_at, ETH_HLEN, L4},
 };
 
@@ -91,6 +91,15 @@ impl Packet6 {
             self.proto,
         )
     }
+}
+
+/// This CPU's slot for the packet being parsed (`PACKET6`).
+#[inline(always)]
+pub fn packet_slot() -> Result<&'static mut Packet6, Counter> {
+    let slot = PACKET6.get_ptr_mut(0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: this CPU's scratch slot, from a successful lookup; nothing else uses it while
+    // this program runs.
+    Ok(unsafe { &mut *slot })
 }
 
 /// Parse an Ethernet + IPv6 frame (the caller knows it is IPv6) into `pkt`. `Ok(None)`: a

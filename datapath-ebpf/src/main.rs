@@ -94,6 +94,13 @@ pub fn port_ingress6(ctx: TcContext) -> i32 {
     verdict::run_untraced(&ctx, port6::try_port_ingress6)
 }
 
+/// Bridge ports, IPv6, a packet for the host's own IPv6 address: hairpin (tail-called by
+/// [`port_ingress6`]).
+#[classifier]
+pub fn port_hairpin6(ctx: TcContext) -> i32 {
+    verdict::run_untraced(&ctx, port6::try_hairpin6)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

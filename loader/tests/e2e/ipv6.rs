@@ -429,3 +429,170 @@ fn ipv6_published_port_keeps_the_client_address() {
     assert!(out.contains("unpublished"), "{out}");
     assert_eq!(ask(&wan), None, "reachable after publish remove");
 }
+
+/// A TCP server on `[::]:80` in `ns` that answers each connection with the address of the
+/// peer it sees, for 30 s at most.
+fn peer_server6(ns: &str) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind("[::]:80").expect("bind");
+        listener.set_nonblocking(true).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok((mut sock, peer)) = listener.accept() {
+                let _ = sock.write_all(peer.ip().to_string().as_bytes());
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server");
+}
+
+/// Connect from `ns` to `[addr]:port` and read what the server says (the peer it sees).
+fn ask_peer6(ns: &str, addr: Ipv6Addr, port: u16) -> Option<String> {
+    spawn_in(ns, move || {
+        let dst = SocketAddrV6::new(addr, port, 0, 0);
+        let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut peer = String::new();
+        sock.read_to_string(&mut peer).ok()?;
+        Some(peer)
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// A UDP echo on `[::]:53` in `ns` answering each datagram with its peer's address, until
+/// the returned sender is dropped (at most 30 s).
+fn udp_peer_echo6(ns: &str) -> mpsc::Sender<()> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind("[::]:53").expect("bind udp6");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 1500];
+        while Instant::now() < end && stop_rx.try_recv() != Err(mpsc::TryRecvError::Disconnected) {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp6 echo ready");
+    stop_tx
+}
+
+/// One UDP request from `ns`, from port 41000 (the same flow every time), to
+/// `[addr]:port`; the answer, if one comes within three tries.
+fn udp_request6(ns: &str, addr: Ipv6Addr, port: u16) -> Option<String> {
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind("[::]:41000").ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
+        let mut buf = [0u8; 1500];
+        for _ in 0..3 {
+            sock.send_to(b"q", SocketAddrV6::new(addr, port, 0, 0))
+                .ok()?;
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Hairpin over IPv6: containers reach a port published on the uplink's IPv6 address through
+/// that address, from another container and from the published one itself, and the server
+/// sees the bridge's IPv6 gateway as its peer (Docker's hairpin masquerade); UDP too.
+/// Removing a publish removes its hairpin connections: a UDP flow that keeps sending gets no
+/// answer any more, and the IPv6 hairpin table empties once both publishes are gone.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs"]
+fn ipv6_hairpin_through_the_uplink_address() {
+    let _slot = require_root();
+    let lab = lab(7);
+    let uplink = add_ipv6(&lab, 7);
+    let host = lab.spec.host_netns.clone();
+    let (c1, c2) = (
+        lab.spec.containers[0].netns.clone(),
+        lab.spec.containers[1].netns.clone(),
+    );
+    let _daemon = Daemon::start(
+        &host,
+        &[
+            "--uplink",
+            "up0",
+            "--bridge",
+            "br0",
+            "--publish",
+            "8080:[fd00:85:7::2]:80",
+            "--publish",
+            "5353:[fd00:85:7::2]:53/udp",
+        ],
+    );
+    peer_server6(&c1);
+    for ns in [&c2, &c1] {
+        let peer = ask_peer6(ns, uplink, 8080)
+            .unwrap_or_else(|| panic!("{ns}: no answer through [{uplink}]:8080"));
+        assert_eq!(
+            peer, "fd00:85:7::1",
+            "{ns}: the server sees the bridge's gateway"
+        );
+    }
+    let stats = crate::support::cli::stats_json(&host);
+    assert!(crate::support::cli::counter(&stats, "hairpin_translated") > 0);
+    let hairpin6 = || {
+        crate::support::cli::stats_json(&host)["table"]["hairpin6"]
+            .as_u64()
+            .expect("table.hairpin6")
+    };
+    assert_eq!(hairpin6(), 4, "two TCP connections, two directions each");
+
+    let stop = udp_peer_echo6(&c1);
+    assert_eq!(
+        udp_request6(&c2, uplink, 5353).as_deref(),
+        Some("fd00:85:7::1"),
+        "hairpin UDP"
+    );
+    assert_eq!(hairpin6(), 6);
+    let out = crate::support::cli::bpfnat_ok(&[
+        "--netns",
+        &host,
+        "publish",
+        "remove",
+        "5353:[fd00:85:7::2]:53/udp",
+    ]);
+    assert!(out.contains("1 connections removed"), "{out}");
+    assert_eq!(hairpin6(), 4, "the UDP connection went with its publish");
+    assert_eq!(
+        udp_request6(&c2, uplink, 5353),
+        None,
+        "a hairpin flow outlived its publish"
+    );
+    assert!(
+        ask_peer6(&c2, uplink, 8080).is_some(),
+        "the other publish is untouched"
+    );
+    crate::support::cli::bpfnat_ok(&["--netns", &host, "publish", "remove", "[::]:8080/tcp"]);
+    assert_eq!(
+        hairpin6(),
+        0,
+        "every hairpin connection went with its publish"
+    );
+    assert_eq!(
+        ask_peer6(&c2, uplink, 8080),
+        None,
+        "reachable after publish remove"
+    );
+    drop(stop);
+}
