@@ -829,7 +829,10 @@ pub struct HairpinEntry {
     pub dst_port: u16,
     /// TCP: the FIN and RST flags (as in the header) this direction has sent, for expiry.
     pub tcp_flags: u8,
-    pub pad: [u8; 3],
+    /// Padding as a 1- and a 2-byte field: a 3-byte array compiles to a `memset` call in
+    /// the datapath.
+    pub pad: u8,
+    pub pad2: u16,
 }
 
 impl HairpinEntry {
@@ -860,7 +863,10 @@ pub struct HairpinEntry6 {
     pub dst_port: u16,
     /// TCP: the FIN and RST flags (as in the header) this direction has sent, for expiry.
     pub tcp_flags: u8,
-    pub pad: [u8; 3],
+    /// Padding as a 1- and a 2-byte field: a 3-byte array compiles to a `memset` call in
+    /// the datapath.
+    pub pad: u8,
+    pub pad2: u16,
 }
 
 impl HairpinEntry6 {

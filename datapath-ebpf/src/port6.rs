@@ -147,7 +147,7 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
         // back unless its slot is empty (an old loader), and then the host has it.
         // SAFETY: a tail call to a program of the same type, from the program's own frame
         // (nothing on its stack needs to survive: control does not come back on success).
-        let _ = unsafe { HAIRPIN6_PROG.tail_call(ctx, 0) };
+        unsafe { HAIRPIN6_PROG.tail_call(ctx, 0) };
         return Ok(NEXT);
     }
     match bridge_of6(dst) {

@@ -1113,3 +1113,33 @@ fn ipv6_hairpin_edges() {
     );
     assert_eq!(dp.counter(Counter::HairpinTranslated).unwrap(), 0);
 }
+
+/// A gateway port the host itself uses is never given to an IPv6 hairpin connection: with a
+/// TCP listener of this process on `[::]:P` (the test run's packets are in this network
+/// namespace), a hairpin connection from port P gets another gateway port
+/// (`port_host_owned`), and its answer still finds its way back.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_hairpin_avoids_the_hosts_ports() {
+    let _slot = require_root();
+    let listener = std::net::TcpListener::bind("[::]:0").expect("a listener of the host");
+    let port = listener.local_addr().unwrap().port();
+    let mut dp = bridged6(0);
+    publish6(&mut dp, 6, 8080, C1, 80);
+    let ask = Frame6::new(C2, EXTERNAL6, tcp(port, 8080, SYN, 1, 0));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let gw_port = u16::from_be_bytes([got[54], got[55]]);
+    assert_ne!(
+        gw_port, port,
+        "the host's port given to a hairpin connection"
+    );
+    assert_forwarded6(&got, &rewritten(&ask, GW6, gw_port, C1, 80), "first packet");
+    assert_eq!(dp.counter(Counter::PortHostOwned).unwrap(), 1);
+    let answer = Frame6::new(C1, GW6, tcp(80, gw_port, SYN_ACK, 9, 2));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &answer.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let want = rewritten(&answer, EXTERNAL6, 8080, C2, port);
+    assert_forwarded6(&got, &want, "answer");
+    drop(listener);
+}

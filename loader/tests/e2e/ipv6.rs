@@ -131,13 +131,14 @@ pub(crate) fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
     uplink
 }
 
-/// A UDP echo on the remote answering each datagram with its peer's address; until the
-/// returned sender is dropped (at most 30 s).
-fn udp_echo6(wan: &str) -> mpsc::Sender<()> {
+/// A UDP echo in `ns` on `bind` answering each datagram with its peer's address and port;
+/// until the returned sender is dropped (at most 30 s).
+fn udp_echo6(ns: &str, bind: &str) -> mpsc::Sender<()> {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(wan, move || {
-        let sock = UdpSocket::bind(format!("[{REMOTE6}]:7")).expect("bind udp6");
+    let bind = bind.to_owned();
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind(&bind).expect("bind udp6");
         sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
         ready_tx.send(()).ok();
         let end = Instant::now() + Duration::from_secs(30);
@@ -154,13 +155,20 @@ fn udp_echo6(wan: &str) -> mpsc::Sender<()> {
     stop_tx
 }
 
+/// Ask the remote's UDP echo from `ns`.
 fn udp_ask(ns: &str) -> Option<String> {
-    spawn_in(ns, || {
-        let sock = UdpSocket::bind("[::]:0").ok()?;
+    udp_ask_from(ns, 0, SocketAddrV6::new(REMOTE6.parse().unwrap(), 7, 0, 0))
+}
+
+/// One UDP request from `ns`, from port `from` (0: any) to `dst`: the answer, if one comes
+/// within three tries.
+fn udp_ask_from(ns: &str, from: u16, dst: SocketAddrV6) -> Option<String> {
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, from, 0, 0)).ok()?;
         sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
         let mut buf = [0u8; 1500];
         for _ in 0..3 {
-            sock.send_to(b"q", format!("[{REMOTE6}]:7")).ok()?;
+            sock.send_to(b"q", dst).ok()?;
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
                 return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
@@ -199,7 +207,7 @@ fn ipv6_containers_reach_out_masqueraded() {
         );
         assert!(ok, "ping6 from {c}: {out}");
     }
-    let stop = udp_echo6(&wan);
+    let stop = udp_echo6(&wan, &format!("[{REMOTE6}]:7"));
     for c in [&c1, &c2] {
         let peer = udp_ask(c).unwrap_or_else(|| panic!("no UDP answer for {c}"));
         let peer: SocketAddr = peer.parse().expect("peer");
@@ -381,36 +389,8 @@ fn ipv6_published_port_keeps_the_client_address() {
     );
 
     // The container's server answers each connection with the peer it sees.
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(&c1, move || {
-        let listener = TcpListener::bind("[::]:80").expect("bind");
-        listener.set_nonblocking(true).ok();
-        ready_tx.send(()).ok();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if let Ok((mut sock, peer)) = listener.accept() {
-                let _ = sock.write_all(peer.ip().to_string().as_bytes());
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server");
-    let ask = |wan: &str| {
-        spawn_in(wan, move || {
-            let dst = SocketAddrV6::new(uplink, 8080, 0, 0);
-            let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2)).ok()?;
-            sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            let mut peer = String::new();
-            sock.read_to_string(&mut peer).ok()?;
-            Some(peer)
-        })
-        .join()
-        .ok()
-        .flatten()
-    };
+    peer_server6(&c1);
+    let ask = |wan: &str| ask_peer6(wan, uplink, 8080);
     let peer = ask(&wan).expect("published port answers");
     assert_eq!(
         peer, "2001:db8:3::1",
@@ -467,50 +447,6 @@ fn ask_peer6(ns: &str, addr: Ipv6Addr, port: u16) -> Option<String> {
     .flatten()
 }
 
-/// A UDP echo on `[::]:53` in `ns` answering each datagram with its peer's address, until
-/// the returned sender is dropped (at most 30 s).
-fn udp_peer_echo6(ns: &str) -> mpsc::Sender<()> {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(ns, move || {
-        let sock = UdpSocket::bind("[::]:53").expect("bind udp6");
-        sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
-        ready_tx.send(()).ok();
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 1500];
-        while Instant::now() < end && stop_rx.try_recv() != Err(mpsc::TryRecvError::Disconnected) {
-            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("udp6 echo ready");
-    stop_tx
-}
-
-/// One UDP request from `ns`, from port 41000 (the same flow every time), to
-/// `[addr]:port`; the answer, if one comes within three tries.
-fn udp_request6(ns: &str, addr: Ipv6Addr, port: u16) -> Option<String> {
-    spawn_in(ns, move || {
-        let sock = UdpSocket::bind("[::]:41000").ok()?;
-        sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
-        let mut buf = [0u8; 1500];
-        for _ in 0..3 {
-            sock.send_to(b"q", SocketAddrV6::new(addr, port, 0, 0))
-                .ok()?;
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        None
-    })
-    .join()
-    .ok()
-    .flatten()
-}
-
 /// Hairpin over IPv6: containers reach a port published on the uplink's IPv6 address through
 /// that address, from another container and from the published one itself, and the server
 /// sees the bridge's IPv6 gateway as its peer (Docker's hairpin masquerade); UDP too.
@@ -558,11 +494,13 @@ fn ipv6_hairpin_through_the_uplink_address() {
     };
     assert_eq!(hairpin6(), 4, "two TCP connections, two directions each");
 
-    let stop = udp_peer_echo6(&c1);
+    let stop = udp_echo6(&c1, "[::]:53");
+    let dns = SocketAddrV6::new(uplink, 5353, 0, 0);
+    let peer = udp_ask_from(&c2, 41000, dns).expect("hairpin UDP");
     assert_eq!(
-        udp_request6(&c2, uplink, 5353).as_deref(),
-        Some("fd00:85:7::1"),
-        "hairpin UDP"
+        peer.parse::<SocketAddr>().map(|p| p.ip()).ok(),
+        Some("fd00:85:7::1".parse().unwrap()),
+        "hairpin UDP: {peer}"
     );
     assert_eq!(hairpin6(), 6);
     let out = crate::support::cli::bpfnat_ok(&[
@@ -575,7 +513,7 @@ fn ipv6_hairpin_through_the_uplink_address() {
     assert!(out.contains("1 connections removed"), "{out}");
     assert_eq!(hairpin6(), 4, "the UDP connection went with its publish");
     assert_eq!(
-        udp_request6(&c2, uplink, 5353),
+        udp_ask_from(&c2, 41000, dns),
         None,
         "a hairpin flow outlived its publish"
     );
