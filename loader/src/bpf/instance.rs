@@ -1,9 +1,9 @@
 //! Pinned state of one `bpfnat up` instance: `/sys/fs/bpf/bpfnat/<instance>/`.
 //!
 //! The daemon pins its maps there (`NAT_OUT`, `NAT_IN`, `CONFIG`, `INTERNAL_NETS`,
-//! `COUNTERS`, `FRAGS`, `PUBLISH`, `BRIDGES`, `PORTS`, `ENDPOINTS`, `HAIRPIN`, `HAIRPIN6`) so that `bpfnat conntrack`,
-//! `stats`, `status` and `publish` can open them from another process, and removes the
-//! directory when it exits normally.
+//! `COUNTERS`, `FRAGS`, `PUBLISH`, `BRIDGES`, `PORTS`, `ENDPOINTS`, `HAIRPIN`, the IPv6 ones,
+//! ...: `datapath::PINNED_MAPS`) so that `bpfnat conntrack`, `stats`, `status` and `publish`
+//! can open them from another process, and removes the directory when it exits normally.
 //!
 //! # Who holds an instance
 //!
