@@ -829,7 +829,58 @@ pub struct HairpinEntry {
     pub dst_port: u16,
     /// TCP: the FIN and RST flags (as in the header) this direction has sent, for expiry.
     pub tcp_flags: u8,
-    pub pad: [u8; 3],
+    /// Padding as a 1- and a 2-byte field: a 3-byte array compiles to a `memset` call in
+    /// the datapath.
+    pub pad: u8,
+    pub pad2: u16,
+}
+
+impl HairpinEntry {
+    /// The other direction's key: the tuple this entry rewrites `key`'s packets to, reversed
+    /// (the same for either direction).
+    #[inline(always)]
+    pub const fn partner(&self, key: &FlowKey) -> FlowKey {
+        FlowKey::new(
+            self.dst_addr,
+            self.src_addr,
+            self.dst_port,
+            self.src_port,
+            key.proto,
+        )
+    }
+}
+
+/// [`HairpinEntry`] with 128-bit addresses: one direction of an IPv6 hairpin connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct HairpinEntry6 {
+    /// CLOCK_MONOTONIC ns of the last packet.
+    pub last_seen_ns: u64,
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP: the FIN and RST flags (as in the header) this direction has sent, for expiry.
+    pub tcp_flags: u8,
+    /// Padding as a 1- and a 2-byte field: a 3-byte array compiles to a `memset` call in
+    /// the datapath.
+    pub pad: u8,
+    pub pad2: u16,
+}
+
+impl HairpinEntry6 {
+    /// The other direction's key (see [`HairpinEntry::partner`]).
+    #[inline(always)]
+    pub const fn partner(&self, key: &FlowKey6) -> FlowKey6 {
+        FlowKey6::new(
+            self.dst_addr,
+            self.src_addr,
+            self.dst_port,
+            self.src_port,
+            key.proto,
+        )
+    }
 }
 
 /// Packets and bytes of one (hook, protocol) pair, in the per-CPU `TRAFFIC` array at index
@@ -977,6 +1028,13 @@ pub mod names {
     pub const MAP_PUBLISH: &str = "PUBLISH";
     /// Hairpin connections, both directions: tuple as sent -> `HairpinEntry`.
     pub const MAP_HAIRPIN: &str = "HAIRPIN";
+    /// IPv6 hairpin connections, both directions: tuple as sent (`FlowKey6`) ->
+    /// `HairpinEntry6`.
+    pub const MAP_HAIRPIN6: &str = "HAIRPIN6";
+    /// The IPv6 hairpin program (`PROG_HAIRPIN6`), tail-called by `port_ingress6` for a
+    /// packet to the host's own IPv6 address: a program array of one.
+    pub const MAP_HAIRPIN6_PROG: &str = "HAIRPIN6_PROG";
+    pub const PROG_HAIRPIN6: &str = "port_hairpin6";
     /// Ring of the connections opened from outside, for early drop: `EmbryonicSlot`s, and
     /// the next slot to use (array of one u64).
     pub const MAP_EMBRYONIC: &str = "EMBRYONIC";
@@ -1037,6 +1095,7 @@ mod user {
         PublishKey,
         PublishTarget,
         HairpinEntry,
+        HairpinEntry6,
         TraceTuple,
         TraceEvent,
         TraceFilter,
@@ -1097,6 +1156,47 @@ mod tests {
         assert_eq!(size_of::<TraceTuple>(), 36);
         assert_eq!(size_of::<TraceEvent>(), 104 + TRACE_CAPTURE);
         assert_eq!(size_of::<TraceFilter>(), 72);
+        assert_eq!(size_of::<HairpinEntry>(), 24);
+        assert_eq!(size_of::<HairpinEntry6>(), 8 + 32 + 8);
+    }
+
+    #[test]
+    fn hairpin_partners_are_each_others() {
+        // The asking side's entry: container 1 -> host:8080, rewritten gateway:4000 ->
+        // target:80; the answer's: target:80 -> gateway:4000, rewritten host:8080 -> 1.
+        let ask = FlowKey6::new([1; 4], [9; 4], 5000, 8080, IPPROTO_TCP);
+        let out = HairpinEntry6 {
+            src_addr: [7; 4],
+            dst_addr: [2; 4],
+            src_port: 4000,
+            dst_port: 80,
+            ..HairpinEntry6::default()
+        };
+        let back_key = out.partner(&ask);
+        assert_eq!(
+            back_key,
+            FlowKey6::new([2; 4], [7; 4], 80, 4000, IPPROTO_TCP)
+        );
+        let back = HairpinEntry6 {
+            src_addr: [9; 4],
+            dst_addr: [1; 4],
+            src_port: 8080,
+            dst_port: 5000,
+            ..HairpinEntry6::default()
+        };
+        assert_eq!(back.partner(&back_key), ask);
+        let ask4 = FlowKey::new(1, 9, 5000, 8080, IPPROTO_UDP);
+        let out4 = HairpinEntry {
+            src_addr: 7,
+            dst_addr: 2,
+            src_port: 4000,
+            dst_port: 80,
+            ..HairpinEntry::default()
+        };
+        assert_eq!(
+            out4.partner(&ask4),
+            FlowKey::new(2, 7, 80, 4000, IPPROTO_UDP)
+        );
     }
 
     #[test]

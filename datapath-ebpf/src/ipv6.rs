@@ -9,7 +9,9 @@
 //! `bpf_skb_load_bytes` (`ctx.load`), which checks its bounds itself, and every write goes
 //! through helpers.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    btf_maps::ProgramArray, helpers::bpf_tail_call, programs::TcContext, EbpfContext as _,
+};
 use bpfnat_common::{
     wire::{
         ETH_P_IPV6, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
@@ -19,7 +21,7 @@ use bpfnat_common::{
 };
 
 use crate::{
-    maps::IPV6_PROGS,
+    maps::{IPV6_PROGS, PACKET6},
     parse::{ptr_at, pull, read_at, ETH_HLEN, L4},
 };
 
@@ -67,6 +69,30 @@ fn read_l4<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     ctx.load(off).ok()
 }
 
+/// Tail-call program `index` of `programs` (it does not come back on success). Always
+/// inlined: aya's `ProgramArray::tail_call` is a plain function, which LLVM may leave as a BPF
+/// subprogram once it has two callers (the traced and untraced copies of a program's logic),
+/// and the verifier refuses a tail call from a subprogram that does not return an int.
+///
+/// # Safety
+/// As for any tail call: nothing the caller holds on its stack may be needed afterwards.
+#[inline(always)]
+pub unsafe fn tail_call<const N: usize, const F: usize>(
+    ctx: &TcContext,
+    programs: &ProgramArray<N, F>,
+    index: u32,
+) {
+    // SAFETY: the context is this program's, and `programs` a program array map (its static
+    // is the map definition the loader relocates).
+    unsafe {
+        bpf_tail_call(
+            ctx.as_ptr(),
+            programs as *const ProgramArray<N, F> as *mut core::ffi::c_void,
+            index,
+        );
+    }
+}
+
 /// If the frame is IPv6, hand it to the IPv6 program at `index` of `IPV6_PROGS` (a tail
 /// call: it does not come back). If that slot is empty (an old loader) the IPv4 program goes
 /// on and passes the frame as not IPv4.
@@ -76,7 +102,7 @@ pub fn dispatch(ctx: &TcContext, index: u32) {
     if is_ipv6 {
         // SAFETY: a tail call to a program of the same type, from an entry point (nothing on
         // its stack needs to survive: control does not come back on success).
-        unsafe { IPV6_PROGS.tail_call(ctx, index) };
+        unsafe { tail_call(ctx, &IPV6_PROGS, index) };
     }
 }
 
@@ -130,6 +156,15 @@ impl Packet6 {
             self.proto,
         )
     }
+}
+
+/// This CPU's slot for the packet being parsed (`PACKET6`).
+#[inline(always)]
+pub fn packet_slot() -> Result<&'static mut Packet6, Counter> {
+    let slot = PACKET6.get_ptr_mut(0).ok_or(Counter::DropMalformed)?;
+    // SAFETY: this CPU's scratch slot, from a successful lookup; nothing else uses it while
+    // this program runs.
+    Ok(unsafe { &mut *slot })
 }
 
 /// Parse an Ethernet + IPv6 frame (the caller knows it is IPv6) into `pkt`. `Ok(None)`: a

@@ -91,7 +91,22 @@ pub fn port_ingress(ctx: TcContext) -> i32 {
 /// Bridge ports, IPv6 (tail-called by [`port_ingress`]).
 #[classifier]
 pub fn port_ingress6(ctx: TcContext) -> i32 {
-    verdict::run(&ctx, HOOK_PORT_INGRESS, port6::try_port_ingress6)
+    let action = verdict::run(&ctx, HOOK_PORT_INGRESS, port6::try_port_ingress6);
+    if action == verdict::TAIL_CALL {
+        // For the host's own address: the hairpin program. It does not come back unless its
+        // slot is empty (an old loader), and then the host has the packet.
+        // SAFETY: a tail call from the entry point's frame; nothing on it is needed after.
+        unsafe { ipv6::tail_call(&ctx, &maps::HAIRPIN6_PROG, 0) };
+        return verdict::NEXT;
+    }
+    action
+}
+
+/// Bridge ports, IPv6, a packet for the host's own IPv6 address: hairpin (tail-called by
+/// [`port_ingress6`]).
+#[classifier]
+pub fn port_hairpin6(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, HOOK_PORT_INGRESS, port6::try_hairpin6)
 }
 
 #[cfg(not(test))]

@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use bpfnat_common::{
     BridgeInfo, Counter, EmbryonicSlot, EmbryonicSlot6, Endpoint, FlowKey, FlowKey6, FragEntry,
-    FragEntry6, FragKey, FragKey6, HairpinEntry, NatConfig, NatEntry, NatEntry6, PublishKey,
-    PublishKey6, PublishTarget, PublishTarget6, TraceEvent, TraceFilter, TraceTuple, Traffic,
-    DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
+    FragEntry6, FragKey, FragKey6, HairpinEntry, HairpinEntry6, NatConfig, NatEntry, NatEntry6,
+    PublishKey, PublishKey6, PublishTarget, PublishTarget6, TraceEvent, TraceFilter, TraceTuple,
+    Traffic, DEFAULT_TABLE_SIZE, TRAFFIC_HOOKS, TRAFFIC_PROTOS,
 };
 
 const TABLE: usize = DEFAULT_TABLE_SIZE as usize;
@@ -165,3 +165,14 @@ pub static EMBRYONIC6: Array<EmbryonicSlot6, 65536> = Array::new();
 /// The next slot of `EMBRYONIC6`.
 #[btf_map]
 pub static EMBRYONIC6_NEXT: Array<u64, 1> = Array::new();
+
+/// IPv6 hairpin connections (see `HAIRPIN`), one entry per direction. Not LRU, for the
+/// reason `HAIRPIN` is not; not preallocated, like the IPv6 connection tables.
+#[btf_map]
+pub static HAIRPIN6: HashMap<FlowKey6, HairpinEntry6, 16384, 1> = HashMap::new();
+
+/// The IPv6 hairpin program, tail-called by the IPv6 port program (slot 0; filled by the
+/// loader): its own program, so that it has a stack of its own (the parse, the new
+/// connection's two entries and the port search do not fit beside the port program's).
+#[btf_map]
+pub static HAIRPIN6_PROG: ProgramArray<1> = ProgramArray::new();

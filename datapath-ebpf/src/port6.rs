@@ -13,8 +13,10 @@
 //!   the bridge, where the kernel bridge's port isolation applies to it.
 //!
 //! A packet for the outside is routed in BPF to the uplink (`bpf_fib_lookup` with
-//! `AF_INET6`), past the bridge and the host's forwarding; the rest goes on through the
-//! bridge.
+//! `AF_INET6`), past the bridge and the host's forwarding; a TCP or UDP packet for the
+//! gateway's or the uplink's IPv6 address takes the hairpin path (a published port reached
+//! through the host's address, as [`crate::port`] does for IPv4); the rest goes on through
+//! the bridge.
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use bpfnat_common::{
@@ -22,13 +24,14 @@ use bpfnat_common::{
 };
 
 use crate::{
-    fwd::{bridge_of6, to_uplink6},
-    ipv6::{fixed_header, IPV6_HLEN},
-    maps::{ASSIGNED_PORTS6, BRIDGES, ENDPOINTS6, PORTS},
-    nat::settings,
+    fwd::{bridge_of6, to_container6, to_uplink6},
+    hairpin,
+    ipv6::{fixed_header, packet_slot, parse6, Packet6, IPV6_HLEN},
+    maps::{ASSIGNED_PORTS6, BRIDGES, CONFIG, ENDPOINTS6, PORTS},
+    nat6::published6,
     parse::{ptr_at, pull, ETH_HLEN},
     stats::{account, count},
-    verdict::NEXT,
+    verdict::{NEXT, TAIL_CALL},
 };
 
 /// ICMPv6 neighbour advertisement; its target address follows the 8-byte header.
@@ -134,8 +137,25 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             }
         }
     }
-    if is_multicast(&dst) || is_link_local(&dst) || dst == info.gateway6 {
+    if is_multicast(&dst) || is_link_local(&dst) {
         return Ok(NEXT);
+    }
+    // The configuration, read once: the uplink's IPv6 address here, its ifindex below.
+    let cfg = CONFIG.get(0);
+    let external = cfg.map_or([0; 4], |c| c.external_addr6);
+    if dst == info.gateway6 || (external != [0; 4] && dst == external) {
+        if info.flags & BRIDGE_INTERNAL != 0 {
+            // An internal network reaches its gateway (the host's services on this bridge)
+            // and nothing beyond: no published port, no uplink address.
+            if dst == info.gateway6 {
+                return Ok(NEXT);
+            }
+            return Err(Counter::DropInternal);
+        }
+        // To the host itself: a hairpin connection to a published port, or the host's own
+        // services. The hairpin program decides, on a stack of its own (tail-called by the
+        // entry point, `port_ingress6`).
+        return Ok(TAIL_CALL);
     }
     match bridge_of6(dst) {
         Some(b) if b == bridge => {
@@ -151,7 +171,7 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             }
             // The fast path: routed in BPF straight to the uplink, past the bridge and the
             // host's forwarding, when the routing table says that is the way out.
-            let Some(cfg) = settings() else {
+            let Some(cfg) = cfg.filter(|c| c.external_addr != 0) else {
                 return Ok(NEXT);
             };
             match to_uplink6(ctx, bridge, cfg.uplink_ifindex, &src, &dst, next)? {
@@ -160,4 +180,48 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
             }
         }
     }
+}
+
+/// The hairpin program (tail-called for a frame to the host's own IPv6 address, the
+/// gateway's or the uplink's, from a port of a bridge that is not internal): translated if it
+/// belongs to a hairpin connection or starts one to a published port (TCP or UDP), else left
+/// to the host's own services (ICMPv6 included).
+#[inline(always)]
+pub fn try_hairpin6(ctx: &TcContext) -> Result<i32, Counter> {
+    let pkt = packet_slot()?;
+    if parse6(ctx, pkt)?.is_some() || pkt.proto == IPPROTO_ICMPV6 {
+        return Ok(NEXT);
+    }
+    let pkt: &Packet6 = pkt;
+    let to = match hairpin::find6(pkt) {
+        Some(entry) => hairpin::touch6(entry, pkt),
+        None => {
+            let external = CONFIG.get(0).map_or([0; 4], |c| c.external_addr6);
+            if external == [0; 4] || pkt.dst_addr != external {
+                return Ok(NEXT);
+            }
+            let Some(target) = published6(pkt.proto, pkt.dst_port) else {
+                return Ok(NEXT);
+            };
+            // Sourced from the IPv6 gateway of the published container's bridge, so its
+            // answer comes back to the host even when the asking container is on another
+            // bridge.
+            let Some(gateway) = bridge_of6(target.addr)
+                .and_then(|b| BRIDGES.get_ptr(b))
+                // SAFETY: a pointer from a successful map lookup is non-null, aligned and
+                // valid for the whole program run (the verifier checks the lookup's result
+                // before any use).
+                .map(|i| unsafe { (*i).gateway6 })
+            else {
+                return Ok(NEXT);
+            };
+            if gateway == [0; 4] {
+                // The bridge has no IPv6 address to answer to: nothing to source from.
+                return Ok(NEXT);
+            }
+            hairpin::create6(ctx, pkt, &target, &gateway)?
+        }
+    };
+    hairpin::rewrite6(ctx, pkt, &to)?;
+    to_container6(ctx, to.dst_addr)
 }

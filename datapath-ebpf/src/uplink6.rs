@@ -20,8 +20,8 @@ use bpfnat_common::{
 use crate::{
     csum::{rewrite_addr6, rewrite_port_stored},
     frag, fwd, host, icmp6,
-    ipv6::{parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
-    maps::{NAT6_IN, NAT6_OUT, PACKET6},
+    ipv6::{packet_slot, parse6, segment6, Packet6, IP6_DST_OFF, IP6_SRC_OFF},
+    maps::{NAT6_IN, NAT6_OUT},
     nat::{reopen_if_closed, touch, track_tcp},
     nat6::{create_mapping6, create_published_mapping6, published6, settings6, state, Settings6},
     stats::{account, count},
@@ -224,15 +224,6 @@ fn follow_fragment6(ctx: &TcContext, pkt: &Packet6, direction: u8) -> Result<boo
         .map_err(|_| Counter::DropRewriteFailed)?;
     count(Counter::FragmentsTranslated);
     Ok(true)
-}
-
-/// This CPU's slot for the packet being parsed.
-#[inline(always)]
-fn packet_slot() -> Result<&'static mut Packet6, Counter> {
-    let slot = PACKET6.get_ptr_mut(0).ok_or(Counter::DropMalformed)?;
-    // SAFETY: this CPU's scratch slot, from a successful lookup; nothing else uses it while
-    // this program runs.
-    Ok(unsafe { &mut *slot })
 }
 
 /// A packet of mapping `entry` (`egress`: found in `NAT6_OUT`, else in `NAT6_IN`): count

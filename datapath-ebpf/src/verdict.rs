@@ -18,6 +18,11 @@ use crate::{maps::LOG_RATE, stats::count, trace};
 /// no one after us it means what `TC_ACT_OK` does: on to the stack, or out of the device.
 pub const NEXT: i32 = TC_ACT_UNSPEC;
 
+/// Not a TC action: a program's logic asks its entry point to tail-call the next program
+/// (which decides, and traces, the packet). A tail call must be made from the entry point's
+/// own frame: the verifier refuses one from a BPF subprogram, which the logic may compile to.
+pub const TAIL_CALL: i32 = -2;
+
 /// Pass the packet on untouched, counting why.
 #[inline(always)]
 pub fn pass(reason: Counter) -> i32 {
@@ -61,7 +66,9 @@ pub fn run(ctx: &TcContext, hook: u8, logic: impl Fn(&TcContext) -> Result<i32, 
         Ok(action) => (action, TRACE_NOT_DROPPED),
         Err(reason) => (drop_packet(ctx, reason), reason as u32),
     };
-    trace::emit(ctx, hook, action, reason);
+    if action != TAIL_CALL {
+        trace::emit(ctx, hook, action, reason);
+    }
     action
 }
 

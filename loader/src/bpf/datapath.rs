@@ -27,7 +27,7 @@ use crate::util::addr::{Ipv4Net, Ipv6Net, PortRange};
 
 /// The compiled datapath (built by build.rs from the `datapath-ebpf` crate).
 /// Maps the daemon pins, by their name in the datapath object (also their file name).
-pub(crate) const PINNED_MAPS: [&str; 26] = [
+pub(crate) const PINNED_MAPS: [&str; 28] = [
     names::MAP_NAT_OUT,
     names::MAP_NAT_IN,
     names::MAP_CONFIG,
@@ -56,6 +56,9 @@ pub(crate) const PINNED_MAPS: [&str; 26] = [
     names::MAP_PUBLISH6,
     names::MAP_EMBRYONIC6,
     names::MAP_EMBRYONIC6_NEXT,
+    names::MAP_HAIRPIN6,
+    // Pinned for the reason IPV6_PROGS is.
+    names::MAP_HAIRPIN6_PROG,
 ];
 
 pub(crate) static DATAPATH_OBJECT: &[u8] =
@@ -322,6 +325,7 @@ impl Datapath {
             names::PROG_EGRESS6,
             names::PROG_INGRESS6,
             names::PROG_PORT6,
+            names::PROG_HAIRPIN6,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -331,27 +335,34 @@ impl Datapath {
                 .map_err(|e| explain_load_error(anyhow::Error::new(e)))
                 .with_context(|| format!("loading program {name}"))?;
         }
-        // The IPv6 programs, where the IPv4 entry points tail-call them.
-        let mut ipv6_progs = Vec::new();
-        for (index, name) in [
-            (names::IPV6_EGRESS, names::PROG_EGRESS6),
-            (names::IPV6_INGRESS, names::PROG_INGRESS6),
-            (names::IPV6_PORT, names::PROG_PORT6),
+        // The tail-called programs, in their program arrays: the IPv6 programs where the IPv4
+        // entry points call them, the IPv6 hairpin program where the IPv6 port program does.
+        for (map, index, name) in [
+            (
+                names::MAP_IPV6_PROGS,
+                names::IPV6_EGRESS,
+                names::PROG_EGRESS6,
+            ),
+            (
+                names::MAP_IPV6_PROGS,
+                names::IPV6_INGRESS,
+                names::PROG_INGRESS6,
+            ),
+            (names::MAP_IPV6_PROGS, names::IPV6_PORT, names::PROG_PORT6),
+            (names::MAP_HAIRPIN6_PROG, 0, names::PROG_HAIRPIN6),
         ] {
             let prog: &SchedClassifier = ebpf
                 .program(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
                 .try_into()?;
-            ipv6_progs.push((index, prog.fd()?.try_clone()?));
-        }
-        let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(
-            ebpf.map_mut(names::MAP_IPV6_PROGS)
-                .ok_or_else(|| anyhow!("map {} missing", names::MAP_IPV6_PROGS))?,
-        )?;
-        for (index, fd) in &ipv6_progs {
+            let fd = prog.fd()?.try_clone()?;
+            let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(
+                ebpf.map_mut(map)
+                    .ok_or_else(|| anyhow!("map {map} missing from the datapath object"))?,
+            )?;
             slots
-                .set(*index, fd, 0)
-                .context("filling the IPv6 program slots")?;
+                .set(index, &fd, 0)
+                .with_context(|| format!("putting {name} in its slot of {map}"))?;
         }
         Ok(Self {
             ebpf,
@@ -919,28 +930,32 @@ impl Datapath {
         }
     }
 
-    /// The IPv6 published ports with the IPv6 connection tables, writable.
+    /// The IPv6 published ports with the IPv6 connection tables and the IPv6 hairpin table,
+    /// writable: what an IPv6 publish change touches (as `publish6::Flows6` takes them).
     #[allow(
         clippy::type_complexity,
         reason = "the maps an IPv6 publish change touches"
     )]
-    pub(crate) fn publish6_tables(
+    pub fn publish6_tables(
         &mut self,
     ) -> anyhow::Result<(
         HashMap<&mut MapData, bpfnat_common::PublishKey6, bpfnat_common::PublishTarget6>,
         NatTables6<'_>,
+        HashMap<&mut MapData, bpfnat_common::FlowKey6, bpfnat_common::HairpinEntry6>,
     )> {
         match self.ebpf.maps_disjoint_mut([
             names::MAP_PUBLISH6,
             names::MAP_NAT6_OUT,
             names::MAP_NAT6_IN,
+            names::MAP_HAIRPIN6,
         ]) {
-            [Some(publish), Some(out), Some(inbound)] => Ok((
+            [Some(publish), Some(out), Some(inbound), Some(hairpin)] => Ok((
                 HashMap::try_from(publish)?,
                 NatTables6 {
                     out: HashMap::try_from(out)?,
                     inbound: HashMap::try_from(inbound)?,
                 },
+                HashMap::try_from(hairpin)?,
             )),
             _ => bail!("IPv6 publish or connection maps missing from the datapath object"),
         }
@@ -965,6 +980,14 @@ impl Datapath {
         &mut self,
     ) -> anyhow::Result<HashMap<&mut MapData, FlowKey, bpfnat_common::HairpinEntry>> {
         Ok(HashMap::try_from(self.map_mut(names::MAP_HAIRPIN)?)?)
+    }
+
+    /// The IPv6 hairpin connections, writable (expiry).
+    pub fn hairpin6_map(
+        &mut self,
+    ) -> anyhow::Result<HashMap<&mut MapData, bpfnat_common::FlowKey6, bpfnat_common::HairpinEntry6>>
+    {
+        Ok(HashMap::try_from(self.map_mut(names::MAP_HAIRPIN6)?)?)
     }
 
     /// Counters summed over all CPUs, in `Counter::ALL` order.

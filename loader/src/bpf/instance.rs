@@ -1,9 +1,9 @@
 //! Pinned state of one `bpfnat up` instance: `/sys/fs/bpf/bpfnat/<instance>/`.
 //!
 //! The daemon pins its maps there (`NAT_OUT`, `NAT_IN`, `CONFIG`, `INTERNAL_NETS`,
-//! `COUNTERS`, `FRAGS`, `PUBLISH`, `BRIDGES`, `PORTS`, `ENDPOINTS`, `HAIRPIN`) so that `bpfnat conntrack`,
-//! `stats`, `status` and `publish` can open them from another process, and removes the
-//! directory when it exits normally.
+//! `COUNTERS`, `FRAGS`, `PUBLISH`, `BRIDGES`, `PORTS`, `ENDPOINTS`, `HAIRPIN`, the IPv6 ones,
+//! ...: `datapath::PINNED_MAPS`) so that `bpfnat conntrack`, `stats`, `status` and `publish`
+//! can open them from another process, and removes the directory when it exits normally.
 //!
 //! # Who holds an instance
 //!
@@ -539,6 +539,7 @@ pub struct PinnedMaps {
     nat6_out: Map,
     nat6_in: Map,
     publish6: Map,
+    hairpin6: Map,
 }
 
 impl PinnedMaps {
@@ -568,6 +569,7 @@ impl PinnedMaps {
             nat6_out: open(names::MAP_NAT6_OUT)?,
             nat6_in: open(names::MAP_NAT6_IN)?,
             publish6: open(names::MAP_PUBLISH6)?,
+            hairpin6: open(names::MAP_HAIRPIN6)?,
             dir,
         })
     }
@@ -602,16 +604,18 @@ impl PinnedMaps {
         crate::bpf::datapath::NatTables::new(&mut self.nat_out, &mut self.nat_in)
     }
 
-    /// The IPv6 published ports and the IPv6 tables, writable.
+    /// The IPv6 published ports, writable, with the IPv6 tables and the IPv6 hairpin map of
+    /// the connections made through them.
     #[allow(
         clippy::type_complexity,
-        reason = "two typed map handles, named by their types"
+        reason = "three typed map handles, named by their types"
     )]
     pub fn publish6_mut(
         &mut self,
     ) -> anyhow::Result<(
         aya::maps::HashMap<&mut MapData, bpfnat_common::PublishKey6, bpfnat_common::PublishTarget6>,
         crate::bpf::datapath::NatTables6<'_>,
+        aya::maps::HashMap<&mut MapData, bpfnat_common::FlowKey6, bpfnat_common::HairpinEntry6>,
     )> {
         Ok((
             aya::maps::HashMap::try_from(&mut self.publish6)?,
@@ -619,6 +623,7 @@ impl PinnedMaps {
                 out: aya::maps::HashMap::try_from(&mut self.nat6_out)?,
                 inbound: aya::maps::HashMap::try_from(&mut self.nat6_in)?,
             },
+            aya::maps::HashMap::try_from(&mut self.hairpin6)?,
         ))
     }
 
@@ -713,11 +718,17 @@ impl PinnedMaps {
         };
         let hairpin: aya::maps::HashMap<&MapData, bpfnat_common::FlowKey, HairpinEntry> =
             aya::maps::HashMap::try_from(&self.hairpin)?;
+        let hairpin6: aya::maps::HashMap<
+            &MapData,
+            bpfnat_common::FlowKey6,
+            bpfnat_common::HairpinEntry6,
+        > = aya::maps::HashMap::try_from(&self.hairpin6)?;
         Ok(Occupancy {
             nat_out: count(&self.nat_out)?,
             nat_in: count(&self.nat_in)?,
             max_entries: max(&self.nat_out)?,
             hairpin: hairpin.keys().filter(Result::is_ok).count() as u64,
+            hairpin6: hairpin6.keys().filter(Result::is_ok).count() as u64,
         })
     }
 }
@@ -731,6 +742,8 @@ pub struct Occupancy {
     pub max_entries: u32,
     /// Entries of the hairpin table (two per hairpin connection).
     pub hairpin: u64,
+    /// Entries of the IPv6 hairpin table (two per connection).
+    pub hairpin6: u64,
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ impl Stats {
                 "nat_in": self.occupancy.nat_in,
                 "max_entries": self.occupancy.max_entries,
                 "hairpin": self.occupancy.hairpin,
+                "hairpin6": self.occupancy.hairpin6,
             },
             "traffic": self.traffic.iter().map(|t| json!({
                 "hook": t.hook, "proto": t.proto, "packets": t.packets, "bytes": t.bytes,

@@ -4,7 +4,7 @@ use crate::{
     bpf::instance::PinnedMaps,
     table::{
         publish::{self, Flows, PublishSpec},
-        publish6::{self, Publish6Spec},
+        publish6::{self, Flows6, Publish6Spec},
     },
 };
 
@@ -118,14 +118,15 @@ fn run6(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
     let spec = Publish6Spec::parse(&joined)?;
     let mut maps = PinnedMaps::open(name)?;
     let timeouts = maps.config()?.timeouts;
-    let (mut map, mut tables) = maps.publish6_mut()?;
+    let (mut map, tables, hairpin) = maps.publish6_mut()?;
+    let mut flows = Flows6 { tables, hairpin };
     let (what, n, removed) = match action {
         Action::Add(_) => {
-            let (n, removed) = publish6::add6(&mut map, &mut tables, &timeouts, &spec)?;
+            let (n, removed) = publish6::add6(&mut map, &mut flows, &timeouts, &spec)?;
             ("published", n, removed)
         }
         _ => {
-            let (n, removed) = publish6::remove6(&mut map, &mut tables, &timeouts, &spec)?;
+            let (n, removed) = publish6::remove6(&mut map, &mut flows, &timeouts, &spec)?;
             ("unpublished", n, removed)
         }
     };

@@ -32,7 +32,7 @@ use crate::{
         docker::{DockerState, Network},
     },
     host::iface,
-    table::{conntrack, conntrack6, publish::Flows},
+    table::{conntrack, conntrack6, publish::Flows, publish6::Flows6},
     util::addr::{Ipv4Net, Ipv6Net},
 };
 
@@ -375,7 +375,7 @@ impl DockerSync {
             docker_nets.iter().any(|n| n.contains(addr)) && !self.fixed_publishes6.contains(k)
         };
         let wanted = state.publishes6.iter().map(|p| (p.key, p.target));
-        let (mut map, mut tables) = dp.publish6_tables()?;
+        let (mut map, tables, hairpin) = dp.publish6_tables()?;
         let doomed = reconcile(&mut map, wanted, ours, |k, t| {
             format!(
                 "[::]:{}/{} -> [{}]:{}",
@@ -385,7 +385,7 @@ impl DockerSync {
                 u16::from_be(t.port)
             )
         });
-        let removed = crate::table::publish6::remove_flows6(&mut tables, timeouts, &doomed);
+        let removed = Flows6 { tables, hairpin }.remove(timeouts, &doomed);
         if removed > 0 {
             info!("Docker: {removed} IPv6 connections through unpublished ports removed");
         }

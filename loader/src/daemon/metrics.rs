@@ -59,6 +59,7 @@ pub(crate) fn render(stats: &Stats) -> String {
         ("nat_out", o.nat_out),
         ("nat_in", o.nat_in),
         ("hairpin", o.hairpin),
+        ("hairpin6", o.hairpin6),
     ] {
         let _ = writeln!(
             out,
@@ -142,6 +143,7 @@ mod tests {
                 nat_in: 4,
                 max_entries: 262_144,
                 hairpin: 2,
+                hairpin6: 6,
             },
             traffic: vec![crate::bpf::instance::TrafficRow {
                 hook: "uplink_egress",
@@ -161,6 +163,7 @@ mod tests {
         }
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"nat_in\"} 4"));
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"hairpin\"} 2"));
+        assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"hairpin6\"} 6"));
         assert!(text.contains("bpfnat_table_max_entries{instance=\"lab-host\"} 262144"));
         assert!(text.contains("bpfnat_traffic_bytes_total{instance=\"lab-host\",hook=\"uplink_egress\",proto=\"tcp\"} 300"));
         // Every sample line belongs to a declared metric family.

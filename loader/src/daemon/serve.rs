@@ -444,16 +444,9 @@ async fn serve(
                         }
                         Err(e) => warn!("IPv6 expiry sweep failed: {e:#}"),
                     }
-                    // Hairpin connections age with every pass (their table is small).
-                    match dp.hairpin_map() {
-                        Ok(mut map) => {
-                            let n = expiry::sweep_hairpin(&mut map, &opts.timeouts);
-                            if n > 0 {
-                                info!("expired {n} hairpin connections");
-                            }
-                        }
-                        Err(e) => warn!("hairpin expiry failed: {e:#}"),
-                    }
+                    // Hairpin connections age with every pass (their tables are small).
+                    sweep_hairpin_logged(dp.hairpin_map(), &opts.timeouts, "hairpin");
+                    sweep_hairpin_logged(dp.hairpin6_map(), &opts.timeouts, "IPv6 hairpin");
                 }
                 next_sweep = if sweeper.mid_pass() {
                     tokio::time::Instant::now() + (started.elapsed() * SWEEP_PAUSE_FACTOR).max(Duration::from_millis(50))
@@ -473,6 +466,23 @@ async fn serve(
 /// After adopting pinned state: unpublish the ports that lead into a bridge that is now
 /// internal (nothing of an internal network is reachable from outside; the datapath refuses
 /// them anyway, this keeps `publish list` truthful).
+/// One expiry pass over a hairpin table of either family (`what` names it in the log).
+fn sweep_hairpin_logged<E: expiry::HairpinDirection>(
+    map: anyhow::Result<aya::maps::HashMap<&mut aya::maps::MapData, E::Key, E>>,
+    timeouts: &bpfnat_common::Timeouts,
+    what: &str,
+) {
+    match map {
+        Ok(mut map) => {
+            let n = expiry::sweep_hairpin(&mut map, timeouts);
+            if n > 0 {
+                info!("expired {n} {what} connections");
+            }
+        }
+        Err(e) => warn!("{what} expiry failed: {e:#}"),
+    }
+}
+
 fn forget_internal_publishes(dp: &mut Datapath, bridges: &[Bridge]) -> anyhow::Result<()> {
     let internal: Vec<Ipv4Net> = bridges
         .iter()

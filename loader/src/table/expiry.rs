@@ -2,12 +2,13 @@
 //! always removes both halves of a mapping together, so no half can outlive the other, and
 //! that can count what it removes. The datapath only stamps `last_seen_ns`.
 
-use std::time::Duration;
+use std::{borrow::BorrowMut, time::Duration};
 
+use aya::maps::{HashMap, MapData};
 use bpfnat_common::{
     batch::{self, BatchAttr, BPF_MAP_LOOKUP_BATCH},
     wire::BPF_NOEXIST,
-    FlowKey, HairpinEntry, NatEntry, Timeouts, NAT_FLAG_PUBLISHED,
+    FlowKey, FlowKey6, HairpinEntry, HairpinEntry6, NatEntry, Timeouts, NAT_FLAG_PUBLISHED,
 };
 
 use crate::{
@@ -213,27 +214,49 @@ fn give_back_reply_half(tables: &mut NatTables, key: &FlowKey, entry: &NatEntry)
     }
 }
 
-/// The other direction of a hairpin connection's entry: the tuple its rewrite produces,
-/// reversed (the same for either direction).
-pub(crate) fn hairpin_partner(key: &FlowKey, to: &HairpinEntry) -> FlowKey {
-    FlowKey::new(
-        to.dst_addr,
-        to.src_addr,
-        to.dst_port,
-        to.src_port,
-        key.proto,
-    )
+/// One direction of a hairpin connection, either family (`HAIRPIN`, `HAIRPIN6`): what
+/// expiry and the removal of a publish's connections read of it.
+pub trait HairpinDirection: aya::Pod {
+    type Key: aya::Pod + Eq + std::hash::Hash;
+    fn proto(key: &Self::Key) -> u8;
+    fn last_seen_ns(&self) -> u64;
+    /// The FIN and RST this direction has sent.
+    fn tcp_flags(&self) -> u8;
+    /// The key of the other direction (the tuple this entry's rewrite produces, reversed).
+    fn partner_key(&self, key: &Self::Key) -> Self::Key;
 }
 
-/// Expiry of hairpin connections (`HAIRPIN`, at most 16,384 entries, read whole): both
-/// directions of a connection idle past its timeout go together. Returns how many
-/// connections.
-pub fn sweep_hairpin<T: std::borrow::BorrowMut<aya::maps::MapData>>(
-    hairpin: &mut aya::maps::HashMap<T, FlowKey, HairpinEntry>,
+/// Both families' entries, whose fields have the same names.
+macro_rules! hairpin_direction {
+    ($($entry:ty => $key:ty),*) => {$(
+        impl HairpinDirection for $entry {
+            type Key = $key;
+            fn proto(key: &$key) -> u8 {
+                key.proto
+            }
+            fn last_seen_ns(&self) -> u64 {
+                self.last_seen_ns
+            }
+            fn tcp_flags(&self) -> u8 {
+                self.tcp_flags
+            }
+            fn partner_key(&self, key: &$key) -> $key {
+                self.partner(key)
+            }
+        }
+    )*};
+}
+hairpin_direction!(HairpinEntry => FlowKey, HairpinEntry6 => FlowKey6);
+
+/// Expiry of hairpin connections, either family (`HAIRPIN` or `HAIRPIN6`, at most 16,384
+/// entries each, read whole): both directions of a connection idle past its timeout go
+/// together. Returns how many connections.
+pub fn sweep_hairpin<T: BorrowMut<MapData>, E: HairpinDirection>(
+    hairpin: &mut HashMap<T, E::Key, E>,
     timeouts: &Timeouts,
 ) -> u64 {
     let now = monotonic_ns();
-    let entries: std::collections::HashMap<FlowKey, HairpinEntry> =
+    let entries: std::collections::HashMap<E::Key, E> =
         hairpin.iter().filter_map(Result::ok).collect();
     let mut removed = 0;
     let mut done = std::collections::HashSet::new();
@@ -241,19 +264,42 @@ pub fn sweep_hairpin<T: std::borrow::BorrowMut<aya::maps::MapData>>(
         if done.contains(key) {
             continue;
         }
-        let partner = hairpin_partner(key, entry);
+        let partner = entry.partner_key(key);
         let other = entries.get(&partner);
         done.insert(*key);
         done.insert(partner);
-        let last = other.map_or(entry.last_seen_ns, |o| {
-            o.last_seen_ns.max(entry.last_seen_ns)
+        let last = other.map_or(entry.last_seen_ns(), |o| {
+            o.last_seen_ns().max(entry.last_seen_ns())
         });
-        let timeout = hairpin_timeout(timeouts, key.proto, entry, other).as_nanos() as u64;
+        let flags = (entry.tcp_flags(), other.map_or(0, E::tcp_flags));
+        let timeout = hairpin_timeout(timeouts, E::proto(key), flags.0, flags.1).as_nanos() as u64;
         if now.saturating_sub(last) > timeout {
             let _ = hairpin.remove(key);
             let _ = hairpin.remove(&partner);
             removed += 1;
         }
+    }
+    removed
+}
+
+/// Remove the hairpin connections, either family, one of whose entries `doomed` picks (the
+/// asking side's direction): that entry first, so that its next packet no longer reaches the
+/// old target, then its partner. Returns how many connections.
+pub(crate) fn remove_hairpin_where<T: BorrowMut<MapData>, E: HairpinDirection>(
+    hairpin: &mut HashMap<T, E::Key, E>,
+    doomed: impl Fn(&E::Key, &E) -> bool,
+) -> u64 {
+    let picked: Vec<(E::Key, E)> = hairpin
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, to)| doomed(key, to))
+        .collect();
+    let mut removed = 0;
+    for (key, to) in &picked {
+        if hairpin.remove(key).is_ok() {
+            removed += 1;
+        }
+        let _ = hairpin.remove(&to.partner_key(key));
     }
     removed
 }

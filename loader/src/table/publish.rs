@@ -322,28 +322,15 @@ pub(crate) fn remove_hairpin<T: BorrowMut<MapData>>(
     hairpin: &mut HashMap<T, FlowKey, HairpinEntry>,
     publishes: &[(PublishKey, PublishTarget)],
 ) -> u64 {
-    let doomed: Vec<(FlowKey, HairpinEntry)> = hairpin
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, to)| {
-            publishes.iter().any(|(k, t)| {
-                k.proto == key.proto
-                    && k.host_port == key.dst_port
-                    && (k.host_addr == 0 || k.host_addr == key.dst_addr)
-                    && t.addr == to.dst_addr
-                    && t.port == to.dst_port
-            })
+    crate::table::expiry::remove_hairpin_where(hairpin, |key: &FlowKey, to: &HairpinEntry| {
+        publishes.iter().any(|(k, t)| {
+            k.proto == key.proto
+                && k.host_port == key.dst_port
+                && (k.host_addr == 0 || k.host_addr == key.dst_addr)
+                && t.addr == to.dst_addr
+                && t.port == to.dst_port
         })
-        .collect();
-    let mut removed = 0;
-    for (key, to) in &doomed {
-        // The asking side first: its next packet no longer reaches the old target.
-        if hairpin.remove(key).is_ok() {
-            removed += 1;
-        }
-        let _ = hairpin.remove(&crate::table::expiry::hairpin_partner(key, to));
-    }
-    removed
+    })
 }
 
 /// Publish `spec` (checked by the caller). A host port that led elsewhere is re-targeted, and

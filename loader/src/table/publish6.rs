@@ -1,21 +1,22 @@
 //! Ports published on the uplink's IPv6 address (Docker's `-p [::]:HOST_PORT:PORT`):
 //! `[[::]:]HOST_PORT[-END]:[CONTAINER_IPV6]:PORT[-END][/tcp|udp]`, the container's address in
 //! brackets. One `PUBLISH6` entry per host port; removing or re-targeting a port removes the
-//! connections made through it, as for IPv4 ([`super::publish`]).
+//! connections made through it (hairpin connections included), as for IPv4
+//! ([`super::publish`]).
 
 use std::{fmt, net::Ipv6Addr};
 
 use anyhow::{anyhow, bail};
 use aya::maps::{HashMap, MapData};
 use bpfnat_common::{
-    addr6_from_map, addr6_to_map, PublishKey6, PublishTarget6, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_FLAG_PUBLISHED,
+    addr6_from_map, addr6_to_map, FlowKey6, HairpinEntry6, PublishKey6, PublishTarget6,
+    IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables6,
-    table::conntrack6,
+    table::{conntrack6, expiry::remove_hairpin_where},
     util::addr::{proto_name, PortRange},
 };
 
@@ -165,32 +166,53 @@ impl fmt::Display for Publish6Spec {
     }
 }
 
-/// Remove the connections made through `publishes` (host port and the target it led to).
-pub fn remove_flows6(
-    tables: &mut NatTables6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
-    publishes: &[(PublishKey6, PublishTarget6)],
-) -> u64 {
-    if publishes.is_empty() {
-        return 0;
-    }
-    let now = crate::table::timeouts::monotonic_ns();
-    conntrack6::remove6_where(tables, timeouts, now, |c| {
-        c.out.entry.flags & NAT_FLAG_PUBLISHED != 0
-            && publishes.iter().any(|(k, t)| {
-                k.proto == c.original.proto
-                    && k.host_port == c.out.entry.port
-                    && t.addr == c.original.src_addr
-                    && t.port == c.original.src_port
+/// The connections an IPv6 publish can have made: both IPv6 connection tables and the IPv6
+/// hairpin table (as [`super::publish::Flows`] for IPv4).
+pub struct Flows6<'a> {
+    pub tables: NatTables6<'a>,
+    pub hairpin: HashMap<&'a mut MapData, FlowKey6, HairpinEntry6>,
+}
+
+impl Flows6<'_> {
+    /// Remove the connections made through `publishes` (host port and the target it led
+    /// to): connections from outside, and hairpin connections from containers (each two
+    /// entries: the asking side's, to the uplink's address and the host port, rewritten to the
+    /// target; and the target's answers). Returns how many connections.
+    pub(crate) fn remove(
+        &mut self,
+        timeouts: &bpfnat_common::Timeouts,
+        publishes: &[(PublishKey6, PublishTarget6)],
+    ) -> u64 {
+        if publishes.is_empty() {
+            return 0;
+        }
+        let now = crate::table::timeouts::monotonic_ns();
+        let nat = conntrack6::remove6_where(&mut self.tables, timeouts, now, |c| {
+            c.out.entry.flags & NAT_FLAG_PUBLISHED != 0
+                && publishes.iter().any(|(k, t)| {
+                    k.proto == c.original.proto
+                        && k.host_port == c.out.entry.port
+                        && t.addr == c.original.src_addr
+                        && t.port == c.original.src_port
+                })
+        });
+        let hairpin = remove_hairpin_where(&mut self.hairpin, |key, to: &HairpinEntry6| {
+            publishes.iter().any(|(k, t)| {
+                k.proto == key.proto
+                    && k.host_port == key.dst_port
+                    && t.addr == to.dst_addr
+                    && t.port == to.dst_port
             })
-    })
+        });
+        nat + hairpin
+    }
 }
 
 /// Publish `spec`; a port that led elsewhere is re-targeted and the connections to its old
 /// target removed. Returns (added or changed, connections removed).
 pub fn add6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
-    tables: &mut NatTables6<'_>,
+    flows: &mut Flows6<'_>,
     timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
@@ -209,14 +231,14 @@ pub fn add6(
             .map_err(|e| anyhow!("publishing {spec}: {e} (is the PUBLISH6 table full?)"))?;
         changed += 1;
     }
-    Ok((changed, remove_flows6(tables, timeouts, &old)))
+    Ok((changed, flows.remove(timeouts, &old)))
 }
 
 /// Unpublish the host ports of `spec` (all must be published), with their connections.
 /// Returns (removed, connections removed).
 pub fn remove6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
-    tables: &mut NatTables6<'_>,
+    flows: &mut Flows6<'_>,
     timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
@@ -232,7 +254,7 @@ pub fn remove6(
         doomed.push((key, found));
     }
     let removed = doomed.iter().filter(|(k, _)| map.remove(k).is_ok()).count() as u64;
-    Ok((removed, remove_flows6(tables, timeouts, &doomed)))
+    Ok((removed, flows.remove(timeouts, &doomed)))
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bpfnat_common::{
     tcp_state,
     wire::{TCP_FIN, TCP_RST},
-    HairpinEntry, NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_FLAG_PUBLISHED,
+    NatEntry, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_FLAG_PUBLISHED,
 };
 
 /// The TCP state of a mapping from its `NAT_OUT` half and its `NAT_IN` half (if any). The
@@ -51,16 +51,11 @@ pub(crate) fn idle_timeout(
     Duration::from_secs(u64::from(secs))
 }
 
-/// How long a hairpin connection may stay idle, from its two directions (`a`, and `b` if
-/// present): closed TCP connections go soon, like a mapping's (RST: CLOSE; FIN both ways:
-/// TIME_WAIT; one way: FIN_WAIT); an open one gets ESTABLISHED's; UDP its both-ways timeout.
-pub(crate) fn hairpin_timeout(
-    timeouts: &Timeouts,
-    proto: u8,
-    a: &HairpinEntry,
-    b: Option<&HairpinEntry>,
-) -> Duration {
-    let (fa, fb) = (a.tcp_flags, b.map_or(0, |b| b.tcp_flags));
+/// How long a hairpin connection (either family) may stay idle, from the TCP flags its two
+/// directions recorded (`fa`, and `fb`: 0 for a direction that is gone): closed TCP
+/// connections go soon, like a mapping's (RST: CLOSE; FIN both ways: TIME_WAIT; one way:
+/// FIN_WAIT); an open one gets ESTABLISHED's; UDP its both-ways timeout.
+pub(crate) fn hairpin_timeout(timeouts: &Timeouts, proto: u8, fa: u8, fb: u8) -> Duration {
     let secs = match proto {
         IPPROTO_TCP if (fa | fb) & TCP_RST != 0 => timeouts.tcp_close,
         IPPROTO_TCP if fa & fb & TCP_FIN != 0 => timeouts.tcp_time_wait,

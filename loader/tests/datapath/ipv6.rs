@@ -878,3 +878,277 @@ fn publish_8080_to_c1(dp: &mut Datapath) {
     )
     .unwrap();
 }
+
+/// Publish `proto` port `host_port` of the uplink's IPv6 address to `ctr`'s `ctr_port`.
+fn publish6(dp: &mut Datapath, proto: u8, host_port: u16, ctr: &str, ctr_port: u16) {
+    dp.publish6(
+        bpfnat_common::PublishKey6 {
+            host_port: host_port.to_be(),
+            proto,
+            pad: 0,
+        },
+        bpfnat_common::PublishTarget6 {
+            addr: bpfnat_common::addr6_to_map(ctr.parse::<Ipv6Addr>().unwrap().octets()),
+            port: ctr_port.to_be(),
+            pad: 0,
+        },
+    )
+    .unwrap();
+}
+
+/// `got` equals `want` with its hop limit decremented (a router's forwarding), from the
+/// EtherType on: the MACs are the delivery's (checked apart).
+fn assert_forwarded6(got: &[u8], want: &Frame6, case: &str) {
+    let mut want = want.clone();
+    want.hop_limit -= 1;
+    assert_eq!(got[12..], want.build()[12..], "{case}");
+}
+
+/// The frame with both ends rewritten.
+fn rewritten(f: &Frame6, src: &str, sport: u16, dst: &str, dport: u16) -> Frame6 {
+    f.with_src(src, sport).with_dst(dst, dport)
+}
+
+const GW6: &str = "fd00:18::1";
+const C2: &str = "fd00:18::3";
+
+/// Hairpin over IPv6: a container reaching a port published on the uplink's IPv6 address
+/// through that address gets the published container, with the bridge's IPv6 gateway as
+/// source (the gateway port is its own when free), so that the answer comes back through the
+/// host and is turned back into the address it asked for. TCP from another container and
+/// from the published one itself, UDP; later packets of the connection follow its entries;
+/// every checksum is recomputed from scratch by the expected frame.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_hairpin_table() {
+    let _slot = require_root();
+    let udp = |sport, dport| L4v6::Udp { sport, dport };
+    let rows = [
+        (
+            "tcp from another container",
+            Frame6::new(C2, EXTERNAL6, tcp(45000, 8080, SYN, 1000, 0)),
+            Frame6::new(C1, GW6, tcp(80, 45000, SYN_ACK, 5000, 1001)),
+            Frame6::new(C2, EXTERNAL6, tcp(45000, 8080, ACK, 1001, 5001)),
+            80u16,
+        ),
+        (
+            "tcp from the published container",
+            Frame6::new(C1, EXTERNAL6, tcp(45001, 8080, SYN, 1000, 0)),
+            Frame6::new(C1, GW6, tcp(80, 45001, SYN_ACK, 5000, 1001)),
+            Frame6::new(C1, EXTERNAL6, tcp(45001, 8080, ACK, 1001, 5001)),
+            80,
+        ),
+        (
+            "udp from another container",
+            Frame6::new(C2, EXTERNAL6, udp(45002, 5353)),
+            Frame6::new(C1, GW6, udp(53, 45002)),
+            Frame6::new(C2, EXTERNAL6, udp(45002, 5353)),
+            53,
+        ),
+    ];
+    for (case, ask, answer, again, target_port) in rows {
+        let mut dp = bridged6(0);
+        publish6(&mut dp, 6, 8080, C1, 80);
+        publish6(&mut dp, 17, 5353, C1, 53);
+        let (client, sport, host_port) = match ask.l4 {
+            L4v6::Tcp { sport, dport, .. } | L4v6::Udp { sport, dport } => (ask.src, sport, dport),
+            _ => unreachable!(),
+        };
+        let client = client.to_string();
+        let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+        assert_eq!(v, TC_ACT_REDIRECT, "{case}: to the published container");
+        let want = rewritten(&ask, GW6, sport, C1, target_port);
+        assert_forwarded6(&got, &want, &format!("{case}: first packet"));
+
+        let (v, got) = run(&mut dp, names::PROG_PORT, &answer.build());
+        assert_eq!(v, TC_ACT_REDIRECT, "{case}: answer back");
+        let want = rewritten(&answer, EXTERNAL6, host_port, &client, sport);
+        assert_forwarded6(&got, &want, &format!("{case}: answer"));
+        // The asking container was learned from its request: straight to its MAC, from the
+        // bridge's.
+        assert_eq!(
+            got[0..12],
+            [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 0xb1],
+            "{case}"
+        );
+
+        let (v, got) = run(&mut dp, names::PROG_PORT, &again.build());
+        assert_eq!(v, TC_ACT_REDIRECT, "{case}: next packet");
+        let want = rewritten(&again, GW6, sport, C1, target_port);
+        assert_forwarded6(&got, &want, &format!("{case}: next packet"));
+        assert_eq!(dp.counter(Counter::HairpinTranslated).unwrap(), 3, "{case}");
+        assert_eq!(dp.hairpin6_map().unwrap().keys().count(), 2, "{case}");
+        assert_eq!(dp.counter(Counter::NewMappings).unwrap(), 0, "{case}");
+    }
+}
+
+/// The edges of IPv6 hairpin: a gateway port another hairpin connection holds is not given
+/// twice (the second connection gets another, and its answers still find their way); a
+/// container of another bridge is reached from that bridge's gateway; ICMPv6 and unpublished
+/// ports are the host's, untouched; an internal bridge reaches its gateway but not the
+/// uplink's address; a FIN is recorded for expiry, which removes both directions together;
+/// unpublishing removes the connections made through the port.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_hairpin_edges() {
+    use bpfnat::table::{
+        expiry::sweep_hairpin,
+        publish6::{remove6, Flows6, Publish6Spec},
+    };
+    use bpfnat_common::{wire::TCP_FIN, Timeouts, BRIDGE_INTERNAL};
+    let _slot = require_root();
+    let mut dp = bridged6(0);
+    publish6(&mut dp, 6, 8080, C1, 80);
+    // C1 and C2 from the same port: C2's answer tuple (C1:80 -> gateway:46000) is taken.
+    let first = Frame6::new(C1, EXTERNAL6, tcp(46000, 8080, SYN, 1, 0));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &first.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_forwarded6(&got, &rewritten(&first, GW6, 46000, C1, 80), "first");
+    let second = Frame6::new(C2, EXTERNAL6, tcp(46000, 8080, SYN, 1, 0));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &second.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    // The TCP source port follows the 54-byte Ethernet + IPv6 header.
+    let gw_port = u16::from_be_bytes([got[54], got[55]]);
+    assert_ne!(gw_port, 46000, "a held gateway port given twice");
+    assert!(gw_port > 1024);
+    assert_forwarded6(&got, &rewritten(&second, GW6, gw_port, C1, 80), "second");
+    let answer = Frame6::new(C1, GW6, tcp(80, gw_port, SYN_ACK, 9, 2));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &answer.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let want = rewritten(&answer, EXTERNAL6, 8080, C2, 46000);
+    assert_forwarded6(&got, &want, "the second's answer");
+
+    // A FIN is recorded on its direction; expiry leaves open connections alone and takes
+    // an idle one whole (both directions) once its timeout is past.
+    let fin = Frame6::new(C2, EXTERNAL6, tcp(46000, 8080, FIN | ACK, 2, 10));
+    run(&mut dp, names::PROG_PORT, &fin.build());
+    let ask_key = bpfnat_common::FlowKey6::new(
+        bpfnat_common::addr6_to_map(C2.parse::<Ipv6Addr>().unwrap().octets()),
+        bpfnat_common::addr6_to_map(EXTERNAL6.parse::<Ipv6Addr>().unwrap().octets()),
+        46000u16.to_be(),
+        8080u16.to_be(),
+        6,
+    );
+    let entry = dp.hairpin6_map().unwrap().get(&ask_key, 0).unwrap();
+    assert_eq!(entry.tcp_flags, TCP_FIN, "the FIN recorded");
+    assert_eq!(
+        sweep_hairpin(&mut dp.hairpin6_map().unwrap(), &Timeouts::KERNEL),
+        0
+    );
+    let mut short = Timeouts::KERNEL;
+    short.tcp_fin_wait = 0;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(
+        sweep_hairpin(&mut dp.hairpin6_map().unwrap(), &short),
+        1,
+        "the closing connection, both directions"
+    );
+    assert_eq!(dp.hairpin6_map().unwrap().keys().count(), 2, "C1's stays");
+
+    // Unpublishing removes C1's connection too.
+    {
+        let (mut map, tables, hairpin) = dp.publish6_tables().unwrap();
+        let mut flows = Flows6 { tables, hairpin };
+        let spec = Publish6Spec::parse("8080").unwrap();
+        let (ports, conns) = remove6(&mut map, &mut flows, &Timeouts::KERNEL, &spec).unwrap();
+        assert_eq!((ports, conns), (1, 1));
+    }
+    assert_eq!(dp.hairpin6_map().unwrap().keys().count(), 0);
+    let late = Frame6::new(C1, EXTERNAL6, tcp(46000, 8080, ACK, 2, 10));
+    let input = late.build();
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &input),
+        (TCX_NEXT, input.clone()),
+        "no hairpin after the publish went"
+    );
+
+    // Another bridge's container: sourced from that bridge's gateway.
+    let mut dp = bridged6(0);
+    publish6(&mut dp, 17, 5353, "fd00:19::5", 53);
+    let ask = Frame6::new(
+        C2,
+        EXTERNAL6,
+        L4v6::Udp {
+            sport: 47000,
+            dport: 5353,
+        },
+    );
+    let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let want = rewritten(&ask, "fd00:19::1", 47000, "fd00:19::5", 53);
+    assert_forwarded6(&got, &want, "across bridges");
+
+    // The host's own: ICMPv6 echo to the uplink's address, an unpublished port, the
+    // gateway's services.
+    let echo = Frame6::new(
+        C2,
+        EXTERNAL6,
+        L4v6::Echo {
+            kind: 128,
+            id: 5,
+            seq: 1,
+        },
+    );
+    for (case, f) in [
+        ("echo", echo),
+        (
+            "unpublished",
+            Frame6::new(C2, EXTERNAL6, tcp(47001, 22, SYN, 1, 0)),
+        ),
+        ("gateway", Frame6::new(C2, GW6, tcp(47002, 53, SYN, 1, 0))),
+    ] {
+        let input = f.build();
+        assert_eq!(
+            run(&mut dp, names::PROG_PORT, &input),
+            (TCX_NEXT, input.clone()),
+            "{case}: untouched"
+        );
+    }
+    assert_eq!(dp.counter(Counter::HairpinTranslated).unwrap(), 1);
+
+    // An internal bridge: its gateway yes, the uplink's address no (not even published).
+    let mut dp = bridged6(BRIDGE_INTERNAL);
+    publish6(&mut dp, 6, 8080, C1, 80);
+    let to_uplink = Frame6::new(C2, EXTERNAL6, tcp(47003, 8080, SYN, 1, 0));
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &to_uplink.build()).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(dp.counter(Counter::DropInternal).unwrap(), 1);
+    let to_gw = Frame6::new(C2, GW6, tcp(47004, 80, SYN, 1, 0)).build();
+    assert_eq!(
+        run(&mut dp, names::PROG_PORT, &to_gw),
+        (TCX_NEXT, to_gw.clone())
+    );
+    assert_eq!(dp.counter(Counter::HairpinTranslated).unwrap(), 0);
+}
+
+/// A gateway port the host itself uses is never given to an IPv6 hairpin connection: with a
+/// TCP listener of this process on `[::]:P` (the test run's packets are in this network
+/// namespace), a hairpin connection from port P gets another gateway port
+/// (`port_host_owned`), and its answer still finds its way back.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_hairpin_avoids_the_hosts_ports() {
+    let _slot = require_root();
+    let listener = std::net::TcpListener::bind("[::]:0").expect("a listener of the host");
+    let port = listener.local_addr().unwrap().port();
+    let mut dp = bridged6(0);
+    publish6(&mut dp, 6, 8080, C1, 80);
+    let ask = Frame6::new(C2, EXTERNAL6, tcp(port, 8080, SYN, 1, 0));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &ask.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let gw_port = u16::from_be_bytes([got[54], got[55]]);
+    assert_ne!(
+        gw_port, port,
+        "the host's port given to a hairpin connection"
+    );
+    assert_forwarded6(&got, &rewritten(&ask, GW6, gw_port, C1, 80), "first packet");
+    assert_eq!(dp.counter(Counter::PortHostOwned).unwrap(), 1);
+    let answer = Frame6::new(C1, GW6, tcp(80, gw_port, SYN_ACK, 9, 2));
+    let (v, got) = run(&mut dp, names::PROG_PORT, &answer.build());
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let want = rewritten(&answer, EXTERNAL6, 8080, C2, port);
+    assert_forwarded6(&got, &want, "answer");
+    drop(listener);
+}

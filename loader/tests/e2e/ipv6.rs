@@ -131,13 +131,14 @@ pub(crate) fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
     uplink
 }
 
-/// A UDP echo on the remote answering each datagram with its peer's address; until the
-/// returned sender is dropped (at most 30 s).
-fn udp_echo6(wan: &str) -> mpsc::Sender<()> {
+/// A UDP echo in `ns` on `bind` answering each datagram with its peer's address and port;
+/// until the returned sender is dropped (at most 30 s).
+fn udp_echo6(ns: &str, bind: &str) -> mpsc::Sender<()> {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(wan, move || {
-        let sock = UdpSocket::bind(format!("[{REMOTE6}]:7")).expect("bind udp6");
+    let bind = bind.to_owned();
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind(&bind).expect("bind udp6");
         sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
         ready_tx.send(()).ok();
         let end = Instant::now() + Duration::from_secs(30);
@@ -154,13 +155,20 @@ fn udp_echo6(wan: &str) -> mpsc::Sender<()> {
     stop_tx
 }
 
+/// Ask the remote's UDP echo from `ns`.
 fn udp_ask(ns: &str) -> Option<String> {
-    spawn_in(ns, || {
-        let sock = UdpSocket::bind("[::]:0").ok()?;
+    udp_ask_from(ns, 0, SocketAddrV6::new(REMOTE6.parse().unwrap(), 7, 0, 0))
+}
+
+/// One UDP request from `ns`, from port `from` (0: any) to `dst`: the answer, if one comes
+/// within three tries.
+fn udp_ask_from(ns: &str, from: u16, dst: SocketAddrV6) -> Option<String> {
+    spawn_in(ns, move || {
+        let sock = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, from, 0, 0)).ok()?;
         sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
         let mut buf = [0u8; 1500];
         for _ in 0..3 {
-            sock.send_to(b"q", format!("[{REMOTE6}]:7")).ok()?;
+            sock.send_to(b"q", dst).ok()?;
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
                 return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
@@ -199,7 +207,7 @@ fn ipv6_containers_reach_out_masqueraded() {
         );
         assert!(ok, "ping6 from {c}: {out}");
     }
-    let stop = udp_echo6(&wan);
+    let stop = udp_echo6(&wan, &format!("[{REMOTE6}]:7"));
     for c in [&c1, &c2] {
         let peer = udp_ask(c).unwrap_or_else(|| panic!("no UDP answer for {c}"));
         let peer: SocketAddr = peer.parse().expect("peer");
@@ -381,36 +389,8 @@ fn ipv6_published_port_keeps_the_client_address() {
     );
 
     // The container's server answers each connection with the peer it sees.
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(&c1, move || {
-        let listener = TcpListener::bind("[::]:80").expect("bind");
-        listener.set_nonblocking(true).ok();
-        ready_tx.send(()).ok();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if let Ok((mut sock, peer)) = listener.accept() {
-                let _ = sock.write_all(peer.ip().to_string().as_bytes());
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server");
-    let ask = |wan: &str| {
-        spawn_in(wan, move || {
-            let dst = SocketAddrV6::new(uplink, 8080, 0, 0);
-            let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2)).ok()?;
-            sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            let mut peer = String::new();
-            sock.read_to_string(&mut peer).ok()?;
-            Some(peer)
-        })
-        .join()
-        .ok()
-        .flatten()
-    };
+    peer_server6(&c1);
+    let ask = |wan: &str| ask_peer6(wan, uplink, 8080);
     let peer = ask(&wan).expect("published port answers");
     assert_eq!(
         peer, "2001:db8:3::1",
@@ -428,6 +408,131 @@ fn ipv6_published_port_keeps_the_client_address() {
     ]);
     assert!(out.contains("unpublished"), "{out}");
     assert_eq!(ask(&wan), None, "reachable after publish remove");
+}
+
+/// A TCP server on `[::]:80` in `ns` that answers each connection with the address of the
+/// peer it sees, for 30 s at most.
+fn peer_server6(ns: &str) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind("[::]:80").expect("bind");
+        listener.set_nonblocking(true).ok();
+        ready_tx.send(()).ok();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok((mut sock, peer)) = listener.accept() {
+                let _ = sock.write_all(peer.ip().to_string().as_bytes());
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server");
+}
+
+/// Connect from `ns` to `[addr]:port` and read what the server says (the peer it sees).
+fn ask_peer6(ns: &str, addr: Ipv6Addr, port: u16) -> Option<String> {
+    spawn_in(ns, move || {
+        let dst = SocketAddrV6::new(addr, port, 0, 0);
+        let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(2)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut peer = String::new();
+        sock.read_to_string(&mut peer).ok()?;
+        Some(peer)
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Hairpin over IPv6: containers reach a port published on the uplink's IPv6 address through
+/// that address, from another container and from the published one itself, and the server
+/// sees the bridge's IPv6 gateway as its peer (Docker's hairpin masquerade); UDP too.
+/// Removing a publish removes its hairpin connections: a UDP flow that keeps sending gets no
+/// answer any more, and the IPv6 hairpin table empties once both publishes are gone.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs"]
+fn ipv6_hairpin_through_the_uplink_address() {
+    let _slot = require_root();
+    let lab = lab(7);
+    let uplink = add_ipv6(&lab, 7);
+    let host = lab.spec.host_netns.clone();
+    let (c1, c2) = (
+        lab.spec.containers[0].netns.clone(),
+        lab.spec.containers[1].netns.clone(),
+    );
+    let _daemon = Daemon::start(
+        &host,
+        &[
+            "--uplink",
+            "up0",
+            "--bridge",
+            "br0",
+            "--publish",
+            "8080:[fd00:85:7::2]:80",
+            "--publish",
+            "5353:[fd00:85:7::2]:53/udp",
+        ],
+    );
+    peer_server6(&c1);
+    for ns in [&c2, &c1] {
+        let peer = ask_peer6(ns, uplink, 8080)
+            .unwrap_or_else(|| panic!("{ns}: no answer through [{uplink}]:8080"));
+        assert_eq!(
+            peer, "fd00:85:7::1",
+            "{ns}: the server sees the bridge's gateway"
+        );
+    }
+    let stats = crate::support::cli::stats_json(&host);
+    assert!(crate::support::cli::counter(&stats, "hairpin_translated") > 0);
+    let hairpin6 = || {
+        crate::support::cli::stats_json(&host)["table"]["hairpin6"]
+            .as_u64()
+            .expect("table.hairpin6")
+    };
+    assert_eq!(hairpin6(), 4, "two TCP connections, two directions each");
+
+    let stop = udp_echo6(&c1, "[::]:53");
+    let dns = SocketAddrV6::new(uplink, 5353, 0, 0);
+    let peer = udp_ask_from(&c2, 41000, dns).expect("hairpin UDP");
+    assert_eq!(
+        peer.parse::<SocketAddr>().map(|p| p.ip()).ok(),
+        Some("fd00:85:7::1".parse().unwrap()),
+        "hairpin UDP: {peer}"
+    );
+    assert_eq!(hairpin6(), 6);
+    let out = crate::support::cli::bpfnat_ok(&[
+        "--netns",
+        &host,
+        "publish",
+        "remove",
+        "5353:[fd00:85:7::2]:53/udp",
+    ]);
+    assert!(out.contains("1 connections removed"), "{out}");
+    assert_eq!(hairpin6(), 4, "the UDP connection went with its publish");
+    assert_eq!(
+        udp_ask_from(&c2, 41000, dns),
+        None,
+        "a hairpin flow outlived its publish"
+    );
+    assert!(
+        ask_peer6(&c2, uplink, 8080).is_some(),
+        "the other publish is untouched"
+    );
+    crate::support::cli::bpfnat_ok(&["--netns", &host, "publish", "remove", "[::]:8080/tcp"]);
+    assert_eq!(
+        hairpin6(),
+        0,
+        "every hairpin connection went with its publish"
+    );
+    assert_eq!(
+        ask_peer6(&c2, uplink, 8080),
+        None,
+        "reachable after publish remove"
+    );
+    drop(stop);
 }
 
 /// The namespace's checksum error counters: TCP's (one for both families, /proc/net/snmp) and
