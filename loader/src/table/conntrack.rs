@@ -200,6 +200,7 @@ impl Connection {
     /// Every field, for `--json`.
     pub fn to_json(&self) -> Value {
         json!({
+            "family": "ipv4",
             "proto": proto_name(self.proto()),
             "proto_num": self.proto(),
             "state": self.state().map(TcpState::name),
@@ -548,6 +549,7 @@ mod tests {
              [ASSURED]"
         );
         let j = c.to_json();
+        assert_eq!(j["family"], "ipv4");
         assert_eq!(j["proto"], "udp");
         assert_eq!(j["state"], Value::Null);
         assert_eq!(j["reply"]["dst"], "192.0.2.131");
