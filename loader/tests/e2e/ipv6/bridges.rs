@@ -12,7 +12,7 @@ use crate::{
     bridge::{tcp_connects, ExtraContainer, Listener},
     support::{
         cli::bpfnat_ok,
-        e2e::{echo_peer_ip, tcp_send, tcp_sink, udp_echo, udp_request, Daemon},
+        e2e::{echo_peer_ip, ns_exec, tcp_send, tcp_sink, udp_echo, udp_request, Daemon},
         require_root,
     },
 };
@@ -25,9 +25,42 @@ fn remote6() -> Ipv6Addr {
     REMOTE6.parse().unwrap()
 }
 
+/// The link-local address of `eth0` in `ns`.
+fn link_local(ns: &str) -> String {
+    let (_, out) = ns_exec(
+        ns,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ],
+    );
+    let addr = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next());
+    addr.unwrap_or_else(|| panic!("no link-local address in {ns}: {out}"))
+        .to_owned()
+}
+
+/// The addresses that answer a 2-second ping of all nodes (ff02::1) on `eth0` in `ns`.
+fn all_nodes_answer(ns: &str) -> Vec<String> {
+    let (_, out) = ns_exec(ns, &["ping", "-6", "-i", "0.5", "-w", "2", "ff02::1%eth0"]);
+    let mut from: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            // "64 bytes from fe80::...%eth0: icmp_seq=1 ..."
+            let word = l.split(" from ").nth(1)?.split(' ').next()?;
+            Some(word.split('%').next()?.trim_end_matches(':').to_owned())
+        })
+        .collect();
+    from.sort_unstable();
+    from.dedup();
+    from
+}
+
 /// `--bridge br0:icc=false`: the containers of the bridge cannot reach each other over IPv6
-/// (ping and TCP, both ways, dropped and counted as `drop_icc`), but reach their gateway and
-/// the remote (a 4 MiB upload seen from the uplink's IPv6 address).
+/// (ping and TCP, both ways, dropped and counted as `drop_icc`; an all-nodes ping is answered
+/// by the gateway but not by the other container, whose port the kernel bridge isolates), but
+/// reach their gateway and the remote (a 4 MiB upload seen from the uplink's IPv6 address).
 #[test]
 #[ignore = "needs root: network namespaces, BPF programs"]
 fn ipv6_icc_off_keeps_containers_apart() {
@@ -38,8 +71,11 @@ fn ipv6_icc_off_keeps_containers_apart() {
     let (c1, a1) = container6(&lab, 6, 0);
     let (c2, a2) = container6(&lab, 6, 1);
     let _l = Listener::start(&c2, v6(a2, 5005));
+    let c2_link_local = link_local(&c2);
     // Control: the bridge connects them.
     assert!(ping6(&c1, None, &a2.to_string()) && tcp_connects(&c1, v6(a2, 5005)));
+    let answered = all_nodes_answer(&c1);
+    assert!(answered.contains(&c2_link_local), "control: {answered:?}");
 
     let _d = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0:icc=false"]);
     let status: serde_json::Value =
@@ -57,6 +93,11 @@ fn ipv6_icc_off_keeps_containers_apart() {
     );
     let after = count(&host, "drop_icc");
     assert!(after >= before + 3, "drop_icc {before} -> {after}");
+    let answered = all_nodes_answer(&c1);
+    assert!(
+        !answered.contains(&c2_link_local) && !answered.is_empty(),
+        "icc off: c2 ({c2_link_local}) answered an all-nodes ping: {answered:?}"
+    );
 
     let gw = gateway6(6).to_string();
     for c in [&c1, &c2] {
