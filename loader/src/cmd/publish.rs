@@ -117,15 +117,14 @@ fn run6(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
     let joined = args.join(":");
     let spec = Publish6Spec::parse(&joined)?;
     let mut maps = PinnedMaps::open(name)?;
-    let timeouts = maps.config()?.timeouts;
     let (mut map, mut tables) = maps.publish6_mut()?;
     let (what, n, removed) = match action {
         Action::Add(_) => {
-            let (n, removed) = publish6::add6(&mut map, &mut tables, &timeouts, &spec)?;
+            let (n, removed) = publish6::add6(&mut map, &mut tables, &spec)?;
             ("published", n, removed)
         }
         _ => {
-            let (n, removed) = publish6::remove6(&mut map, &mut tables, &timeouts, &spec)?;
+            let (n, removed) = publish6::remove6(&mut map, &mut tables, &spec)?;
             ("unpublished", n, removed)
         }
     };

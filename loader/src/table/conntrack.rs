@@ -20,6 +20,9 @@
 //! The reply half is removed only if it still points back at the deleted original (it may
 //! have been expired and claimed by another flow meanwhile).
 //!
+//! Both families are removed by the same routines ([`Halves`]: the IPv4 tables and the IPv6
+//! ones, [`crate::table::conntrack6`]), so they keep the same order and checks.
+//!
 //! A packet of the flow arriving in that window usually finds its own old reply half and takes
 //! it back (the datapath keeps the flow's port rather than move it: the peer would reset a
 //! connection that changed ports). If that happens just before the reply half is deleted, the
@@ -39,13 +42,13 @@ use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{anyhow, bail};
 use bpfnat_common::{
-    FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP,
-    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
+    FlowKey, FlowKey6, NatEntry, NatEntry6, PublishKey, PublishTarget, TcpState, Timeouts,
+    IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
-    bpf::datapath::NatTables,
+    bpf::datapath::{NatTables, NatTables6},
     table::timeouts::{idle_since, idle_timeout, tcp_state_of},
     util::addr::{proto_name, Ipv4Net},
 };
@@ -336,46 +339,123 @@ pub fn list(tables: &NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Con
     conns
 }
 
-/// Delete mappings, original half first (see the module documentation). Returns how many
-/// mappings were deleted.
-pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+/// The two halves of one family's connection table (`NAT_OUT`/`NAT_IN`, `NAT6_OUT`/`NAT6_IN`),
+/// as the removal routines use them: both families are removed in the same order, with the
+/// same checks (see the module documentation).
+pub trait Halves {
+    type Key: Copy + PartialEq;
+    type Entry: Copy;
+    fn out_get(&self, key: &Self::Key) -> Option<Self::Entry>;
+    fn out_remove(&mut self, key: &Self::Key) -> bool;
+    fn in_get(&self, key: &Self::Key) -> Option<Self::Entry>;
+    fn in_remove(&mut self, key: &Self::Key) -> bool;
+    /// Insert a reply half unless one exists (`BPF_NOEXIST`); whether it was inserted.
+    fn in_insert_new(&mut self, key: &Self::Key, entry: &Self::Entry) -> bool;
+    /// Every reply half.
+    fn in_entries(&self) -> Vec<(Self::Key, Self::Entry)>;
+    /// The key of the other half.
+    fn reply_key(key: &Self::Key, out: &Self::Entry) -> Self::Key;
+    fn original_key(key: &Self::Key, inbound: &Self::Entry) -> Self::Key;
+    /// The state both families keep per half (times, accounting, port, flags).
+    fn state(entry: &Self::Entry) -> &NatEntry;
+    /// Whether two original halves give their flow the same external address and port.
+    fn same_mapping(a: &Self::Entry, b: &Self::Entry) -> bool;
+}
+
+/// [`Halves`] for a table pair whose `out` and `inbound` maps are aya hash maps.
+macro_rules! halves {
+    ($tables:ident, $key:ty, $entry:ty, |$e:ident| $state:expr, |$a:ident, $b:ident| $same:expr) => {
+        impl Halves for $tables<'_> {
+            type Key = $key;
+            type Entry = $entry;
+            fn out_get(&self, key: &$key) -> Option<$entry> {
+                self.out.get(key, 0).ok()
+            }
+            fn out_remove(&mut self, key: &$key) -> bool {
+                self.out.remove(key).is_ok()
+            }
+            fn in_get(&self, key: &$key) -> Option<$entry> {
+                self.inbound.get(key, 0).ok()
+            }
+            fn in_remove(&mut self, key: &$key) -> bool {
+                self.inbound.remove(key).is_ok()
+            }
+            fn in_insert_new(&mut self, key: &$key, entry: &$entry) -> bool {
+                self.inbound.insert(key, entry, BPF_NOEXIST).is_ok()
+            }
+            fn in_entries(&self) -> Vec<($key, $entry)> {
+                self.inbound.iter().filter_map(Result::ok).collect()
+            }
+            fn reply_key(key: &$key, out: &$entry) -> $key {
+                key.reply_key(out)
+            }
+            fn original_key(key: &$key, inbound: &$entry) -> $key {
+                key.original_key(inbound)
+            }
+            fn state($e: &$entry) -> &NatEntry {
+                $state
+            }
+            fn same_mapping($a: &$entry, $b: &$entry) -> bool {
+                $same
+            }
+        }
+    };
+}
+
+halves!(NatTables, FlowKey, NatEntry, |e| e, |a, b| a.addr == b.addr
+    && a.port == b.port);
+halves!(NatTables6, FlowKey6, NatEntry6, |e| &e.entry, |a, b| a.addr
+    == b.addr
+    && a.entry.port == b.entry.port);
+
+/// Delete mappings (original key, its value as listed, reply key), original half first (see
+/// the module documentation). Returns how many mappings were deleted.
+pub(crate) fn remove_mappings<T: Halves>(
+    tables: &mut T,
+    conns: impl IntoIterator<Item = (T::Key, T::Entry, T::Key)>,
+) -> u64 {
     let mut removed = 0;
-    for c in conns {
+    for (original, out, reply) in conns {
         // Only the mapping we listed: if it was expired and re-created meanwhile, the new one
         // (another external port) is left alone.
-        match tables.out.get(&c.original, 0) {
-            Ok(now) if now.addr == c.out.addr && now.port == c.out.port => {
-                if tables.out.remove(&c.original).is_ok() {
+        match tables.out_get(&original) {
+            Some(now) if T::same_mapping(&now, &out) => {
+                if tables.out_remove(&original) {
                     removed += 1;
                 }
             }
             _ => continue,
         }
-        if let Ok(back) = tables.inbound.get(&c.reply, 0) {
-            if c.reply.original_key(&back) == c.original {
-                remove_reply_halves(tables, &[(c.reply, back)]);
+        if let Some(back) = tables.in_get(&reply) {
+            if T::original_key(&reply, &back) == original {
+                remove_reply_halves(tables, &[(reply, back)]);
             }
         }
     }
     removed
 }
 
+/// Delete mappings, original half first (see the module documentation). Returns how many
+/// mappings were deleted.
+pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+    remove_mappings(tables, conns.iter().map(|c| (c.original, c.out, c.reply)))
+}
+
 /// Delete reply halves (key and the value read before), then put back any that an original
 /// half points at again: the datapath took it back for a packet of its flow in the meantime
 /// (see the module documentation). Returns how many stayed deleted.
-pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEntry)]) -> u64 {
+pub fn remove_reply_halves<T: Halves>(tables: &mut T, halves: &[(T::Key, T::Entry)]) -> u64 {
     let mut removed = 0;
     for (reply, back) in halves {
-        if tables.inbound.remove(reply).is_err() {
+        if !tables.in_remove(reply) {
             continue;
         }
-        let original = reply.original_key(back);
+        let original = T::original_key(reply, back);
         let taken_back = tables
-            .out
-            .get(&original, 0)
-            .is_ok_and(|out| original.reply_key(&out) == *reply);
+            .out_get(&original)
+            .is_some_and(|out| T::reply_key(&original, &out) == *reply);
         // BPF_NOEXIST: if the datapath has already made a new reply half, keep that one.
-        if !(taken_back && tables.inbound.insert(reply, back, BPF_NOEXIST).is_ok()) {
+        if !(taken_back && tables.in_insert_new(reply, back)) {
             removed += 1;
         }
     }
@@ -385,21 +465,51 @@ pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEn
 /// Delete reply halves whose original half is gone and that have been idle for `grace`
 /// (younger ones may belong to a mapping the datapath is creating right now: it inserts the
 /// reply half first).
-pub(crate) fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
+pub(crate) fn remove_orphans<T: Halves>(tables: &mut T, grace: Duration, now_ns: u64) -> u64 {
     let grace = grace.as_nanos() as u64;
-    let orphans: Vec<(FlowKey, NatEntry)> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
+    let orphans: Vec<(T::Key, T::Entry)> = tables
+        .in_entries()
+        .into_iter()
         .filter(|(key, entry)| {
+            let original = T::original_key(key, entry);
             let has_original = tables
-                .out
-                .get(&key.original_key(entry), 0)
-                .is_ok_and(|out| key.original_key(entry).reply_key(&out) == *key);
-            !has_original && now_ns.saturating_sub(entry.last_seen_ns) > grace
+                .out_get(&original)
+                .is_some_and(|out| T::reply_key(&original, &out) == *key);
+            !has_original && now_ns.saturating_sub(T::state(entry).last_seen_ns) > grace
         })
         .collect();
     remove_reply_halves(tables, &orphans)
+}
+
+/// Remove the connections made through published ports whose reply half (the client's
+/// direction) `matches`, and return how many. The reply half goes first: see
+/// [`remove_published`].
+pub(crate) fn remove_published_where<T: Halves>(
+    tables: &mut T,
+    matches: impl Fn(&T::Key, &T::Entry) -> bool,
+) -> u64 {
+    let doomed: Vec<(T::Key, T::Entry)> = tables
+        .in_entries()
+        .into_iter()
+        .filter(|(key, entry)| {
+            T::state(entry).flags & NAT_FLAG_PUBLISHED != 0 && matches(key, entry)
+        })
+        .collect();
+    let mut removed = 0;
+    for (key, entry) in &doomed {
+        if !tables.in_remove(key) {
+            continue; // expired meanwhile
+        }
+        removed += 1;
+        let out_key = T::original_key(key, entry);
+        if tables
+            .out_get(&out_key)
+            .is_some_and(|out| T::reply_key(&out_key, &out) == *key)
+        {
+            tables.out_remove(&out_key);
+        }
+    }
+    removed
 }
 
 /// Remove the connections made through the published ports `publishes` (host port key and
@@ -418,36 +528,15 @@ pub(crate) fn remove_published(
     if publishes.is_empty() {
         return 0;
     }
-    let matches = |key: &FlowKey, entry: &NatEntry| {
-        entry.flags & NAT_FLAG_PUBLISHED != 0
-            && publishes.iter().any(|(k, t)| {
-                k.proto == key.proto
-                    && k.host_port == key.dst_port
-                    && (k.host_addr == 0 || k.host_addr == key.dst_addr)
-                    && t.addr == entry.addr
-                    && t.port == entry.port
-            })
-    };
-    let doomed: Vec<(FlowKey, NatEntry)> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, entry)| matches(key, entry))
-        .collect();
-    let mut removed = 0;
-    for (key, entry) in &doomed {
-        if tables.inbound.remove(key).is_err() {
-            continue; // expired meanwhile
-        }
-        removed += 1;
-        let out_key = key.original_key(entry);
-        if let Ok(out) = tables.out.get(&out_key, 0) {
-            if out_key.reply_key(&out) == *key {
-                let _ = tables.out.remove(&out_key);
-            }
-        }
-    }
-    removed
+    remove_published_where(tables, |key, entry| {
+        publishes.iter().any(|(k, t)| {
+            k.proto == key.proto
+                && k.host_port == key.dst_port
+                && (k.host_addr == 0 || k.host_addr == key.dst_addr)
+                && t.addr == entry.addr
+                && t.port == entry.port
+        })
+    })
 }
 
 /// What a flush removed.

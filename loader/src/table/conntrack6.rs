@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::{
     bpf::datapath::NatTables6,
     table::{
-        conntrack::Filter,
+        conntrack::{self, Filter},
         timeouts::{idle_since, idle_timeout, tcp_state_of},
     },
     util::addr::proto_name,
@@ -146,17 +146,12 @@ pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<C
         .collect()
 }
 
-/// Remove mappings, reply half first (from then on nothing arriving is translated for them).
+/// Remove mappings as IPv4's are removed ([`conntrack::remove_mappings`]): original half
+/// first, then the reply half if it still points back at it, given back if the datapath took
+/// it back meanwhile; a mapping expired and re-created since it was listed is left alone.
 /// Returns how many.
 pub fn remove6(tables: &mut NatTables6<'_>, doomed: &[Connection6]) -> u64 {
-    let mut removed = 0;
-    for c in doomed {
-        let _ = tables.inbound.remove(&c.reply);
-        if tables.out.remove(&c.original).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+    conntrack::remove_mappings(tables, doomed.iter().map(|c| (c.original, c.out, c.reply)))
 }
 
 /// Remove the mappings matching `pred`.
@@ -181,20 +176,6 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// reply halves whose original half is gone. Returns (expired, orphans).
 pub fn sweep6(tables: &mut NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> (u64, u64) {
     let expired = remove6_where(tables, timeouts, now_ns, |c| c.idle > c.timeout);
-    let orphans: Vec<FlowKey6> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, half)| {
-            let original = key.original_key(half);
-            tables.out.get(&original, 0).is_err()
-                && Duration::from_nanos(now_ns.saturating_sub(half.entry.created_ns)) > ORPHAN_GRACE
-        })
-        .map(|(key, _)| key)
-        .collect();
-    let orphans = orphans
-        .iter()
-        .filter(|k| tables.inbound.remove(k).is_ok())
-        .count() as u64;
+    let orphans = conntrack::remove_orphans(tables, ORPHAN_GRACE, now_ns);
     (expired, orphans)
 }

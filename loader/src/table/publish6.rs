@@ -9,13 +9,11 @@ use anyhow::{anyhow, bail};
 use aya::maps::{HashMap, MapData};
 use bpfnat_common::{
     addr6_from_map, addr6_to_map, PublishKey6, PublishTarget6, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables6,
-    table::conntrack6,
     util::addr::{proto_name, PortRange},
 };
 
@@ -168,21 +166,19 @@ impl fmt::Display for Publish6Spec {
 /// Remove the connections made through `publishes` (host port and the target it led to).
 pub fn remove_flows6(
     tables: &mut NatTables6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
     publishes: &[(PublishKey6, PublishTarget6)],
 ) -> u64 {
     if publishes.is_empty() {
         return 0;
     }
-    let now = crate::table::timeouts::monotonic_ns();
-    conntrack6::remove6_where(tables, timeouts, now, |c| {
-        c.out.entry.flags & NAT_FLAG_PUBLISHED != 0
-            && publishes.iter().any(|(k, t)| {
-                k.proto == c.original.proto
-                    && k.host_port == c.out.entry.port
-                    && t.addr == c.original.src_addr
-                    && t.port == c.original.src_port
-            })
+    // The client's direction first, as for IPv4 (`conntrack::remove_published`).
+    crate::table::conntrack::remove_published_where(tables, |key, entry| {
+        publishes.iter().any(|(k, t)| {
+            k.proto == key.proto
+                && k.host_port == key.dst_port
+                && t.addr == entry.addr
+                && t.port == entry.entry.port
+        })
     })
 }
 
@@ -191,7 +187,6 @@ pub fn remove_flows6(
 pub fn add6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
     tables: &mut NatTables6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
     if spec.target.is_none() {
@@ -209,7 +204,7 @@ pub fn add6(
             .map_err(|e| anyhow!("publishing {spec}: {e} (is the PUBLISH6 table full?)"))?;
         changed += 1;
     }
-    Ok((changed, remove_flows6(tables, timeouts, &old)))
+    Ok((changed, remove_flows6(tables, &old)))
 }
 
 /// Unpublish the host ports of `spec` (all must be published), with their connections.
@@ -217,7 +212,6 @@ pub fn add6(
 pub fn remove6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
     tables: &mut NatTables6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
     let mut doomed = Vec::new();
@@ -232,7 +226,7 @@ pub fn remove6(
         doomed.push((key, found));
     }
     let removed = doomed.iter().filter(|(k, _)| map.remove(k).is_ok()).count() as u64;
-    Ok((removed, remove_flows6(tables, timeouts, &doomed)))
+    Ok((removed, remove_flows6(tables, &doomed)))
 }
 
 #[cfg(test)]
