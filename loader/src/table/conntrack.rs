@@ -84,7 +84,12 @@ impl Connection {
         now_ns: u64,
     ) -> Self {
         let last = idle_since(original.proto, &out, reply_entry.as_ref());
-        let created = reply_entry.map_or(out.created_ns, |r| r.created_ns.min(out.created_ns));
+        let created = View {
+            proto: original.proto,
+            out: &out,
+            reply: reply_entry.as_ref(),
+        }
+        .created_ns();
         Self {
             original,
             reply: original.reply_key(&out),
@@ -100,51 +105,43 @@ impl Connection {
         self.original.proto
     }
 
+    fn view(&self) -> View<'_> {
+        View {
+            proto: self.proto(),
+            out: &self.out,
+            reply: self.reply_entry.as_ref(),
+        }
+    }
+
     /// Made through a published port (the outside initiated it).
     pub(crate) fn published(&self) -> bool {
-        self.out.flags & NAT_FLAG_PUBLISHED != 0
+        self.view().published()
     }
 
     /// The original tuple as conntrack shows it: the initiator's direction (client ->
     /// host:port for a published port).
     pub(crate) fn orig_tuple(&self) -> FlowKey {
-        if self.published() {
-            self.reply
-        } else {
-            self.original
-        }
+        self.view().initiator_first(self.original, self.reply).0
     }
 
     /// The reply tuple as conntrack shows it (container -> client for a published port).
     pub(crate) fn reply_tuple(&self) -> FlowKey {
-        if self.published() {
-            self.original
-        } else {
-            self.reply
-        }
+        self.view().initiator_first(self.original, self.reply).1
     }
 
     /// Packets and bytes of the initiator's direction.
     pub(crate) fn orig_counts(&self) -> (u64, u64) {
-        if self.published() {
-            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
-        } else {
-            (self.out.packets, self.out.bytes)
-        }
+        self.view().counts().0
     }
 
     /// Packets and bytes of the answering direction.
     pub(crate) fn reply_counts(&self) -> (u64, u64) {
-        if self.published() {
-            (self.out.packets, self.out.bytes)
-        } else {
-            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
-        }
+        self.view().counts().1
     }
 
     /// TCP state from both halves' flag bits; None for other protocols.
     pub(crate) fn state(&self) -> Option<TcpState> {
-        (self.proto() == IPPROTO_TCP).then(|| tcp_state_of(&self.out, self.reply_entry.as_ref()))
+        self.view().state()
     }
 
     /// Whole seconds until the mapping may expire (0 once it is due; the sweeper removes it
@@ -153,18 +150,14 @@ impl Connection {
         self.timeout.saturating_sub(self.idle).as_secs()
     }
 
-    pub(crate) fn reply_packets(&self) -> u64 {
-        self.reply_counts().0
-    }
-
     /// No answer seen yet (`[UNREPLIED]`).
     pub(crate) fn unreplied(&self) -> bool {
-        self.reply_packets() == 0
+        self.view().unreplied()
     }
 
     /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
     pub(crate) fn assured(&self) -> bool {
-        !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
+        self.view().assured()
     }
 
     /// The external address the mapping uses (for a published port: the host address).
@@ -213,7 +206,7 @@ impl Connection {
             "age_secs": self.age.as_secs(),
             "assured": self.assured(),
             "unreplied": self.unreplied(),
-            "port_remapped": self.out.flags & NAT_FLAG_PORT_REMAPPED != 0,
+            "port_remapped": self.view().port_remapped(),
             "published": self.published(),
             "external_addr": self.external_addr().to_string(),
             "external_port": self.external_port(),
@@ -282,6 +275,66 @@ impl Connection {
             u32::from(k.dst_ip()),
             k.dst_port_host(),
         )
+    }
+}
+
+/// What conntrack shows of a mapping that its two halves' state alone decides, for both
+/// families: a published connection (started from outside) listed initiator first, as
+/// conntrack lists a DNAT, its TCP state, `[UNREPLIED]`, `[ASSURED]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View<'a> {
+    pub proto: u8,
+    /// The container's direction (`NAT_OUT`, `NAT6_OUT`).
+    pub out: &'a NatEntry,
+    /// The uplink's direction, if that half exists.
+    pub reply: Option<&'a NatEntry>,
+}
+
+impl View<'_> {
+    /// When the mapping was made (its older half).
+    pub(crate) fn created_ns(&self) -> u64 {
+        self.reply.map_or(self.out.created_ns, |r| {
+            r.created_ns.min(self.out.created_ns)
+        })
+    }
+
+    pub(crate) fn published(&self) -> bool {
+        self.out.flags & NAT_FLAG_PUBLISHED != 0
+    }
+
+    pub(crate) fn port_remapped(&self) -> bool {
+        self.out.flags & NAT_FLAG_PORT_REMAPPED != 0
+    }
+
+    /// The container's and the uplink's direction, in the initiator's order.
+    pub(crate) fn initiator_first<T>(&self, container: T, uplink: T) -> (T, T) {
+        if self.published() {
+            (uplink, container)
+        } else {
+            (container, uplink)
+        }
+    }
+
+    /// Packets and bytes of the initiator's direction, then of the answering one.
+    pub(crate) fn counts(&self) -> ((u64, u64), (u64, u64)) {
+        let out = (self.out.packets, self.out.bytes);
+        let reply = self.reply.map_or((0, 0), |r| (r.packets, r.bytes));
+        self.initiator_first(out, reply)
+    }
+
+    /// TCP state from both halves' flag bits; None for other protocols.
+    pub(crate) fn state(&self) -> Option<TcpState> {
+        (self.proto == IPPROTO_TCP).then(|| tcp_state_of(self.out, self.reply))
+    }
+
+    /// No answer seen yet (`[UNREPLIED]`).
+    pub(crate) fn unreplied(&self) -> bool {
+        self.counts().1 .0 == 0
+    }
+
+    /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
+    pub(crate) fn assured(&self) -> bool {
+        !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
     }
 }
 

@@ -483,6 +483,30 @@ fn ipv6_published_port_keeps_the_client_address() {
     );
     let stats = crate::support::cli::stats_json(&host);
     assert!(crate::support::cli::counter(&stats, "published_mappings") >= 1);
+    // Listed as conntrack lists a DNAT, as IPv4's are: the client's tuple to the published
+    // port first, the container's answers second.
+    let list = crate::support::cli::conntrack_json(&host, &["--dport", "8080"]);
+    let conn = list
+        .iter()
+        .find(|c| c["family"] == "ipv6" && c["published"] == true)
+        .unwrap_or_else(|| panic!("no published IPv6 connection to port 8080: {list:#?}"));
+    assert_eq!(
+        (
+            &conn["original"]["src"],
+            &conn["original"]["dst"],
+            &conn["original"]["dport"],
+            &conn["reply"]["src"],
+            &conn["reply"]["sport"],
+        ),
+        (
+            &"2001:db8:3::1".into(),
+            &uplink.to_string().into(),
+            &8080.into(),
+            &"fd00:85:3::2".into(),
+            &80.into()
+        ),
+        "{conn:#}"
+    );
 
     let out = crate::support::cli::bpfnat_ok(&[
         "--netns",

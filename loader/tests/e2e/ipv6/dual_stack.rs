@@ -63,6 +63,16 @@ fn ipv6_and_ipv4_flows_of_one_container_at_once() {
     }
 
     let conns = conntrack_json(&host, &[]);
+    // Both families are listed with the same fields.
+    let shape = |c: &Value| {
+        let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        (keys(c), keys(&c["original"]), keys(&c["reply"]))
+    };
+    assert_eq!(
+        shape(find(&conns, "tcp", tcp4)),
+        shape(find(&conns, "tcp", tcp6)),
+        "{conns:#?}"
+    );
     for (dst, proto, external) in [
         (tcp4, "tcp", uplink4.to_string()),
         (tcp6, "tcp", uplink6.to_string()),
