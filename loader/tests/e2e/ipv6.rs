@@ -8,7 +8,10 @@
 //! The IPv6 twins of the IPv4 end-to-end tests are in submodules: [`paths`] (traceroute6,
 //! path MTU, fragments), [`bridges`] (icc off, direct access from outside, two bridges),
 //! [`exhaustion`] (a narrowed port range running out), [`dual_stack`] (both families at
-//! once). Tests that share a lab number take turns (`lab`).
+//! once). Tests that share a lab number take turns (`lab`). Lab numbers: 1-3 the tests
+//! below; 4 traceroute6 and path MTU (with a server behind a router), 5 fragments and dual
+//! stack, 6 icc off and direct access, 8 port exhaustion, 9 two bridges (7 is kept for
+//! another module's).
 
 mod bridges;
 mod dual_stack;
