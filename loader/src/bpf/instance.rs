@@ -699,16 +699,15 @@ impl PinnedMaps {
         crate::bpf::datapath::read_counters(&self.counters)
     }
 
-    /// Entries in NAT_OUT and NAT_IN, and the capacity of each.
+    /// Entries in NAT_OUT and NAT_IN (and their IPv6 twins), and the capacity of each.
     pub(crate) fn occupancy(&self) -> anyhow::Result<Occupancy> {
-        let count = |map: &Map| -> anyhow::Result<u64> {
-            let table: aya::maps::HashMap<
-                &MapData,
-                bpfnat_common::FlowKey,
-                bpfnat_common::NatEntry,
-            > = aya::maps::HashMap::try_from(map)?;
+        use bpfnat_common::{FlowKey, FlowKey6, NatEntry, NatEntry6};
+        fn entries<K: aya::Pod, V: aya::Pod>(map: &Map) -> anyhow::Result<u64> {
+            let table: aya::maps::HashMap<&MapData, K, V> = aya::maps::HashMap::try_from(map)?;
             Ok(table.keys().filter(Result::is_ok).count() as u64)
-        };
+        }
+        let count = entries::<FlowKey, NatEntry>;
+        let count6 = entries::<FlowKey6, NatEntry6>;
         let max = |map: &Map| -> anyhow::Result<u32> {
             let data: &MapData = match map {
                 Map::HashMap(d) => d,
@@ -726,6 +725,8 @@ impl PinnedMaps {
         Ok(Occupancy {
             nat_out: count(&self.nat_out)?,
             nat_in: count(&self.nat_in)?,
+            nat6_out: count6(&self.nat6_out)?,
+            nat6_in: count6(&self.nat6_in)?,
             max_entries: max(&self.nat_out)?,
             hairpin: hairpin.keys().filter(Result::is_ok).count() as u64,
             hairpin6: hairpin6.keys().filter(Result::is_ok).count() as u64,
@@ -738,7 +739,10 @@ impl PinnedMaps {
 pub struct Occupancy {
     pub nat_out: u64,
     pub nat_in: u64,
-    /// Capacity of each of the two maps.
+    /// The IPv6 tables (NAT6_OUT, NAT6_IN), as large as the IPv4 ones.
+    pub nat6_out: u64,
+    pub nat6_in: u64,
+    /// Capacity of each of the maps.
     pub max_entries: u32,
     /// Entries of the hairpin table (two per hairpin connection).
     pub hairpin: u64,

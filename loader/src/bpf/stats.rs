@@ -45,6 +45,8 @@ impl Stats {
             "table": {
                 "nat_out": self.occupancy.nat_out,
                 "nat_in": self.occupancy.nat_in,
+                "nat6_out": self.occupancy.nat6_out,
+                "nat6_in": self.occupancy.nat6_in,
                 "max_entries": self.occupancy.max_entries,
                 "hairpin": self.occupancy.hairpin,
                 "hairpin6": self.occupancy.hairpin6,
@@ -66,16 +68,20 @@ impl Stats {
         );
         let o = &self.occupancy;
         let pct = |n: u64| n as f64 * 100.0 / f64::from(o.max_entries.max(1));
-        let _ = writeln!(
-            s,
-            "table: nat_out {} / {} ({:.1}%), nat_in {} / {} ({:.1}%)",
-            o.nat_out,
-            o.max_entries,
-            pct(o.nat_out),
-            o.nat_in,
-            o.max_entries,
-            pct(o.nat_in)
-        );
+        // One line per family: IPv4's tables, then IPv6's.
+        for (line, tables) in [
+            ("table", [("nat_out", o.nat_out), ("nat_in", o.nat_in)]),
+            ("table6", [("nat6_out", o.nat6_out), ("nat6_in", o.nat6_in)]),
+        ] {
+            let [(out_name, out), (in_name, inn)] = tables;
+            let _ = writeln!(
+                s,
+                "{line}: {out_name} {out} / {max} ({:.1}%), {in_name} {inn} / {max} ({:.1}%)",
+                pct(out),
+                pct(inn),
+                max = o.max_entries,
+            );
+        }
         let width = Counter::ALL
             .iter()
             .map(|c| c.name().len())

@@ -117,16 +117,15 @@ fn run6(name: &str, json: bool, action: &Action) -> anyhow::Result<()> {
     let joined = args.join(":");
     let spec = Publish6Spec::parse(&joined)?;
     let mut maps = PinnedMaps::open(name)?;
-    let timeouts = maps.config()?.timeouts;
     let (mut map, tables, hairpin) = maps.publish6_mut()?;
     let mut flows = Flows6 { tables, hairpin };
     let (what, n, removed) = match action {
         Action::Add(_) => {
-            let (n, removed) = publish6::add6(&mut map, &mut flows, &timeouts, &spec)?;
+            let (n, removed) = publish6::add6(&mut map, &mut flows, &spec)?;
             ("published", n, removed)
         }
         _ => {
-            let (n, removed) = publish6::remove6(&mut map, &mut flows, &timeouts, &spec)?;
+            let (n, removed) = publish6::remove6(&mut map, &mut flows, &spec)?;
             ("unpublished", n, removed)
         }
     };

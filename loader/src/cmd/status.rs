@@ -206,6 +206,8 @@ impl Status {
             "table": {
                 "nat_out": o.nat_out,
                 "nat_in": o.nat_in,
+                "nat6_out": o.nat6_out,
+                "nat6_in": o.nat6_in,
                 "max_entries": o.max_entries,
                 "endpoints": self.endpoints,
             },

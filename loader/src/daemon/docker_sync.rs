@@ -103,7 +103,7 @@ impl DockerSync {
         if let Err(e) = self.publishes(state, dp) {
             warn!("Docker: published ports not applied: {e:#}");
         }
-        if let Err(e) = self.publishes6(state, dp, timeouts) {
+        if let Err(e) = self.publishes6(state, dp) {
             warn!("Docker: IPv6 published ports not applied: {e:#}");
         }
         for skip in &state.skipped {
@@ -359,12 +359,7 @@ impl DockerSync {
     }
 
     /// [`Self::publishes`] for the ports Docker publishes on `[::]`.
-    fn publishes6(
-        &self,
-        state: &DockerState,
-        dp: &mut Datapath,
-        timeouts: &bpfnat_common::Timeouts,
-    ) -> anyhow::Result<()> {
+    fn publishes6(&self, state: &DockerState, dp: &mut Datapath) -> anyhow::Result<()> {
         let docker_nets: Vec<Ipv6Net> = self
             .served
             .values()
@@ -385,7 +380,7 @@ impl DockerSync {
                 u16::from_be(t.port)
             )
         });
-        let removed = Flows6 { tables, hairpin }.remove(timeouts, &doomed);
+        let removed = Flows6 { tables, hairpin }.remove(&doomed);
         if removed > 0 {
             info!("Docker: {removed} IPv6 connections through unpublished ports removed");
         }

@@ -58,6 +58,8 @@ pub(crate) fn render(stats: &Stats) -> String {
     for (table, entries) in [
         ("nat_out", o.nat_out),
         ("nat_in", o.nat_in),
+        ("nat6_out", o.nat6_out),
+        ("nat6_in", o.nat6_in),
         ("hairpin", o.hairpin),
         ("hairpin6", o.hairpin6),
     ] {
@@ -141,6 +143,8 @@ mod tests {
             occupancy: Occupancy {
                 nat_out: 3,
                 nat_in: 4,
+                nat6_out: 5,
+                nat6_in: 6,
                 max_entries: 262_144,
                 hairpin: 2,
                 hairpin6: 6,
@@ -162,6 +166,7 @@ mod tests {
             assert!(text.contains(&line), "missing {line}");
         }
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"nat_in\"} 4"));
+        assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"nat6_in\"} 6"));
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"hairpin\"} 2"));
         assert!(text.contains("bpfnat_table_entries{instance=\"lab-host\",table=\"hairpin6\"} 6"));
         assert!(text.contains("bpfnat_table_max_entries{instance=\"lab-host\"} 262144"));

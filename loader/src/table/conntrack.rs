@@ -20,6 +20,9 @@
 //! The reply half is removed only if it still points back at the deleted original (it may
 //! have been expired and claimed by another flow meanwhile).
 //!
+//! Both families are removed by the same routines ([`Halves`]: the IPv4 tables and the IPv6
+//! ones, [`crate::table::conntrack6`]), so they keep the same order and checks.
+//!
 //! A packet of the flow arriving in that window usually finds its own old reply half and takes
 //! it back (the datapath keeps the flow's port rather than move it: the peer would reset a
 //! connection that changed ports). If that happens just before the reply half is deleted, the
@@ -39,13 +42,13 @@ use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{anyhow, bail};
 use bpfnat_common::{
-    FlowKey, NatEntry, PublishKey, PublishTarget, TcpState, Timeouts, IPPROTO_ICMP, IPPROTO_TCP,
-    NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
+    FlowKey, FlowKey6, NatEntry, NatEntry6, PublishKey, PublishTarget, TcpState, Timeouts,
+    IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
 };
 use serde_json::{json, Value};
 
 use crate::{
-    bpf::datapath::NatTables,
+    bpf::datapath::{NatTables, NatTables6},
     table::timeouts::{idle_since, idle_timeout, tcp_state_of},
     util::addr::{proto_name, Ipv4Net},
 };
@@ -81,7 +84,12 @@ impl Connection {
         now_ns: u64,
     ) -> Self {
         let last = idle_since(original.proto, &out, reply_entry.as_ref());
-        let created = reply_entry.map_or(out.created_ns, |r| r.created_ns.min(out.created_ns));
+        let created = View {
+            proto: original.proto,
+            out: &out,
+            reply: reply_entry.as_ref(),
+        }
+        .created_ns();
         Self {
             original,
             reply: original.reply_key(&out),
@@ -97,51 +105,43 @@ impl Connection {
         self.original.proto
     }
 
+    fn view(&self) -> View<'_> {
+        View {
+            proto: self.proto(),
+            out: &self.out,
+            reply: self.reply_entry.as_ref(),
+        }
+    }
+
     /// Made through a published port (the outside initiated it).
     pub(crate) fn published(&self) -> bool {
-        self.out.flags & NAT_FLAG_PUBLISHED != 0
+        self.view().published()
     }
 
     /// The original tuple as conntrack shows it: the initiator's direction (client ->
     /// host:port for a published port).
     pub(crate) fn orig_tuple(&self) -> FlowKey {
-        if self.published() {
-            self.reply
-        } else {
-            self.original
-        }
+        self.view().initiator_first(self.original, self.reply).0
     }
 
     /// The reply tuple as conntrack shows it (container -> client for a published port).
     pub(crate) fn reply_tuple(&self) -> FlowKey {
-        if self.published() {
-            self.original
-        } else {
-            self.reply
-        }
+        self.view().initiator_first(self.original, self.reply).1
     }
 
     /// Packets and bytes of the initiator's direction.
     pub(crate) fn orig_counts(&self) -> (u64, u64) {
-        if self.published() {
-            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
-        } else {
-            (self.out.packets, self.out.bytes)
-        }
+        self.view().counts().0
     }
 
     /// Packets and bytes of the answering direction.
     pub(crate) fn reply_counts(&self) -> (u64, u64) {
-        if self.published() {
-            (self.out.packets, self.out.bytes)
-        } else {
-            self.reply_entry.map_or((0, 0), |r| (r.packets, r.bytes))
-        }
+        self.view().counts().1
     }
 
     /// TCP state from both halves' flag bits; None for other protocols.
     pub(crate) fn state(&self) -> Option<TcpState> {
-        (self.proto() == IPPROTO_TCP).then(|| tcp_state_of(&self.out, self.reply_entry.as_ref()))
+        self.view().state()
     }
 
     /// Whole seconds until the mapping may expire (0 once it is due; the sweeper removes it
@@ -150,18 +150,14 @@ impl Connection {
         self.timeout.saturating_sub(self.idle).as_secs()
     }
 
-    pub(crate) fn reply_packets(&self) -> u64 {
-        self.reply_counts().0
-    }
-
     /// No answer seen yet (`[UNREPLIED]`).
     pub(crate) fn unreplied(&self) -> bool {
-        self.reply_packets() == 0
+        self.view().unreplied()
     }
 
     /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
     pub(crate) fn assured(&self) -> bool {
-        !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
+        self.view().assured()
     }
 
     /// The external address the mapping uses (for a published port: the host address).
@@ -200,6 +196,7 @@ impl Connection {
     /// Every field, for `--json`.
     pub fn to_json(&self) -> Value {
         json!({
+            "family": "ipv4",
             "proto": proto_name(self.proto()),
             "proto_num": self.proto(),
             "state": self.state().map(TcpState::name),
@@ -209,7 +206,7 @@ impl Connection {
             "age_secs": self.age.as_secs(),
             "assured": self.assured(),
             "unreplied": self.unreplied(),
-            "port_remapped": self.out.flags & NAT_FLAG_PORT_REMAPPED != 0,
+            "port_remapped": self.view().port_remapped(),
             "published": self.published(),
             "external_addr": self.external_addr().to_string(),
             "external_port": self.external_port(),
@@ -281,6 +278,66 @@ impl Connection {
     }
 }
 
+/// What conntrack shows of a mapping that its two halves' state alone decides, for both
+/// families: a published connection (started from outside) listed initiator first, as
+/// conntrack lists a DNAT, its TCP state, `[UNREPLIED]`, `[ASSURED]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View<'a> {
+    pub proto: u8,
+    /// The container's direction (`NAT_OUT`, `NAT6_OUT`).
+    pub out: &'a NatEntry,
+    /// The uplink's direction, if that half exists.
+    pub reply: Option<&'a NatEntry>,
+}
+
+impl View<'_> {
+    /// When the mapping was made (its older half).
+    pub(crate) fn created_ns(&self) -> u64 {
+        self.reply.map_or(self.out.created_ns, |r| {
+            r.created_ns.min(self.out.created_ns)
+        })
+    }
+
+    pub(crate) fn published(&self) -> bool {
+        self.out.flags & NAT_FLAG_PUBLISHED != 0
+    }
+
+    pub(crate) fn port_remapped(&self) -> bool {
+        self.out.flags & NAT_FLAG_PORT_REMAPPED != 0
+    }
+
+    /// The container's and the uplink's direction, in the initiator's order.
+    pub(crate) fn initiator_first<T>(&self, container: T, uplink: T) -> (T, T) {
+        if self.published() {
+            (uplink, container)
+        } else {
+            (container, uplink)
+        }
+    }
+
+    /// Packets and bytes of the initiator's direction, then of the answering one.
+    pub(crate) fn counts(&self) -> ((u64, u64), (u64, u64)) {
+        let out = (self.out.packets, self.out.bytes);
+        let reply = self.reply.map_or((0, 0), |r| (r.packets, r.bytes));
+        self.initiator_first(out, reply)
+    }
+
+    /// TCP state from both halves' flag bits; None for other protocols.
+    pub(crate) fn state(&self) -> Option<TcpState> {
+        (self.proto == IPPROTO_TCP).then(|| tcp_state_of(self.out, self.reply))
+    }
+
+    /// No answer seen yet (`[UNREPLIED]`).
+    pub(crate) fn unreplied(&self) -> bool {
+        self.counts().1 .0 == 0
+    }
+
+    /// Traffic seen both ways (TCP: and the handshake is over), like conntrack's `[ASSURED]`.
+    pub(crate) fn assured(&self) -> bool {
+        !self.unreplied() && !matches!(self.state(), Some(TcpState::SynSent | TcpState::SynRecv))
+    }
+}
+
 /// Which connections a command acts on; every given criterion must match the original tuple
 /// (as listed: for a published port, client -> host:port).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,46 +392,123 @@ pub fn list(tables: &NatTables<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Con
     conns
 }
 
-/// Delete mappings, original half first (see the module documentation). Returns how many
-/// mappings were deleted.
-pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+/// The two halves of one family's connection table (`NAT_OUT`/`NAT_IN`, `NAT6_OUT`/`NAT6_IN`),
+/// as the removal routines use them: both families are removed in the same order, with the
+/// same checks (see the module documentation).
+pub trait Halves {
+    type Key: Copy + PartialEq;
+    type Entry: Copy;
+    fn out_get(&self, key: &Self::Key) -> Option<Self::Entry>;
+    fn out_remove(&mut self, key: &Self::Key) -> bool;
+    fn in_get(&self, key: &Self::Key) -> Option<Self::Entry>;
+    fn in_remove(&mut self, key: &Self::Key) -> bool;
+    /// Insert a reply half unless one exists (`BPF_NOEXIST`); whether it was inserted.
+    fn in_insert_new(&mut self, key: &Self::Key, entry: &Self::Entry) -> bool;
+    /// Every reply half.
+    fn in_entries(&self) -> Vec<(Self::Key, Self::Entry)>;
+    /// The key of the other half.
+    fn reply_key(key: &Self::Key, out: &Self::Entry) -> Self::Key;
+    fn original_key(key: &Self::Key, inbound: &Self::Entry) -> Self::Key;
+    /// The state both families keep per half (times, accounting, port, flags).
+    fn state(entry: &Self::Entry) -> &NatEntry;
+    /// Whether two original halves give their flow the same external address and port.
+    fn same_mapping(a: &Self::Entry, b: &Self::Entry) -> bool;
+}
+
+/// [`Halves`] for a table pair whose `out` and `inbound` maps are aya hash maps.
+macro_rules! halves {
+    ($tables:ident, $key:ty, $entry:ty, |$e:ident| $state:expr, |$a:ident, $b:ident| $same:expr) => {
+        impl Halves for $tables<'_> {
+            type Key = $key;
+            type Entry = $entry;
+            fn out_get(&self, key: &$key) -> Option<$entry> {
+                self.out.get(key, 0).ok()
+            }
+            fn out_remove(&mut self, key: &$key) -> bool {
+                self.out.remove(key).is_ok()
+            }
+            fn in_get(&self, key: &$key) -> Option<$entry> {
+                self.inbound.get(key, 0).ok()
+            }
+            fn in_remove(&mut self, key: &$key) -> bool {
+                self.inbound.remove(key).is_ok()
+            }
+            fn in_insert_new(&mut self, key: &$key, entry: &$entry) -> bool {
+                self.inbound.insert(key, entry, BPF_NOEXIST).is_ok()
+            }
+            fn in_entries(&self) -> Vec<($key, $entry)> {
+                self.inbound.iter().filter_map(Result::ok).collect()
+            }
+            fn reply_key(key: &$key, out: &$entry) -> $key {
+                key.reply_key(out)
+            }
+            fn original_key(key: &$key, inbound: &$entry) -> $key {
+                key.original_key(inbound)
+            }
+            fn state($e: &$entry) -> &NatEntry {
+                $state
+            }
+            fn same_mapping($a: &$entry, $b: &$entry) -> bool {
+                $same
+            }
+        }
+    };
+}
+
+halves!(NatTables, FlowKey, NatEntry, |e| e, |a, b| a.addr == b.addr
+    && a.port == b.port);
+halves!(NatTables6, FlowKey6, NatEntry6, |e| &e.entry, |a, b| a.addr
+    == b.addr
+    && a.entry.port == b.entry.port);
+
+/// Delete mappings (original key, its value as listed, reply key), original half first (see
+/// the module documentation). Returns how many mappings were deleted.
+pub(crate) fn remove_mappings<T: Halves>(
+    tables: &mut T,
+    conns: impl IntoIterator<Item = (T::Key, T::Entry, T::Key)>,
+) -> u64 {
     let mut removed = 0;
-    for c in conns {
+    for (original, out, reply) in conns {
         // Only the mapping we listed: if it was expired and re-created meanwhile, the new one
         // (another external port) is left alone.
-        match tables.out.get(&c.original, 0) {
-            Ok(now) if now.addr == c.out.addr && now.port == c.out.port => {
-                if tables.out.remove(&c.original).is_ok() {
+        match tables.out_get(&original) {
+            Some(now) if T::same_mapping(&now, &out) => {
+                if tables.out_remove(&original) {
                     removed += 1;
                 }
             }
             _ => continue,
         }
-        if let Ok(back) = tables.inbound.get(&c.reply, 0) {
-            if c.reply.original_key(&back) == c.original {
-                remove_reply_halves(tables, &[(c.reply, back)]);
+        if let Some(back) = tables.in_get(&reply) {
+            if T::original_key(&reply, &back) == original {
+                remove_reply_halves(tables, &[(reply, back)]);
             }
         }
     }
     removed
 }
 
+/// Delete mappings, original half first (see the module documentation). Returns how many
+/// mappings were deleted.
+pub(crate) fn remove(tables: &mut NatTables<'_>, conns: &[Connection]) -> u64 {
+    remove_mappings(tables, conns.iter().map(|c| (c.original, c.out, c.reply)))
+}
+
 /// Delete reply halves (key and the value read before), then put back any that an original
 /// half points at again: the datapath took it back for a packet of its flow in the meantime
 /// (see the module documentation). Returns how many stayed deleted.
-pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEntry)]) -> u64 {
+pub fn remove_reply_halves<T: Halves>(tables: &mut T, halves: &[(T::Key, T::Entry)]) -> u64 {
     let mut removed = 0;
     for (reply, back) in halves {
-        if tables.inbound.remove(reply).is_err() {
+        if !tables.in_remove(reply) {
             continue;
         }
-        let original = reply.original_key(back);
+        let original = T::original_key(reply, back);
         let taken_back = tables
-            .out
-            .get(&original, 0)
-            .is_ok_and(|out| original.reply_key(&out) == *reply);
+            .out_get(&original)
+            .is_some_and(|out| T::reply_key(&original, &out) == *reply);
         // BPF_NOEXIST: if the datapath has already made a new reply half, keep that one.
-        if !(taken_back && tables.inbound.insert(reply, back, BPF_NOEXIST).is_ok()) {
+        if !(taken_back && tables.in_insert_new(reply, back)) {
             removed += 1;
         }
     }
@@ -384,21 +518,51 @@ pub fn remove_reply_halves(tables: &mut NatTables<'_>, halves: &[(FlowKey, NatEn
 /// Delete reply halves whose original half is gone and that have been idle for `grace`
 /// (younger ones may belong to a mapping the datapath is creating right now: it inserts the
 /// reply half first).
-pub(crate) fn remove_orphans(tables: &mut NatTables<'_>, grace: Duration, now_ns: u64) -> u64 {
+pub(crate) fn remove_orphans<T: Halves>(tables: &mut T, grace: Duration, now_ns: u64) -> u64 {
     let grace = grace.as_nanos() as u64;
-    let orphans: Vec<(FlowKey, NatEntry)> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
+    let orphans: Vec<(T::Key, T::Entry)> = tables
+        .in_entries()
+        .into_iter()
         .filter(|(key, entry)| {
+            let original = T::original_key(key, entry);
             let has_original = tables
-                .out
-                .get(&key.original_key(entry), 0)
-                .is_ok_and(|out| key.original_key(entry).reply_key(&out) == *key);
-            !has_original && now_ns.saturating_sub(entry.last_seen_ns) > grace
+                .out_get(&original)
+                .is_some_and(|out| T::reply_key(&original, &out) == *key);
+            !has_original && now_ns.saturating_sub(T::state(entry).last_seen_ns) > grace
         })
         .collect();
     remove_reply_halves(tables, &orphans)
+}
+
+/// Remove the connections made through published ports whose reply half (the client's
+/// direction) `matches`, and return how many. The reply half goes first: see
+/// [`remove_published`].
+pub(crate) fn remove_published_where<T: Halves>(
+    tables: &mut T,
+    matches: impl Fn(&T::Key, &T::Entry) -> bool,
+) -> u64 {
+    let doomed: Vec<(T::Key, T::Entry)> = tables
+        .in_entries()
+        .into_iter()
+        .filter(|(key, entry)| {
+            T::state(entry).flags & NAT_FLAG_PUBLISHED != 0 && matches(key, entry)
+        })
+        .collect();
+    let mut removed = 0;
+    for (key, entry) in &doomed {
+        if !tables.in_remove(key) {
+            continue; // expired meanwhile
+        }
+        removed += 1;
+        let out_key = T::original_key(key, entry);
+        if tables
+            .out_get(&out_key)
+            .is_some_and(|out| T::reply_key(&out_key, &out) == *key)
+        {
+            tables.out_remove(&out_key);
+        }
+    }
+    removed
 }
 
 /// Remove the connections made through the published ports `publishes` (host port key and
@@ -417,36 +581,15 @@ pub(crate) fn remove_published(
     if publishes.is_empty() {
         return 0;
     }
-    let matches = |key: &FlowKey, entry: &NatEntry| {
-        entry.flags & NAT_FLAG_PUBLISHED != 0
-            && publishes.iter().any(|(k, t)| {
-                k.proto == key.proto
-                    && k.host_port == key.dst_port
-                    && (k.host_addr == 0 || k.host_addr == key.dst_addr)
-                    && t.addr == entry.addr
-                    && t.port == entry.port
-            })
-    };
-    let doomed: Vec<(FlowKey, NatEntry)> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, entry)| matches(key, entry))
-        .collect();
-    let mut removed = 0;
-    for (key, entry) in &doomed {
-        if tables.inbound.remove(key).is_err() {
-            continue; // expired meanwhile
-        }
-        removed += 1;
-        let out_key = key.original_key(entry);
-        if let Ok(out) = tables.out.get(&out_key, 0) {
-            if out_key.reply_key(&out) == *key {
-                let _ = tables.out.remove(&out_key);
-            }
-        }
-    }
-    removed
+    remove_published_where(tables, |key, entry| {
+        publishes.iter().any(|(k, t)| {
+            k.proto == key.proto
+                && k.host_port == key.dst_port
+                && (k.host_addr == 0 || k.host_addr == key.dst_addr)
+                && t.addr == entry.addr
+                && t.port == entry.port
+        })
+    })
 }
 
 /// What a flush removed.
@@ -548,6 +691,7 @@ mod tests {
              [ASSURED]"
         );
         let j = c.to_json();
+        assert_eq!(j["family"], "ipv4");
         assert_eq!(j["proto"], "udp");
         assert_eq!(j["state"], Value::Null);
         assert_eq!(j["reply"]["dst"], "192.0.2.131");

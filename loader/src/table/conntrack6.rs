@@ -5,14 +5,14 @@
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use bpfnat_common::{addr6_from_map, FlowKey6, NatEntry6, Timeouts, IPPROTO_TCP};
+use bpfnat_common::{addr6_from_map, FlowKey6, NatEntry6, Timeouts};
 use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables6,
     table::{
-        conntrack::Filter,
-        timeouts::{idle_since, idle_timeout, tcp_state_of},
+        conntrack::{self, Filter, View},
+        timeouts::{idle_since, idle_timeout},
     },
     util::addr::proto_name,
 };
@@ -29,6 +29,8 @@ pub struct Connection6 {
     /// Idle timeout that applies now, and time since the last packet either way.
     pub timeout: Duration,
     pub idle: Duration,
+    /// Time since the mapping was created.
+    pub age: Duration,
 }
 
 impl Connection6 {
@@ -47,20 +49,28 @@ impl Connection6 {
 }
 
 impl Connection6 {
-    fn tuple(key: &FlowKey6, half: Option<&NatEntry6>) -> Value {
+    fn view(&self) -> View<'_> {
+        View {
+            proto: self.original.proto,
+            out: &self.out.entry,
+            reply: self.reply_entry.as_ref().map(|e| &e.entry),
+        }
+    }
+
+    /// The tuples as conntrack shows them: the initiator's direction first (client ->
+    /// host:port for a published port), as for IPv4.
+    pub fn tuples(&self) -> (FlowKey6, FlowKey6) {
+        self.view().initiator_first(self.original, self.reply)
+    }
+
+    fn tuple(key: &FlowKey6, (packets, bytes): (u64, u64)) -> Value {
         json!({
             "src": Ipv6Addr::from(addr6_from_map(key.src_addr)).to_string(),
             "dst": Ipv6Addr::from(addr6_from_map(key.dst_addr)).to_string(),
             "sport": u16::from_be(key.src_port),
             "dport": u16::from_be(key.dst_port),
-            "packets": half.map_or(0, |h| h.entry.packets),
-            "bytes": half.map_or(0, |h| h.entry.bytes),
-        })
-    }
-
-    fn state(&self) -> Option<&'static str> {
-        (self.original.proto == IPPROTO_TCP).then(|| {
-            tcp_state_of(&self.out.entry, self.reply_entry.as_ref().map(|e| &e.entry)).name()
+            "packets": packets,
+            "bytes": bytes,
         })
     }
 
@@ -68,58 +78,73 @@ impl Connection6 {
         self.timeout.saturating_sub(self.idle).as_secs()
     }
 
-    /// As `conntrack --json` objects of IPv4 mappings are, with `"family": "ipv6"`.
+    /// The fields of IPv4 mappings' `conntrack --json` objects, with `"family": "ipv6"`.
     pub fn to_json(&self) -> Value {
+        let view = self.view();
+        let (orig, reply) = self.tuples();
+        let (orig_counts, reply_counts) = view.counts();
         json!({
             "family": "ipv6",
             "proto": proto_name(self.original.proto),
             "proto_num": self.original.proto,
-            "state": self.state(),
+            "state": view.state().map(|s| s.name()),
             "timeout": self.timeout.as_secs(),
             "seconds_left": self.seconds_left(),
             "idle_ms": self.idle.as_millis() as u64,
+            "age_secs": self.age.as_secs(),
+            "assured": view.assured(),
+            "unreplied": view.unreplied(),
+            "port_remapped": view.port_remapped(),
+            "published": view.published(),
             "external_addr": self.external().to_string(),
             "external_port": u16::from_be(self.out.entry.port),
             "reply_half": self.reply_entry.is_some(),
-            "original": Self::tuple(&self.original, Some(&self.out)),
-            "reply": Self::tuple(&self.reply, self.reply_entry.as_ref()),
+            "original": Self::tuple(&orig, orig_counts),
+            "reply": Self::tuple(&reply, reply_counts),
         })
     }
 
     /// One line, as conntrack(8) prints an IPv6 entry.
     pub fn line(&self) -> String {
-        let t = |k: &FlowKey6| {
+        let view = self.view();
+        let t = |k: &FlowKey6, (packets, bytes): (u64, u64)| {
             format!(
-                "src={} dst={} sport={} dport={}",
+                "src={} dst={} sport={} dport={} packets={packets} bytes={bytes}",
                 Ipv6Addr::from(addr6_from_map(k.src_addr)),
                 Ipv6Addr::from(addr6_from_map(k.dst_addr)),
                 u16::from_be(k.src_port),
                 u16::from_be(k.dst_port)
             )
         };
+        let (orig, reply) = self.tuples();
+        let (orig_counts, reply_counts) = view.counts();
         format!(
-            "ipv6     10 {:<8} {} {} {}{} {}",
+            "ipv6     10 {:<8} {} {} {}{}{} {}{}",
             proto_name(self.original.proto),
             self.original.proto,
             self.seconds_left(),
-            self.state().map_or(String::new(), |s| format!("{s} ")),
-            t(&self.original),
-            t(&self.reply)
+            view.state()
+                .map_or(String::new(), |s| format!("{} ", s.name())),
+            t(&orig, orig_counts),
+            if view.unreplied() { " [UNREPLIED]" } else { "" },
+            t(&reply, reply_counts),
+            if view.assured() { " [ASSURED]" } else { "" },
         )
     }
 
-    /// Whether the (IPv4) filter selects it: protocol and ports apply; an address filter,
-    /// being IPv4, selects no IPv6 mapping.
+    /// Whether the (IPv4) filter selects it: protocol and ports of the original tuple (as
+    /// listed) apply; an address filter, being IPv4, selects no IPv6 mapping.
     pub fn matches(&self, filter: &Filter) -> bool {
+        let (orig, _) = self.tuples();
         filter.src.is_none()
             && filter.dst.is_none()
-            && filter.proto.is_none_or(|p| p == self.original.proto)
+            && filter.proto.is_none_or(|p| p == orig.proto)
             && filter
                 .sport
-                .is_none_or(|p| p == u16::from_be(self.original.src_port))
+                .is_none_or(|p| p == u16::from_be(orig.src_port))
             && filter
                 .dport
-                .is_none_or(|p| p == u16::from_be(self.original.dst_port))
+                .is_none_or(|p| p == u16::from_be(orig.dst_port))
     }
 }
 
@@ -134,6 +159,12 @@ pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<C
             let reply_entry = tables.inbound.get(&reply, 0).ok();
             let r = reply_entry.as_ref().map(|e| &e.entry);
             let since = idle_since(original.proto, &out.entry, r);
+            let created = View {
+                proto: original.proto,
+                out: &out.entry,
+                reply: r,
+            }
+            .created_ns();
             Connection6 {
                 original,
                 out,
@@ -141,22 +172,18 @@ pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<C
                 reply_entry,
                 timeout: idle_timeout(timeouts, original.proto, &out.entry, r),
                 idle: Duration::from_nanos(now_ns.saturating_sub(since)),
+                age: Duration::from_nanos(now_ns.saturating_sub(created)),
             }
         })
         .collect()
 }
 
-/// Remove mappings, reply half first (from then on nothing arriving is translated for them).
+/// Remove mappings as IPv4's are removed ([`conntrack::remove_mappings`]): original half
+/// first, then the reply half if it still points back at it, given back if the datapath took
+/// it back meanwhile; a mapping expired and re-created since it was listed is left alone.
 /// Returns how many.
 pub fn remove6(tables: &mut NatTables6<'_>, doomed: &[Connection6]) -> u64 {
-    let mut removed = 0;
-    for c in doomed {
-        let _ = tables.inbound.remove(&c.reply);
-        if tables.out.remove(&c.original).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+    conntrack::remove_mappings(tables, doomed.iter().map(|c| (c.original, c.out, c.reply)))
 }
 
 /// Remove the mappings matching `pred`.
@@ -181,20 +208,83 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// reply halves whose original half is gone. Returns (expired, orphans).
 pub fn sweep6(tables: &mut NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> (u64, u64) {
     let expired = remove6_where(tables, timeouts, now_ns, |c| c.idle > c.timeout);
-    let orphans: Vec<FlowKey6> = tables
-        .inbound
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, half)| {
-            let original = key.original_key(half);
-            tables.out.get(&original, 0).is_err()
-                && Duration::from_nanos(now_ns.saturating_sub(half.entry.created_ns)) > ORPHAN_GRACE
-        })
-        .map(|(key, _)| key)
-        .collect();
-    let orphans = orphans
-        .iter()
-        .filter(|k| tables.inbound.remove(k).is_ok())
-        .count() as u64;
+    let orphans = conntrack::remove_orphans(tables, ORPHAN_GRACE, now_ns);
     (expired, orphans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfnat_common::{addr6_to_map, port_to_map, NatEntry, NAT_FLAG_PUBLISHED, TCP_SEEN_SYN};
+
+    fn a(s: &str) -> [u32; 4] {
+        addr6_to_map(s.parse::<Ipv6Addr>().unwrap().octets())
+    }
+
+    /// A connection from client 2001:db8:300::1 port 50000 to the published port 8080 of
+    /// 2001:db8::2, led to fd00:18::2 port 80.
+    fn published(reply_packets: u64) -> Connection6 {
+        let half = |packets: u64, addr: &str, port: u16| NatEntry6 {
+            entry: NatEntry {
+                last_seen_ns: 9_000_000_000,
+                created_ns: 1_000_000_000,
+                packets,
+                bytes: packets * 60,
+                port: port_to_map(port),
+                flags: NAT_FLAG_PUBLISHED,
+                tcp_flags: TCP_SEEN_SYN,
+                ..NatEntry::default()
+            },
+            addr: a(addr),
+        };
+        // NAT6_OUT: the container's answers; NAT6_IN: the client's direction.
+        let original = FlowKey6::new(
+            a("fd00:18::2"),
+            a("2001:db8:300::1"),
+            port_to_map(80),
+            port_to_map(50000),
+            6,
+        );
+        let out = half(reply_packets, "2001:db8::2", 8080);
+        let reply = original.reply_key(&out);
+        Connection6 {
+            original,
+            out,
+            reply,
+            reply_entry: Some(half(3, "fd00:18::2", 80)),
+            timeout: Duration::from_secs(60),
+            idle: Duration::from_secs(1),
+            age: Duration::from_secs(8),
+        }
+    }
+
+    #[test]
+    fn a_published_connection_is_listed_from_the_client() {
+        let c = published(2);
+        let j = c.to_json();
+        assert_eq!(j["published"], true);
+        assert_eq!(j["original"]["src"], "2001:db8:300::1");
+        assert_eq!(j["original"]["dst"], "2001:db8::2");
+        assert_eq!(j["original"]["dport"], 8080);
+        assert_eq!(j["original"]["packets"], 3, "the client's packets");
+        assert_eq!(j["reply"]["src"], "fd00:18::2");
+        assert_eq!(j["reply"]["sport"], 80);
+        assert_eq!(j["reply"]["packets"], 2, "the container's answers");
+        assert_eq!(j["age_secs"], 8);
+        assert_eq!(j["unreplied"], false);
+        let filter = |dport| Filter {
+            dport: Some(dport),
+            ..Filter::default()
+        };
+        assert!(c.matches(&filter(8080)) && !c.matches(&filter(50000)));
+        assert!(c.line().contains(
+            "src=2001:db8:300::1 dst=2001:db8::2 sport=50000 dport=8080 packets=3 bytes=180 \
+             src=fd00:18::2 dst=2001:db8:300::1 sport=80 dport=50000 packets=2"
+        ));
+        let unanswered = published(0);
+        assert_eq!(unanswered.to_json()["unreplied"], true);
+        assert!(unanswered
+            .line()
+            .contains("packets=3 bytes=180 [UNREPLIED] src="));
+    }
 }

@@ -10,13 +10,13 @@ use anyhow::{anyhow, bail};
 use aya::maps::{HashMap, MapData};
 use bpfnat_common::{
     addr6_from_map, addr6_to_map, FlowKey6, HairpinEntry6, PublishKey6, PublishTarget6,
-    IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_PUBLISHED,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde_json::{json, Value};
 
 use crate::{
     bpf::datapath::NatTables6,
-    table::{conntrack6, expiry::remove_hairpin_where},
+    table::expiry::remove_hairpin_where,
     util::addr::{proto_name, PortRange},
 };
 
@@ -178,24 +178,20 @@ impl Flows6<'_> {
     /// to): connections from outside, and hairpin connections from containers (each two
     /// entries: the asking side's, to the uplink's address and the host port, rewritten to the
     /// target; and the target's answers). Returns how many connections.
-    pub(crate) fn remove(
-        &mut self,
-        timeouts: &bpfnat_common::Timeouts,
-        publishes: &[(PublishKey6, PublishTarget6)],
-    ) -> u64 {
+    pub(crate) fn remove(&mut self, publishes: &[(PublishKey6, PublishTarget6)]) -> u64 {
         if publishes.is_empty() {
             return 0;
         }
-        let now = crate::table::timeouts::monotonic_ns();
-        let nat = conntrack6::remove6_where(&mut self.tables, timeouts, now, |c| {
-            c.out.entry.flags & NAT_FLAG_PUBLISHED != 0
-                && publishes.iter().any(|(k, t)| {
-                    k.proto == c.original.proto
-                        && k.host_port == c.out.entry.port
-                        && t.addr == c.original.src_addr
-                        && t.port == c.original.src_port
+        // The client's direction first, as for IPv4 (`conntrack::remove_published`).
+        let nat =
+            crate::table::conntrack::remove_published_where(&mut self.tables, |key, entry| {
+                publishes.iter().any(|(k, t)| {
+                    k.proto == key.proto
+                        && k.host_port == key.dst_port
+                        && t.addr == entry.addr
+                        && t.port == entry.entry.port
                 })
-        });
+            });
         let hairpin = remove_hairpin_where(&mut self.hairpin, |key, to: &HairpinEntry6| {
             publishes.iter().any(|(k, t)| {
                 k.proto == key.proto
@@ -213,7 +209,6 @@ impl Flows6<'_> {
 pub fn add6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
     flows: &mut Flows6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
     if spec.target.is_none() {
@@ -231,7 +226,7 @@ pub fn add6(
             .map_err(|e| anyhow!("publishing {spec}: {e} (is the PUBLISH6 table full?)"))?;
         changed += 1;
     }
-    Ok((changed, flows.remove(timeouts, &old)))
+    Ok((changed, flows.remove(&old)))
 }
 
 /// Unpublish the host ports of `spec` (all must be published), with their connections.
@@ -239,7 +234,6 @@ pub fn add6(
 pub fn remove6(
     map: &mut HashMap<&mut MapData, PublishKey6, PublishTarget6>,
     flows: &mut Flows6<'_>,
-    timeouts: &bpfnat_common::Timeouts,
     spec: &Publish6Spec,
 ) -> anyhow::Result<(u64, u64)> {
     let mut doomed = Vec::new();
@@ -254,7 +248,7 @@ pub fn remove6(
         doomed.push((key, found));
     }
     let removed = doomed.iter().filter(|(k, _)| map.remove(k).is_ok()).count() as u64;
-    Ok((removed, flows.remove(timeouts, &doomed)))
+    Ok((removed, flows.remove(&doomed)))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use super::*;
 
 use std::net::Ipv6Addr;
 
+use bpfnat_common::{FlowKey6, NatEntry6};
+
 const EXTERNAL6: &str = "2001:db8::2";
 const REMOTE6: &str = "2001:db8:100::1";
 const C1: &str = "fd00:18::2";
@@ -1050,7 +1052,7 @@ fn ipv6_hairpin_edges() {
         let (mut map, tables, hairpin) = dp.publish6_tables().unwrap();
         let mut flows = Flows6 { tables, hairpin };
         let spec = Publish6Spec::parse("8080").unwrap();
-        let (ports, conns) = remove6(&mut map, &mut flows, &Timeouts::KERNEL, &spec).unwrap();
+        let (ports, conns) = remove6(&mut map, &mut flows, &spec).unwrap();
         assert_eq!((ports, conns), (1, 1));
     }
     assert_eq!(dp.hairpin6_map().unwrap().keys().count(), 0);
@@ -1151,4 +1153,96 @@ fn ipv6_hairpin_avoids_the_hosts_ports() {
     let want = rewritten(&answer, EXTERNAL6, 8080, C2, port);
     assert_forwarded6(&got, &want, "answer");
     drop(listener);
+}
+
+/// Removing IPv6 mappings (`conntrack flush`/`delete`, expiry, an address change) goes as for
+/// IPv4 (`conntrack`'s module documentation): original half first, and only the halves of
+/// the mapping that was listed. Here a mapping is listed, expires, and another container's
+/// flow to the same destination from the same port takes its external port (the same reply
+/// tuple) before the stale listing is removed: the new flow keeps both halves, and its
+/// replies still reach it.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_removing_a_stale_listing_spares_the_flow_that_took_its_port() {
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let udp = |sport, dport| L4v6::Udp { sport, dport };
+    let c2 = "fd00:18::3";
+    let first = Frame6::new(C1, REMOTE6, udp(40300, 53));
+    let (_, got) = run(&mut dp, names::PROG_EGRESS, &first.build());
+    assert_eq!(got, first.with_src(EXTERNAL6, 40300).build());
+    let now = bpfnat::table::timeouts::monotonic_ns();
+    let listed = {
+        let t6 = dp.tables6().unwrap();
+        bpfnat::table::conntrack6::list6(&t6, &bpfnat_common::Timeouts::KERNEL, now)
+    };
+    assert_eq!(listed.len(), 1);
+    // It expires (both halves go), and C2's flow takes the same external port.
+    {
+        let mut t6 = dp.tables6().unwrap();
+        t6.out.remove(&listed[0].original).unwrap();
+        t6.inbound.remove(&listed[0].reply).unwrap();
+    }
+    let second = Frame6::new(c2, REMOTE6, udp(40300, 53));
+    let (_, got) = run(&mut dp, names::PROG_EGRESS, &second.build());
+    assert_eq!(got, second.with_src(EXTERNAL6, 40300).build());
+
+    let removed = {
+        let mut t6 = dp.tables6().unwrap();
+        bpfnat::table::conntrack6::remove6(&mut t6, &listed)
+    };
+    assert_eq!(removed, 0, "the listed mapping was gone already");
+    let reply = Frame6::new(REMOTE6, EXTERNAL6, udp(53, 40300));
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &reply.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(
+        got,
+        reply.with_dst(c2, 40300).build(),
+        "the new flow's replies still reach it"
+    );
+}
+
+/// The window between the two deletions of an IPv6 mapping (as
+/// `races::reply_half_taken_back_during_a_flush_survives_it` for IPv4, with the same routine):
+/// a packet of the flow arriving after the original half went takes its own reply half back,
+/// keeping its port, and the second deletion leaves that reply half in place; a reply half
+/// nobody took back stays deleted.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn ipv6_reply_half_taken_back_during_a_flush_survives_it() {
+    let _slot = require_root();
+    let mut dp = datapath6();
+    let f = Frame6::new(C1, REMOTE6, tcp(40600, 80, ACK, 1, 1));
+    assert_eq!(run(&mut dp, names::PROG_EGRESS, &f.build()).0, TCX_NEXT);
+    let (original, reply_halves) = {
+        let t6 = dp.tables6().unwrap();
+        let original: Vec<FlowKey6> = t6.out.keys().map(Result::unwrap).collect();
+        let halves: Vec<(FlowKey6, NatEntry6)> = t6.inbound.iter().map(Result::unwrap).collect();
+        (original[0], halves)
+    };
+    assert_eq!(reply_halves.len(), 1);
+    // The flush's first deletion, then a packet of the flow in the window.
+    dp.tables6().unwrap().out.remove(&original).unwrap();
+    let (_, got) = run(&mut dp, names::PROG_EGRESS, &f.build());
+    assert_eq!(got, f.with_src(EXTERNAL6, 40600).build(), "its own port");
+    assert_eq!(dp.counter(Counter::PortRetries).unwrap(), 0);
+    // The flush's second deletion, with what it read before.
+    let stayed_deleted =
+        bpfnat::table::conntrack::remove_reply_halves(&mut dp.tables6().unwrap(), &reply_halves);
+    assert_eq!(stayed_deleted, 0, "the taken-back reply half is put back");
+    let reply = Frame6::new(REMOTE6, EXTERNAL6, tcp(80, 40600, ACK, 1, 1));
+    let (v, got) = run(&mut dp, names::PROG_INGRESS, &reply.build());
+    assert_eq!(v, TCX_NEXT);
+    assert_eq!(
+        got,
+        reply.with_dst(C1, 40600).build(),
+        "the reply still reaches the flow"
+    );
+
+    // A reply half nobody took back stays deleted.
+    dp.tables6().unwrap().out.remove(&original).unwrap();
+    let stayed_deleted =
+        bpfnat::table::conntrack::remove_reply_halves(&mut dp.tables6().unwrap(), &reply_halves);
+    assert_eq!(stayed_deleted, 1);
+    assert_eq!(dp.tables6().unwrap().inbound.keys().count(), 0);
 }

@@ -60,7 +60,7 @@ fn c(lab: &Lab, i: usize) -> (&str, Ipv4Addr) {
 
 /// One more container namespace on a bridge of the host namespace (created if missing, with
 /// `gateway/24`); removed on drop.
-struct ExtraContainer {
+pub(crate) struct ExtraContainer {
     ns: String,
     pub addr: Ipv4Addr,
     pub host_veth: String,
@@ -68,7 +68,7 @@ struct ExtraContainer {
 }
 
 impl ExtraContainer {
-    fn up(
+    pub(crate) fn up(
         host_ns: &str,
         bridge: &str,
         gateway: Ipv4Addr,
@@ -109,7 +109,7 @@ impl ExtraContainer {
         guard
     }
 
-    fn ns(&self) -> &str {
+    pub(crate) fn ns(&self) -> &str {
         &self.ns
     }
 
@@ -212,27 +212,29 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // Traffic
 // ---------------------------------------------------------------------------------------
 
-/// A TCP connection from `ns` to `dst` within 2 s.
-fn tcp_connect(ns: &str, dst: SocketAddrV4) -> std::io::Result<TcpStream> {
+/// A TCP connection from `ns` to `dst` (either family) within 2 s.
+fn tcp_connect(ns: &str, dst: impl Into<SocketAddr>) -> std::io::Result<TcpStream> {
+    let dst = dst.into();
     spawn_in(ns, move || {
-        TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(2))
+        TcpStream::connect_timeout(&dst, Duration::from_secs(2))
     })
     .join()
     .unwrap()
 }
 
-fn tcp_connects(ns: &str, dst: SocketAddrV4) -> bool {
+pub(crate) fn tcp_connects(ns: &str, dst: impl Into<SocketAddr>) -> bool {
     tcp_connect(ns, dst).is_ok()
 }
 
 /// A TCP listener in `ns` that accepts connections and holds them open until dropped.
-struct Listener {
+pub(crate) struct Listener {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
 }
 
 impl Listener {
-    fn start(ns: &str, addr: SocketAddrV4) -> Self {
+    pub(crate) fn start(ns: &str, addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let flag = stop.clone();

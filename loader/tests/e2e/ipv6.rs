@@ -1,14 +1,28 @@
-//! IPv6 end to end (issue 15, first part): NAT66 masquerade of a bridge's IPv6 subnet with
+//! IPv6 end to end (issue 15): NAT66 masquerade of a bridge's IPv6 subnet with
 //! the uplink's global address. Lab `bnt-v6N` (`support::topo::test_lab`) gets IPv6 with
 //! `ip` inside its own namespaces: the bridge `br0` fd00:85:N::1/64, containers
 //! fd00:85:N::(1+i), the uplink `up0` 2001:db8:N::2/64 with its default route via
 //! 2001:db8:N::1 on the WAN side, which holds the remote 2001:db8:100::1 and has no route back
 //! to fd00:85:N::/64, like the IPv6 internet.
+//!
+//! The IPv6 twins of the IPv4 end-to-end tests are in submodules: [`paths`] (traceroute6,
+//! path MTU, fragments), [`bridges`] (icc off, direct access from outside, two bridges),
+//! [`exhaustion`] (a narrowed port range running out), [`dual_stack`] (both families at
+//! once). Tests that share a lab number take turns (`lab`). Lab numbers: 1-3 the tests
+//! below; 4 traceroute6 and path MTU (with a server behind a router), 5 fragments and dual
+//! stack, 6 icc off and direct access, 7 hairpin, 8 port exhaustion, 9 two bridges, 10
+//! checksums, 11 trace.
+
+mod bridges;
+mod dual_stack;
+mod exhaustion;
+mod paths;
 
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
-    sync::mpsc,
+    ops::Deref,
+    sync::{mpsc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -19,15 +33,84 @@ use crate::support::{
 
 const REMOTE6: &str = "2001:db8:100::1";
 
-fn lab(n: u8) -> Lab {
-    Lab::up(crate::support::topo::test_lab(
+/// The IPv4 remote of every `bnt-v6N` lab.
+const REMOTE4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 83);
+
+/// Lab `n` (`bnt-v6N-*`), removed on drop; then the next test with the same number may build
+/// it again.
+pub(crate) struct V6Lab {
+    // Fields drop in order: the lab goes before the turn is handed on.
+    lab: Lab,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Deref for V6Lab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+/// Build lab `n`, once the test before with the same number has removed its own.
+fn lab(n: u8) -> V6Lab {
+    static TURNS: [Mutex<()>; 16] = [const { Mutex::new(()) }; 16];
+    // A test that failed holding its turn has removed its lab all the same.
+    let turn = TURNS[usize::from(n)]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let lab = Lab::up(crate::support::topo::test_lab(
         &format!("bnt-v6{n}"),
         [10, 83, n],
         2,
         Ipv4Addr::new(192, 0, 2, 110 + n),
         Ipv4Addr::new(192, 0, 2, 120 + n),
-        Ipv4Addr::new(198, 51, 100, 83),
-    ))
+        REMOTE4,
+    ));
+    V6Lab { lab, _turn: turn }
+}
+
+/// Container `i` of lab `n`: its namespace and its IPv6 address.
+fn container6(lab: &Lab, n: u8, i: usize) -> (String, Ipv6Addr) {
+    let addr = format!("fd00:85:{n}::{:x}", 2 + i).parse().unwrap();
+    (lab.spec.containers[i].netns.clone(), addr)
+}
+
+/// The bridge's IPv6 address in lab `n` (the containers' gateway).
+fn gateway6(n: u8) -> Ipv6Addr {
+    format!("fd00:85:{n}::1").parse().unwrap()
+}
+
+/// One `ping -6` from `ns` to `dst` (from the source address `from` if given); failures are
+/// printed.
+fn ping6(ns: &str, from: Option<&str>, dst: &str) -> bool {
+    let mut args = vec!["ping", "-6", "-c", "1", "-W", "2"];
+    if let Some(src) = from {
+        args.extend_from_slice(&["-I", src]);
+    }
+    args.push(dst);
+    let (ok, out) = ns_exec(ns, &args);
+    if !ok {
+        eprintln!("ping6 from {ns} ({from:?}) to {dst} failed: {out}");
+    }
+    ok
+}
+
+fn count(host: &str, name: &str) -> u64 {
+    crate::support::cli::counter_in(host, name)
+}
+
+/// Wait (at most 10 s) until no address in the namespaces `all` is tentative: until then
+/// neighbour discovery is not reliable.
+fn settle<S: AsRef<str>>(all: &[S]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while all.iter().any(|ns| {
+        !ns_exec(ns.as_ref(), &["ip", "-6", "addr", "show", "tentative"])
+            .1
+            .is_empty()
+    }) {
+        assert!(Instant::now() < deadline, "IPv6 addresses still tentative");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn ip(ns: &str, args: &[&str]) {
@@ -113,21 +196,13 @@ pub(crate) fn add_ipv6(lab: &Lab, n: u8) -> Ipv6Addr {
         );
     }
     // The link-local addresses of a fresh lab are still tentative (duplicate address
-    // detection, about a second): until then neighbour discovery is not reliable.
+    // detection, about a second).
     let all: Vec<String> = [host, wan]
         .into_iter()
         .map(str::to_owned)
         .chain(s.containers.iter().map(|c| c.netns.clone()))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while all.iter().any(|ns| {
-        !ns_exec(ns, &["ip", "-6", "addr", "show", "tentative"])
-            .1
-            .is_empty()
-    }) {
-        assert!(Instant::now() < deadline, "IPv6 addresses still tentative");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    settle(&all);
     uplink
 }
 
@@ -293,19 +368,12 @@ fn ipv6_sources_are_checked_and_internal_stays_in() {
         lab.spec.containers[1].netns.clone(),
     );
     let daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
-    let ping = |ns: &str, from: Option<&str>, dst: &str| {
-        let mut args = vec!["ping", "-6", "-c", "1", "-W", "2"];
-        if let Some(src) = from {
-            args.extend_from_slice(&["-I", src]);
-        }
-        args.push(dst);
-        let (ok, out) = ns_exec(ns, &args);
-        if !ok {
-            eprintln!("ping6 from {ns} ({from:?}) to {dst} failed: {out}");
-        }
-        ok
-    };
+    let ping = ping6;
     assert!(ping(&c1, None, REMOTE6), "c1 reaches out");
+    // c2 reaches out too, which resolves its gateway: the spoofed echo request below is sent
+    // at once, rather than queued behind neighbour solicitations from the spoofed address
+    // (dropped as well), whose failure would fail c2's next ping from its own address too.
+    assert!(ping(&c2, None, REMOTE6), "c2 reaches out");
     // c2 takes c1's address as a second one and sends from it.
     ip(
         &c2,
@@ -398,6 +466,30 @@ fn ipv6_published_port_keeps_the_client_address() {
     );
     let stats = crate::support::cli::stats_json(&host);
     assert!(crate::support::cli::counter(&stats, "published_mappings") >= 1);
+    // Listed as conntrack lists a DNAT, as IPv4's are: the client's tuple to the published
+    // port first, the container's answers second.
+    let list = crate::support::cli::conntrack_json(&host, &["--dport", "8080"]);
+    let conn = list
+        .iter()
+        .find(|c| c["family"] == "ipv6" && c["published"] == true)
+        .unwrap_or_else(|| panic!("no published IPv6 connection to port 8080: {list:#?}"));
+    assert_eq!(
+        (
+            &conn["original"]["src"],
+            &conn["original"]["dst"],
+            &conn["original"]["dport"],
+            &conn["reply"]["src"],
+            &conn["reply"]["sport"],
+        ),
+        (
+            &"2001:db8:3::1".into(),
+            &uplink.to_string().into(),
+            &8080.into(),
+            &"fd00:85:3::2".into(),
+            &80.into()
+        ),
+        "{conn:#}"
+    );
 
     let out = crate::support::cli::bpfnat_ok(&[
         "--netns",

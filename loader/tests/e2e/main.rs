@@ -15,7 +15,7 @@
 //! - [`lab_topology`]: the lab builder;
 //! - [`shared_host`]: a host shared with other tools (issue 13's items, by number);
 //! - [`docker`]: `up --docker` following a real Docker daemon;
-//! - [`ipv6`]: NAT66 masquerade (issue 15, first part).
+//! - [`ipv6`]: NAT66 masquerade (issue 15), and the IPv6 twins of the tests above.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::Once,
@@ -320,27 +320,53 @@ fn wait_table_empty(host: &str, limit: Duration) -> Duration {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn port_range_exhaustion_and_recovery() {
     let _alone = require_root_alone();
-    let started = Instant::now();
     let lab = Lab::up(spec("bnt-sc-px", 1, 1));
+    assert_port_range_exhaustion(
+        &lab,
+        SocketAddrV4::new(REMOTE, 7101).into(),
+        uplink_addr(1).into(),
+        20000,
+        100,
+    );
+}
+
+/// The port-range exhaustion of `lab` (its first container, its WAN namespace) for the family
+/// of `target`: `bpfnat up --port-range first-(first+ports-1)` with short close timeouts;
+/// `ports` held connections to `target` take exactly the range's ports (from `external`),
+/// one more is dropped (`drop_no_port`, a connect timeout: no RST, like MASQUERADE) without
+/// harming them; they close cleanly through their mappings, the family's tables empty, and
+/// `ports` new connections fit again.
+pub(crate) fn assert_port_range_exhaustion(
+    lab: &Lab,
+    target: SocketAddr,
+    external: IpAddr,
+    first: u16,
+    ports: u16,
+) {
+    let started = Instant::now();
     let host = lab.spec.host_netns.clone();
     let (c1, wan) = (
         lab.spec.containers[0].netns.clone(),
         lab.spec.wan_netns.clone(),
     );
-    let external = uplink_addr(1).to_string();
-    let scratch = Scratch::new("px");
-    let mut args = vec![
-        "--uplink",
-        "up0",
-        "--bridge",
-        "br0",
-        "--port-range",
-        "20000-20099",
-    ];
+    let (family, tables) = if target.is_ipv4() {
+        ("ipv4", ("nat_out", "nat_in"))
+    } else {
+        ("ipv6", ("nat6_out", "nat6_in"))
+    };
+    let n = u64::from(ports);
+    let occupancy = |stats: &Value| {
+        let entries = |t: &str| stats["table"][t].as_u64().unwrap_or_else(|| panic!("{t}"));
+        (entries(tables.0), entries(tables.1))
+    };
+    let scratch = Scratch::new(&format!("px-{family}"));
+    let range = format!("{first}-{}", first + ports - 1);
+    let mut args = vec!["--uplink", "up0", "--bridge", "br0", "--port-range", &range];
     args.extend(SHORT_CLOSE_TIMEOUTS);
     let _daemon = Daemon::start(&host, &args);
-    let target = SocketAddrV4::new(REMOTE, 7101).to_string();
-    // Both rounds of 100; the 101st never reaches it.
+    let target_arg = target.to_string();
+    // Both rounds; the extra connection never reaches it.
+    let expect = (2 * n).to_string();
     let server = scratch.server(
         "server",
         &wan,
@@ -349,14 +375,15 @@ fn port_range_exhaustion_and_recovery() {
             "170",
             "tcp-hold-server",
             "--listen",
-            &target,
+            &target_arg,
             "--expect",
-            "200",
+            &expect,
         ],
     );
-    let all_ports: BTreeSet<u64> = (20000..=20099).collect();
+    let all_ports: BTreeSet<u64> = (u64::from(first)..u64::from(first) + n).collect();
+    let count = n.to_string();
 
-    // Round 1: 100 held connections fill the range for this destination.
+    // `ports` held connections fill the range for this destination.
     let hold = |name: &str| {
         let (ready, release) = (
             scratch.path(&format!("{name}.ready")),
@@ -370,9 +397,9 @@ fn port_range_exhaustion_and_recovery() {
                 "150",
                 "tcp-hold-clients",
                 "--connect",
-                &target,
+                &target_arg,
                 "--count",
-                "100",
+                &count,
                 "--connect-timeout",
                 "20",
                 "--close-timeout",
@@ -391,18 +418,30 @@ fn port_range_exhaustion_and_recovery() {
         );
         let setup = t.elapsed();
         let text = fs::read_to_string(&ready).unwrap_or_default();
-        assert_eq!(text.trim(), "established 100", "{name}: {}", proc.stderr());
+        assert_eq!(
+            text.trim(),
+            format!("established {n}"),
+            "{name}: {}",
+            proc.stderr()
+        );
         (proc, release, setup)
     };
     let check_held = |round: &str| -> Value {
-        let conns = conntrack_json(&host, &[]);
-        assert_eq!(conns.len(), 100, "{round}: {conns:?}");
+        let conns: Vec<Value> = conntrack_json(&host, &[])
+            .into_iter()
+            .filter(|c| c["family"] == family)
+            .collect();
+        assert_eq!(conns.len() as u64, n, "{round}: {conns:?}");
         for c in &conns {
             assert_eq!(c["proto"], "tcp", "{round}: {c}");
             assert_eq!(c["state"], "ESTABLISHED", "{round}: {c}");
-            assert_eq!(c["external_addr"], external, "{round}: {c}");
-            assert_eq!(c["original"]["dst"], REMOTE.to_string(), "{round}: {c}");
-            assert_eq!(c["original"]["dport"], 7101, "{round}: {c}");
+            assert_eq!(c["external_addr"], external.to_string(), "{round}: {c}");
+            assert_eq!(
+                c["original"]["dst"],
+                target.ip().to_string(),
+                "{round}: {c}"
+            );
+            assert_eq!(c["original"]["dport"], target.port(), "{round}: {c}");
         }
         let ports: BTreeSet<u64> = conns
             .iter()
@@ -410,23 +449,44 @@ fn port_range_exhaustion_and_recovery() {
             .collect();
         assert_eq!(
             ports, all_ports,
-            "{round}: not exactly the 100 ports of the range"
+            "{round}: not exactly the {n} ports of the range"
         );
         let stats = stats_json(&host);
-        assert_eq!(occupancy(&stats), (100, 100), "{round}: {stats}");
+        assert_eq!(occupancy(&stats), (n, n), "{round}: {stats}");
         stats
     };
+    // Released: each closes with a full FIN handshake through its mapping, nothing lost while
+    // held; closed connections go after tcp_time_wait (2 s) and a sweep (1 s).
+    let release = |round: &str, holder: Proc, release: &Path| {
+        touch(release);
+        let done = holder.finish(Duration::from_secs(60));
+        done.assert_ok();
+        assert_eq!(done.u("echoed"), n, "{round}: {}", done.json);
+        assert_eq!(done.u("lost_during_hold"), 0, "{round}: {}", done.json);
+        assert_eq!(done.u("closed_clean"), n, "{round}: {}", done.json);
+        let start = Instant::now();
+        let mut last = Value::Null;
+        let empty = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+            last = stats_json(&host);
+            occupancy(&last) == (0, 0)
+        });
+        assert!(empty, "{round}: {family} table not empty: {last}");
+        println!(
+            "{round}: table empty {:?} after the release",
+            start.elapsed()
+        );
+    };
 
-    let (holder, release, setup1) = hold("round1");
+    let (holder, release_file, setup1) = hold("round1");
     let stats = check_held("round 1");
-    assert_eq!(counter(&stats, "new_mappings"), 100, "{stats}");
+    assert_eq!(counter(&stats, "new_mappings"), n, "{stats}");
     assert_no_drops(&stats);
     println!(
-        "round 1: 100 connections in {setup1:?}, port_retries {}",
+        "round 1: {n} connections in {setup1:?}, port_retries {}",
         counter(&stats, "port_retries")
     );
 
-    // The 101st connection to the same destination finds no port: its SYNs are dropped.
+    // One more connection to the same destination finds no port: its SYNs are dropped.
     let t = Instant::now();
     let extra = scratch
         .spawn(
@@ -437,7 +497,7 @@ fn port_range_exhaustion_and_recovery() {
                 "20",
                 "tcp-hold-clients",
                 "--connect",
-                &target,
+                &target_arg,
                 "--count",
                 "1",
                 "--connect-timeout",
@@ -445,7 +505,7 @@ fn port_range_exhaustion_and_recovery() {
             ],
         )
         .finish(Duration::from_secs(40));
-    println!("101st connection failed after {:?}", t.elapsed());
+    println!("the extra connection failed after {:?}", t.elapsed());
     assert_eq!(
         extra.status.code(),
         Some(1),
@@ -456,55 +516,40 @@ fn port_range_exhaustion_and_recovery() {
     assert_eq!(extra.u("echoed"), 0, "{}", extra.json);
     assert_eq!(
         extra.json["connect_errors"]["timeout"], 1,
-        "the 101st connection must time out (no RST, like MASQUERADE): {}",
+        "the extra connection must time out (no RST, like MASQUERADE): {}",
         extra.json
     );
-    let stats = check_held("after the 101st");
+    let stats = check_held("after the extra one");
     let no_port = counter(&stats, "drop_no_port");
-    println!("drop_no_port after the 101st: {no_port}");
+    println!("drop_no_port after the extra one: {no_port}");
     assert!(no_port >= 1, "{stats}");
-    assert_eq!(counter(&stats, "new_mappings"), 100, "{stats}");
+    assert_eq!(counter(&stats, "new_mappings"), n, "{stats}");
     assert_eq!(counter(&stats, "drop_table_full"), 0, "{stats}");
-
-    // The 100 are unharmed: nothing lost while held, and each closes with a full FIN
-    // handshake through its mapping.
-    touch(&release);
-    let done = holder.finish(Duration::from_secs(60));
-    done.assert_ok();
-    assert_eq!(done.u("echoed"), 100);
-    assert_eq!(done.u("lost_during_hold"), 0, "{}", done.json);
-    assert_eq!(done.u("closed_clean"), 100, "{}", done.json);
-
-    // Closed connections go after tcp_time_wait (2 s) and a sweep (1 s).
-    let emptied = wait_table_empty(&host, Duration::from_secs(30));
-    println!("table empty {emptied:?} after the release");
+    release("round 1", holder, &release_file);
 
     // Round 2: the range is free again.
-    let (holder, release, setup2) = hold("round2");
+    let (holder, release_file, setup2) = hold("round2");
     let stats = check_held("round 2");
-    assert_eq!(counter(&stats, "new_mappings"), 200, "{stats}");
+    assert_eq!(counter(&stats, "new_mappings"), 2 * n, "{stats}");
     assert_eq!(
         counter(&stats, "drop_no_port"),
         no_port,
         "round 2 ran out of ports: {stats}"
     );
-    println!("round 2: 100 connections in {setup2:?}");
-    touch(&release);
-    let done = holder.finish(Duration::from_secs(60));
-    done.assert_ok();
-    assert_eq!(done.u("closed_clean"), 100, "{}", done.json);
+    println!("round 2: {n} connections in {setup2:?}");
+    release("round 2", holder, &release_file);
 
     let served = server.finish(Duration::from_secs(60));
     served.assert_ok();
-    assert_eq!(served.u("accepted"), 200);
+    assert_eq!(served.u("accepted"), 2 * n);
     assert_eq!(served.u("peers_distinct"), 1, "{}", served.json);
-    assert_eq!(served.json["peer_ips"][0], external, "{}", served.json);
-    let emptied = wait_table_empty(&host, Duration::from_secs(30));
-    let stats = stats_json(&host);
-    println!(
-        "round 2 table empty {emptied:?} after the release; total {:?}; stats {stats}",
-        started.elapsed()
+    assert_eq!(
+        served.json["peer_ips"][0],
+        external.to_string(),
+        "{}",
+        served.json
     );
+    println!("{family} port exhaustion: {:?}", started.elapsed());
 }
 
 /// 20,000 concurrent TCP connections, 10,000 from each of two containers: all echo, the

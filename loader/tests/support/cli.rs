@@ -50,3 +50,8 @@ pub fn counter(stats: &Value, name: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("counter {name} missing in {stats}"))
 }
+
+/// One counter of the instance in `ns` (`stats --json`).
+pub fn counter_in(ns: &str, name: &str) -> u64 {
+    counter(&stats_json(ns), name)
+}

@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -215,10 +215,11 @@ pub struct TcpSeen {
 /// server answers each client with "OK <peer>" once the stream ends.
 pub fn tcp_sink(
     ns: &str,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     conns: usize,
     seed: u64,
 ) -> thread::JoinHandle<Vec<TcpSeen>> {
+    let addr = addr.into();
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = spawn_in(ns, move || {
         let listener = TcpListener::bind(addr).expect("bind sink");
@@ -293,23 +294,27 @@ impl Checker {
     }
 }
 
-/// Send `len` bytes of `Stream::new(seed)` from `ns` (optionally from a fixed local address)
-/// to `dst`, then wait for the server's "OK" line. Returns that line.
+/// Send `len` bytes of `Stream::new(seed)` from `ns` (optionally from a fixed local IPv4
+/// address) to `dst` (either family), then wait for the server's "OK" line. Returns that line.
 pub fn tcp_send(
     ns: &str,
     local: Option<SocketAddrV4>,
-    dst: SocketAddrV4,
+    dst: impl Into<SocketAddr>,
     len: u64,
     seed: u64,
 ) -> thread::JoinHandle<Result<String, String>> {
+    let dst = dst.into();
     spawn_in(ns, move || {
-        let sock = match local {
-            Some(local) => {
+        let sock = match (local, dst) {
+            (Some(local), SocketAddr::V4(dst)) => {
                 let s = socket2_bind(local).map_err(|e| format!("bind {local}: {e}"))?;
                 s.connect_timeout(dst, Duration::from_secs(3))
                     .map_err(|e| format!("connect {dst}: {e}"))?
             }
-            None => TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(3))
+            (Some(local), SocketAddr::V6(_)) => {
+                return Err(format!("{local} is IPv4, {dst} is not"));
+            }
+            (None, dst) => TcpStream::connect_timeout(&dst, Duration::from_secs(3))
                 .map_err(|e| format!("connect {dst}: {e}"))?,
         };
         let mut sock = sock;
@@ -369,13 +374,14 @@ impl BoundSocket {
     }
 }
 
-/// A UDP echo server in `ns` on `addr`: answers each datagram with "<peer> <payload>", for
-/// `duration`.
+/// A UDP echo server in `ns` on `addr` (either family): answers each datagram with "<peer>
+/// <payload>", for `duration`.
 pub fn udp_echo(
     ns: &str,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     duration: Duration,
 ) -> thread::JoinHandle<Vec<SocketAddr>> {
+    let addr = addr.into();
     let (ready_tx, ready_rx) = mpsc::channel();
     let h = spawn_in(ns, move || {
         let sock = UdpSocket::bind(addr).expect("bind udp");
@@ -400,10 +406,13 @@ pub fn udp_echo(
     h
 }
 
-/// Send one UDP request from `ns` and return the answer (None after 3 tries of 1 s).
-pub fn udp_request(ns: &str, dst: SocketAddrV4, payload: Vec<u8>) -> Option<Vec<u8>> {
+/// Send one UDP request from `ns` to `dst` (either family) and return the answer (None after
+/// 3 tries of 1 s).
+pub fn udp_request(ns: &str, dst: impl Into<SocketAddr>, payload: Vec<u8>) -> Option<Vec<u8>> {
+    let dst = dst.into();
     spawn_in(ns, move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+        let any = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let sock = UdpSocket::bind(any).ok()?;
         sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
         let mut buf = vec![0u8; 65535];
         for _ in 0..3 {
@@ -486,11 +495,21 @@ pub fn udp_request_from(
 
 /// The peer address a `udp_echo` server reported in its answer ("<peer> <payload>").
 pub fn echo_peer(answer: &[u8]) -> Option<SocketAddrV4> {
-    String::from_utf8_lossy(answer)
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    match echo_peer_addr(answer)? {
+        SocketAddr::V4(peer) => Some(peer),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// [`echo_peer`] for either family.
+pub fn echo_peer_addr(answer: &[u8]) -> Option<SocketAddr> {
+    let end = answer.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&answer[..end]).ok()?.parse().ok()
+}
+
+/// The peer address's IP a `udp_echo` server reported in its answer.
+pub fn echo_peer_ip(answer: &[u8]) -> Option<IpAddr> {
+    echo_peer_addr(answer).map(|p| p.ip())
 }
 
 /// One TCP connection from `client_ns` to a server in `server_ns`, held open until
@@ -504,7 +523,8 @@ pub struct HeldTcp {
 }
 
 impl HeldTcp {
-    pub fn open(server_ns: &str, client_ns: &str, addr: SocketAddrV4) -> Self {
+    pub fn open(server_ns: &str, client_ns: &str, addr: impl Into<SocketAddr>) -> Self {
+        let addr = addr.into();
         let (ready_tx, ready_rx) = mpsc::channel();
         let server = spawn_in(server_ns, move || {
             let listener = TcpListener::bind(addr).expect("bind held-tcp server");
@@ -534,9 +554,8 @@ impl HeldTcp {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (local_tx, local_rx) = mpsc::channel();
         let client = spawn_in(client_ns, move || {
-            let mut sock =
-                TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(5))
-                    .expect("held-tcp connect");
+            let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("held-tcp connect");
             sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
             sock.write_all(b"hello\n").expect("held-tcp send");
             let mut buf = [0u8; 16];

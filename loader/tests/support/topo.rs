@@ -4,7 +4,7 @@
     reason = "each test binary includes the shared support and uses a part of it"
 )]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bpfnat::host::netns;
 
@@ -54,6 +54,31 @@ impl Drop for ServerBehindRouter {
 }
 
 impl ServerBehindRouter {
+    pub const ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 2);
+    pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 1);
+
+    /// The server's namespace.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// IPv6 on the router-server link too: `GATEWAY6`/64 on the router (which forwards IPv6
+    /// from then on), `ADDR6`/64 on the server with its default route via `GATEWAY6`. No
+    /// duplicate address detection: usable at once.
+    pub fn add_ipv6(&self) {
+        let (gw, addr) = (Self::GATEWAY6, Self::ADDR6);
+        netns::with_netlink(&self.router_ns, move |h| async move {
+            netns::add_address6_nodad(&h, "to-srv", gw, 64).await
+        })
+        .unwrap();
+        netns::with_netlink(&self.ns, move |h| async move {
+            netns::add_address6_nodad(&h, "eth0", addr, 64).await?;
+            netns::replace_default_route_v6(&h, gw).await
+        })
+        .unwrap();
+        netns::sysctl(&self.router_ns, "net/ipv6/conf/all/forwarding", "1").unwrap();
+    }
+
     /// Set the MTU of the router's side of the router-server link. The server keeps 1500 and
     /// so advertises a full-size MSS: the client's segments then only fit once path-MTU
     /// discovery has lowered its estimate (uploads only: the link drops big replies).
