@@ -9,26 +9,30 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
-use bpfnat_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use bpfnat_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
-/// `tcp`, `udp`, `icmp` (in any case) or a protocol number: every command's protocol argument.
+/// `tcp`, `udp`, `icmp`, `icmpv6` (in any case) or a protocol number: every command's protocol
+/// argument.
 pub fn parse_proto(s: &str) -> anyhow::Result<u8> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(IPPROTO_TCP),
         "udp" => Ok(IPPROTO_UDP),
         "icmp" => Ok(IPPROTO_ICMP),
-        other => other
-            .parse::<u8>()
-            .map_err(|_| anyhow!("bad protocol {s:?}: expected tcp, udp, icmp or a number")),
+        "icmpv6" | "icmp6" => Ok(IPPROTO_ICMPV6),
+        other => other.parse::<u8>().map_err(|_| {
+            anyhow!("bad protocol {s:?}: expected tcp, udp, icmp, icmpv6 or a number")
+        }),
     }
 }
 
-/// The name of a protocol number as the CLI prints it: `tcp`, `udp`, `icmp`, else the number.
+/// The name of a protocol number as the CLI prints it: `tcp`, `udp`, `icmp`, `icmpv6`, else
+/// the number.
 pub(crate) fn proto_name(proto: u8) -> Cow<'static, str> {
     match proto {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
         IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
         n => n.to_string().into(),
     }
 }
@@ -302,6 +306,37 @@ mod tests {
         assert!(parse_proto("300").is_err());
         assert_eq!(proto_name(IPPROTO_UDP), "udp");
         assert_eq!(proto_name(47), "47");
+        assert_eq!(parse_proto("ICMPv6").unwrap(), IPPROTO_ICMPV6);
+        assert_eq!(parse_proto("icmp6").unwrap(), IPPROTO_ICMPV6);
+        assert_eq!(proto_name(IPPROTO_ICMPV6), "icmpv6");
+    }
+
+    #[test]
+    fn networks_of_either_family() {
+        let v4: IpNet = "172.18.0.7/24".parse().unwrap();
+        assert_eq!(v4.to_string(), "172.18.0.0/24");
+        assert!(!v4.is_ipv6());
+        let (addr, mask) = v4.words();
+        assert_eq!(addr, [u32::from_ne_bytes([172, 18, 0, 0]), 0, 0, 0]);
+        assert_eq!(mask, [u32::from_ne_bytes([255, 255, 255, 0]), 0, 0, 0]);
+        let one: IpNet = "10.0.0.1".parse().unwrap();
+        assert_eq!(one.to_string(), "10.0.0.1/32");
+        let v6: IpNet = "fd00:18::2".parse().unwrap();
+        assert_eq!(v6.to_string(), "fd00:18::2/128");
+        let v6: IpNet = "fd00:18::/48".parse().unwrap();
+        assert!(v6.is_ipv6());
+        let (addr, mask) = v6.words();
+        assert_eq!(
+            bpfnat_common::addr6_from_map(addr),
+            "fd00:18::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(
+            bpfnat_common::addr6_from_map(mask),
+            "ffff:ffff:ffff::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        for bad in ["fd00::/129", "172.18.0.0/33", "x", "fd00::zz"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
     }
 
     #[test]

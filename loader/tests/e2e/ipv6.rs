@@ -780,3 +780,105 @@ fn ipv6_partial_and_full_checksums_are_verified_after_nat() {
         "checksum errors counted (containers, remote)"
     );
 }
+
+/// `bpfnat trace --src fd00:85:11::/64` follows IPv6 packets: a container's UDP datagram
+/// shows at the uplink's egress with its address before and the uplink's IPv6 address after
+/// translation (JSON `"family": "ipv6"`), the same container's IPv4 traffic is not traced
+/// (the filter is of the other version), and the pcap holds IPv6 packets tcpdump reads.
+#[test]
+#[ignore = "needs root: network namespaces, BPF programs"]
+fn ipv6_trace_shows_translation_and_writes_pcap() {
+    let _slot = require_root();
+    let lab = lab(11);
+    let uplink = add_ipv6(&lab, 11);
+    let host = lab.spec.host_netns.clone();
+    let wan = lab.spec.wan_netns.clone();
+    let (c1, c1_addr) = container6(&lab, 11, 0);
+    let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
+    let pcap = std::env::temp_dir().join(format!("bnt-v611-{}.pcap", std::process::id()));
+    let mut tracer = std::process::Command::new(env!("CARGO_BIN_EXE_bpfnat"))
+        .args([
+            "--netns",
+            &host,
+            "--json",
+            "trace",
+            "--src",
+            "fd00:85:11::/64",
+            "--duration",
+            "20",
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trace");
+    std::thread::sleep(Duration::from_millis(800)); // the filter is in place first
+
+    // IPv4 from the same container: outside the filter.
+    let echo4 = crate::support::e2e::udp_echo(
+        &wan,
+        std::net::SocketAddrV4::new(REMOTE4, 7),
+        Duration::from_secs(4),
+    );
+    let asked = crate::support::e2e::udp_request(
+        &c1,
+        std::net::SocketAddrV4::new(REMOTE4, 7),
+        b"v4".to_vec(),
+    );
+    assert!(asked.is_some(), "IPv4 echo");
+    echo4.join().unwrap();
+    // IPv6: inside.
+    let stop = udp_echo6(&wan, &format!("[{REMOTE6}]:7"));
+    assert!(udp_ask(&c1).is_some(), "IPv6 echo");
+    drop(stop);
+
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tracer.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let mut out = String::new();
+    tracer
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(tracer.wait().unwrap().success());
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event json"))
+        .collect();
+    assert!(
+        events.iter().all(|e| e["family"] == "ipv6"),
+        "IPv4 traced: {out}"
+    );
+    let out_event = events
+        .iter()
+        .find(|e| e["hook"] == "uplink_egress" && e["proto"] == "udp")
+        .unwrap_or_else(|| panic!("no UDP event at the uplink's egress: {out}"));
+    assert_eq!(out_event["before"]["src"], c1_addr.to_string());
+    assert_eq!(out_event["after"]["src"], uplink.to_string());
+    assert_eq!(out_event["after"]["dst"], REMOTE6);
+    assert_eq!(out_event["after"]["dport"], 7);
+    assert_eq!(out_event["translated"], true);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["hook"] == "port_ingress" && e["before"]["src"] == c1_addr.to_string()),
+        "nothing from the container's port: {out}"
+    );
+
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", pcap.to_str().unwrap()])
+        .output()
+        .expect("tcpdump");
+    let _ = std::fs::remove_file(&pcap);
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success(), "tcpdump: {text}");
+    assert!(
+        text.contains(&format!("IP6 {uplink}.")) && text.contains(&format!("> {REMOTE6}.7: UDP")),
+        "{text}"
+    );
+}
