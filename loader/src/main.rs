@@ -138,10 +138,10 @@ struct FilterArgs {
     /// tcp, udp, icmp or a protocol number.
     #[arg(long, short = 'p', value_name = "PROTO")]
     proto: Option<String>,
-    /// Source address or CIDR.
+    /// Source address or CIDR, IPv4 or IPv6 (selects mappings of that version only).
     #[arg(long, short = 's', value_name = "CIDR")]
     src: Option<String>,
-    /// Destination address or CIDR.
+    /// Destination address or CIDR, IPv4 or IPv6.
     #[arg(long, short = 'd', value_name = "CIDR")]
     dst: Option<String>,
     /// Source port (ICMP: echo identifier).

@@ -40,7 +40,7 @@
 
 use std::{cmp::Ordering, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use bpfnat_common::{
     FlowKey, FlowKey6, NatEntry, NatEntry6, PublishKey, PublishTarget, TcpState, Timeouts,
     IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_PORT_REMAPPED, NAT_FLAG_PUBLISHED,
@@ -50,7 +50,7 @@ use serde_json::{json, Value};
 use crate::{
     bpf::datapath::{NatTables, NatTables6},
     table::timeouts::{idle_since, idle_timeout, tcp_state_of},
-    util::addr::{proto_name, Ipv4Net},
+    util::addr::{proto_name, IpNet},
 };
 
 use bpfnat_common::wire::{BPF_NOEXIST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
@@ -343,8 +343,9 @@ impl View<'_> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub proto: Option<u8>,
-    pub src: Option<Ipv4Net>,
-    pub dst: Option<Ipv4Net>,
+    /// Networks of either version: one of IPv4 selects no IPv6 mapping, and the reverse.
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
     /// Source port (ICMP: echo identifier).
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -358,23 +359,16 @@ impl Filter {
     pub fn matches(&self, c: &Connection) -> bool {
         let k = &c.orig_tuple();
         self.proto.is_none_or(|p| p == k.proto)
-            && self.src.is_none_or(|n| n.contains(k.src_ip()))
-            && self.dst.is_none_or(|n| n.contains(k.dst_ip()))
+            && self.src.is_none_or(|n| n.contains(k.src_ip().into()))
+            && self.dst.is_none_or(|n| n.contains(k.dst_ip().into()))
             && self.sport.is_none_or(|p| p == k.src_port_host())
             && self.dport.is_none_or(|p| p == k.dst_port_host())
     }
 }
 
-/// An address filter: a CIDR, or one address (= /32).
-pub fn parse_net(s: &str) -> anyhow::Result<Ipv4Net> {
-    if s.contains('/') {
-        s.parse()
-    } else {
-        let addr: Ipv4Addr = s
-            .parse()
-            .map_err(|_| anyhow!("bad address {s:?}: expected an IPv4 address or CIDR"))?;
-        Ipv4Net::new(addr, 32)
-    }
+/// An address filter: a CIDR or one address (= /32, /128), IPv4 or IPv6.
+pub fn parse_net(s: &str) -> anyhow::Result<IpNet> {
+    s.parse()
 }
 
 /// Every mapping of the table (one per `NAT_OUT` entry), sorted by original tuple.

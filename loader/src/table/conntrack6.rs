@@ -132,12 +132,13 @@ impl Connection6 {
         )
     }
 
-    /// Whether the (IPv4) filter selects it: protocol and ports of the original tuple (as
-    /// listed) apply; an address filter, being IPv4, selects no IPv6 mapping.
+    /// Whether the filter selects it, on the original tuple (as listed); an IPv4 address
+    /// filter selects no IPv6 mapping.
     pub fn matches(&self, filter: &Filter) -> bool {
         let (orig, _) = self.tuples();
-        filter.src.is_none()
-            && filter.dst.is_none()
+        let addr = |a: [u32; 4]| std::net::IpAddr::from(bpfnat_common::addr6_from_map(a));
+        filter.src.is_none_or(|n| n.contains(addr(orig.src_addr)))
+            && filter.dst.is_none_or(|n| n.contains(addr(orig.dst_addr)))
             && filter.proto.is_none_or(|p| p == orig.proto)
             && filter
                 .sport
@@ -277,6 +278,19 @@ mod tests {
             ..Filter::default()
         };
         assert!(c.matches(&filter(8080)) && !c.matches(&filter(50000)));
+        // Address filters of either version, on the tuple as listed.
+        let net = |src: &str, dst: &str| Filter {
+            src: (!src.is_empty()).then(|| src.parse().unwrap()),
+            dst: (!dst.is_empty()).then(|| dst.parse().unwrap()),
+            ..Filter::default()
+        };
+        assert!(c.matches(&net("2001:db8:300::/48", "")));
+        assert!(c.matches(&net("", "2001:db8::2")));
+        assert!(
+            !c.matches(&net("fd00:18::/64", "")),
+            "the container is not the source"
+        );
+        assert!(!c.matches(&net("0.0.0.0/0", "")), "an IPv4 network");
         assert!(c.line().contains(
             "src=2001:db8:300::1 dst=2001:db8::2 sport=50000 dport=8080 packets=3 bytes=180 \
              src=fd00:18::2 dst=2001:db8:300::1 sport=80 dport=50000 packets=2"

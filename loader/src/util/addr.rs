@@ -180,6 +180,15 @@ impl IpNet {
     pub fn is_ipv6(&self) -> bool {
         matches!(self, IpNet::V6(_))
     }
+
+    /// Whether `ip` is in the network (never for an address of the other version).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self, ip) {
+            (IpNet::V4(n), std::net::IpAddr::V4(a)) => n.contains(a),
+            (IpNet::V6(n), std::net::IpAddr::V6(a)) => n.contains(a),
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for IpNet {

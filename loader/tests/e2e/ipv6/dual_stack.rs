@@ -86,6 +86,19 @@ fn ipv6_and_ipv4_flows_of_one_container_at_once() {
         }
     }
 
+    // An address filter selects its own version only.
+    let v6_only = conntrack_json(&host, &["--src", "fd00:85:5::/64"]);
+    assert!(
+        !v6_only.is_empty() && v6_only.iter().all(|c| c["family"] == "ipv6"),
+        "{v6_only:#?}"
+    );
+    let v4_only = conntrack_json(&host, &["--src", "10.83.5.0/24"]);
+    assert!(
+        !v4_only.is_empty() && v4_only.iter().all(|c| c["family"] == "ipv4"),
+        "{v4_only:#?}"
+    );
+    assert_eq!(v6_only.len() + v4_only.len(), conns.len(), "{conns:#?}");
+
     for (echo_addr, echo) in echoes {
         let peers = echo.join().unwrap();
         assert!(!peers.is_empty(), "{echo_addr} heard nothing");
