@@ -415,9 +415,10 @@ fn ipv6_sources_are_checked_and_internal_stays_in() {
     assert!(internal > 0, "drop_internal {internal}");
 }
 
-/// `bpfnat publish add 8080:[fd00:85:3::2]:80` (and `--publish 8081:[...]:80` at start): a
-/// port on the uplink's IPv6 address reaches the container with the client's own address as
-/// its peer, listed with `publish list`; after `publish remove` it no longer answers.
+/// `bpfnat publish add 8080:[fd00:85:3::2]:80` (and `--publish 8081:[...]:80` at start, and
+/// `5300:[...]:53/udp`): a TCP and a UDP port on the uplink's IPv6 address reach the container
+/// with the client's own address as its peer, listed with `publish list`; after `publish
+/// remove` it no longer answers.
 #[test]
 #[ignore = "needs root: network namespaces, BPF programs"]
 fn ipv6_published_port_keeps_the_client_address() {
@@ -464,8 +465,27 @@ fn ipv6_published_port_keeps_the_client_address() {
         peer, "2001:db8:3::1",
         "the container sees the client's own address"
     );
+    // UDP too: the container's echo answers with the peer it sees.
+    let out = crate::support::cli::bpfnat_ok(&[
+        "--netns",
+        &host,
+        "publish",
+        "add",
+        "5300:[fd00:85:3::2]:53/udp",
+    ]);
+    assert!(out.contains("published"), "{out}");
+    let stop = udp_echo6(&c1, "[::]:53");
+    let answer = udp_ask_from(&wan, 0, SocketAddrV6::new(uplink, 5300, 0, 0))
+        .expect("published UDP port answers");
+    drop(stop);
+    let seen: SocketAddr = answer.parse().expect("peer");
+    assert_eq!(
+        seen.ip().to_string(),
+        "2001:db8:3::1",
+        "UDP: the container sees the client's own address"
+    );
     let stats = crate::support::cli::stats_json(&host);
-    assert!(crate::support::cli::counter(&stats, "published_mappings") >= 1);
+    assert!(crate::support::cli::counter(&stats, "published_mappings") >= 2);
     // Listed as conntrack lists a DNAT, as IPv4's are: the client's tuple to the published
     // port first, the container's answers second.
     let list = crate::support::cli::conntrack_json(&host, &["--dport", "8080"]);
