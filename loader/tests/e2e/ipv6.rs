@@ -706,90 +706,37 @@ fn ipv6_partial_and_full_checksums_are_verified_after_nat() {
         .map(|ns| checksum_errors(ns))
         .collect();
 
-    // TCP: 4 MB from each container, a byte pattern the server checks.
-    const BYTES: usize = 4 << 20;
-    fn pattern(i: usize) -> u8 {
-        (i % 251) as u8
-    }
-    let (seen_tx, seen_rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(&wan, move || {
-        let listener = TcpListener::bind(format!("[{REMOTE6}]:9100")).expect("bind");
-        listener.set_nonblocking(true).ok();
-        ready_tx.send(()).ok();
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut served = 0;
-        while served < 2 && Instant::now() < end {
-            let Ok((mut sock, peer)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            sock.set_nonblocking(false).ok();
-            sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
-            let mut got = Vec::with_capacity(BYTES);
-            let _ = sock.read_to_end(&mut got);
-            let intact =
-                got.len() == BYTES && got.iter().enumerate().all(|(i, b)| *b == pattern(i));
-            seen_tx.send((peer, got.len(), intact)).ok();
-            served += 1;
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server");
+    // TCP: 4 MB from each container, a byte stream the server checks.
+    use crate::support::e2e::{tcp_send, tcp_sink, udp_echo, udp_request};
+    let remote: Ipv6Addr = REMOTE6.parse().unwrap();
+    const BYTES: u64 = 4 << 20;
+    let sink = tcp_sink(&wan, SocketAddrV6::new(remote, 9100, 0, 0), 2, 11);
     for c in &containers {
-        let sent = spawn_in(c, move || {
-            let dst = SocketAddrV6::new(REMOTE6.parse().unwrap(), 9100, 0, 0);
-            let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(3)).ok()?;
-            let data: Vec<u8> = (0..BYTES).map(pattern).collect();
-            sock.write_all(&data).ok()?;
-            Some(())
-        })
-        .join()
-        .expect("client");
-        assert!(sent.is_some(), "{c}: TCP transfer through NAT66");
-        let (peer, got, intact) = seen_rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("{c}: the server got nothing"));
-        assert_eq!(peer.ip(), std::net::IpAddr::V6(uplink), "{c}");
-        assert!(intact, "{c}: {got} of {BYTES} bytes, intact {intact}");
+        tcp_send(c, None, SocketAddrV6::new(remote, 9100, 0, 0), BYTES, 11)
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{c}: TCP transfer through NAT66: {e}"));
+    }
+    for seen in sink.join().unwrap() {
+        assert_eq!(seen.peer.ip(), std::net::IpAddr::V6(uplink), "{seen:?}");
+        assert!(seen.intact && seen.bytes == BYTES, "{seen:?}");
     }
 
     // UDP both ways, 1,200-byte payloads (a wrong checksum cannot go unnoticed).
-    let (ready_tx, ready_rx) = mpsc::channel();
-    spawn_in(&wan, move || {
-        let sock = UdpSocket::bind(format!("[{REMOTE6}]:9101")).expect("bind udp6");
-        sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
-        ready_tx.send(()).ok();
-        let end = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 2048];
-        while Instant::now() < end {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], peer);
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("udp echo");
+    let echo = udp_echo(
+        &wan,
+        SocketAddrV6::new(remote, 9101, 0, 0),
+        Duration::from_secs(6),
+    );
     for c in &containers {
-        let answer = spawn_in(c, || {
-            let sock = UdpSocket::bind("[::]:0").ok()?;
-            sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
-            let payload: Vec<u8> = (0..1200).map(pattern).collect();
-            let mut buf = [0u8; 2048];
-            for _ in 0..3 {
-                sock.send_to(&payload, format!("[{REMOTE6}]:9101")).ok()?;
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    return Some(buf[..n] == payload[..]);
-                }
-            }
-            None
-        })
-        .join()
-        .expect("udp client");
-        assert_eq!(answer, Some(true), "{c}: 1,200-byte datagram echoed intact");
+        let payload: Vec<u8> = (0..1200u32).map(|i| (i % 251) as u8).collect();
+        let answer = udp_request(c, SocketAddrV6::new(remote, 9101, 0, 0), payload.clone());
+        assert!(
+            answer.is_some_and(|a| a.ends_with(&payload)),
+            "{c}: 1,200-byte datagram echoed intact"
+        );
     }
+    echo.join().unwrap();
     let after: Vec<u64> = containers
         .iter()
         .chain([&wan])
@@ -816,24 +763,17 @@ fn ipv6_trace_shows_translation_and_writes_pcap() {
     let (c1, c1_addr) = container6(&lab, 11, 0);
     let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
     let pcap = std::env::temp_dir().join(format!("bnt-v611-{}.pcap", std::process::id()));
-    let mut tracer = std::process::Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args([
-            "--netns",
-            &host,
-            "--json",
-            "trace",
+    let tracer = crate::support::cli::Tracer::start(
+        &host,
+        &[
             "--src",
             "fd00:85:11::/64",
             "--duration",
             "20",
             "--pcap",
             pcap.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("trace");
-    std::thread::sleep(Duration::from_millis(800)); // the filter is in place first
+        ],
+    );
 
     // IPv4 from the same container: outside the filter.
     let echo4 = crate::support::e2e::udp_echo(
@@ -853,23 +793,7 @@ fn ipv6_trace_shows_translation_and_writes_pcap() {
     assert!(udp_ask(&c1).is_some(), "IPv6 echo");
     drop(stop);
 
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tracer.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let mut out = String::new();
-    tracer
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(tracer.wait().unwrap().success());
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event json"))
-        .collect();
+    let (events, out) = tracer.stop();
     assert!(
         events.iter().all(|e| e["family"] == "ipv6"),
         "IPv4 traced: {out}"

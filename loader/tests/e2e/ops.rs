@@ -7,7 +7,7 @@ use crate::support::require_root;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -57,25 +57,19 @@ fn trace_shows_a_syn_translated_and_writes_pcap() {
     let _daemon = Daemon::start(&host, &["--uplink", "up0", "--bridge", "br0"]);
     let pcap = std::env::temp_dir().join(format!("bnt-op-tr-{}.pcap", std::process::id()));
 
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_bpfnat"))
-        .args([
-            "--netns",
-            &host,
-            "--json",
-            "trace",
+    let tracer = crate::support::cli::Tracer::start(
+        &host,
+        &[
             "--proto",
             "tcp",
             "--port",
             "7400",
             "--duration",
             "20",
-        ])
-        .args(["--pcap", pcap.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("trace");
-    thread::sleep(Duration::from_millis(800)); // the filter is in place before traffic starts
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ],
+    );
 
     // Outside the filter: UDP, and TCP to another port.
     let echo = udp_echo(
@@ -98,24 +92,7 @@ fn trace_shows_a_syn_translated_and_writes_pcap() {
         .unwrap()
         .unwrap();
     sink.join().unwrap();
-    thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tracer.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let mut out = String::new();
-    tracer
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(tracer.wait().unwrap().success());
-
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event json"))
-        .collect();
+    let (events, out) = tracer.stop();
     assert!(!events.is_empty(), "no events");
     for e in &events {
         assert_eq!(e["proto"], "tcp", "outside the filter: {e}");
