@@ -63,6 +63,20 @@ impl Connection6 {
         self.view().initiator_first(self.original, self.reply)
     }
 
+    /// The order of `conntrack list`: protocol, then source and destination (address, port)
+    /// of the tuple as listed, addresses as numbers.
+    fn sort_key(&self) -> (u8, u128, u16, u128, u16) {
+        let (k, _) = self.tuples();
+        let ip = |a: [u32; 4]| u128::from_be_bytes(addr6_from_map(a));
+        (
+            k.proto,
+            ip(k.src_addr),
+            u16::from_be(k.src_port),
+            ip(k.dst_addr),
+            u16::from_be(k.dst_port),
+        )
+    }
+
     fn tuple(key: &FlowKey6, (packets, bytes): (u64, u64)) -> Value {
         json!({
             "src": Ipv6Addr::from(addr6_from_map(key.src_addr)).to_string(),
@@ -151,7 +165,7 @@ impl Connection6 {
 
 /// Every mapping (an original half, with its reply half if present).
 pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<Connection6> {
-    tables
+    let mut conns = tables
         .out
         .iter()
         .filter_map(Result::ok)
@@ -176,7 +190,10 @@ pub fn list6(tables: &NatTables6<'_>, timeouts: &Timeouts, now_ns: u64) -> Vec<C
                 age: Duration::from_nanos(now_ns.saturating_sub(created)),
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    // Sorted as IPv4's are: by the original tuple as listed (protocol, source, destination).
+    conns.sort_by_key(Connection6::sort_key);
+    conns
 }
 
 /// Remove mappings as IPv4's are removed ([`conntrack::remove_mappings`]): original half
@@ -257,6 +274,66 @@ mod tests {
             idle: Duration::from_secs(1),
             age: Duration::from_secs(8),
         }
+    }
+
+    /// Listed in the order of the tuple as listed: protocol, then addresses as numbers (not
+    /// as the map's words), then ports.
+    #[test]
+    fn listing_order_is_by_the_listed_tuple() {
+        let masqueraded = |src: &str, sport: u16, proto: u8| {
+            let original = FlowKey6::new(
+                a(src),
+                a("2001:db8:100::1"),
+                port_to_map(sport),
+                port_to_map(443),
+                proto,
+            );
+            let out = NatEntry6 {
+                entry: NatEntry {
+                    port: port_to_map(sport),
+                    ..NatEntry::default()
+                },
+                addr: a("2001:db8::2"),
+            };
+            let reply = original.reply_key(&out);
+            Connection6 {
+                original,
+                out,
+                reply,
+                reply_entry: None,
+                timeout: Duration::from_secs(60),
+                idle: Duration::ZERO,
+                age: Duration::ZERO,
+            }
+        };
+        let mut conns = vec![
+            masqueraded("fd00:18::10", 1000, 17),
+            masqueraded("fd00:18::2", 2000, 6),
+            masqueraded("fd00:18::9", 1000, 6),
+            masqueraded("fd00:18::2", 1000, 6),
+        ];
+        conns.sort_by_key(Connection6::sort_key);
+        let order: Vec<(u8, String, u16)> = conns
+            .iter()
+            .map(|c| {
+                let j = c.to_json();
+                let o = &j["original"];
+                (
+                    c.original.proto,
+                    o["src"].as_str().unwrap().to_owned(),
+                    o["sport"].as_u64().unwrap() as u16,
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (6, "fd00:18::2".to_owned(), 1000),
+                (6, "fd00:18::2".to_owned(), 2000),
+                (6, "fd00:18::9".to_owned(), 1000),
+                (17, "fd00:18::10".to_owned(), 1000),
+            ]
+        );
     }
 
     #[test]
