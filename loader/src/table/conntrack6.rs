@@ -306,7 +306,7 @@ mod tests {
                 age: Duration::ZERO,
             }
         };
-        let mut conns = vec![
+        let mut conns = [
             masqueraded("fd00:18::10", 1000, 17),
             masqueraded("fd00:18::2", 2000, 6),
             masqueraded("fd00:18::9", 1000, 6),
