@@ -190,7 +190,7 @@ impl Bridge {
         } else {
             spec.subnets.clone()
         };
-        let addrs6 = iface::ipv6_global_addrs(handle, &spec.name).await?;
+        let addrs6 = iface::ipv6_assigned_addrs(handle, &spec.name).await?;
         let subnets6 = if spec.subnets6.is_empty() {
             let mut nets: Vec<Ipv6Net> = Vec::new();
             for &(addr, len) in &addrs6 {

@@ -72,10 +72,30 @@ pub(crate) async fn ipv4_addrs(
 }
 
 /// The global IPv6 addresses of interface `name` with their prefix lengths, in the kernel's
-/// order: not link-local (fe80::/10), not deprecated or tentative (a usable source).
+/// order: not link-local (fe80::/10), not deprecated or tentative (a usable source: the
+/// uplink's external address).
 pub(crate) async fn ipv6_global_addrs(
     handle: &rtnetlink::Handle,
     name: &str,
+) -> anyhow::Result<Vec<(std::net::Ipv6Addr, u8)>> {
+    ipv6_addrs(handle, name, true).await
+}
+
+/// The global IPv6 addresses assigned to interface `name`, tentative ones included: what a
+/// bridge's networks and gateway are. Docker adds its bridge's address with duplicate address
+/// detection, so for a second after the bridge appears its address is tentative, and the
+/// gateway must not be missed for it.
+pub(crate) async fn ipv6_assigned_addrs(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> anyhow::Result<Vec<(std::net::Ipv6Addr, u8)>> {
+    ipv6_addrs(handle, name, false).await
+}
+
+async fn ipv6_addrs(
+    handle: &rtnetlink::Handle,
+    name: &str,
+    usable_only: bool,
 ) -> anyhow::Result<Vec<(std::net::Ipv6Addr, u8)>> {
     let index = ifindex(name)?;
     let mut stream = handle
@@ -89,12 +109,13 @@ pub(crate) async fn ipv6_global_addrs(
         .await
         .with_context(|| format!("reading addresses of {name}"))?
     {
-        let unusable = msg.header.flags.iter().any(|f| {
-            matches!(
-                f,
-                AddressHeaderFlag::Deprecated | AddressHeaderFlag::Tentative
-            )
-        });
+        let unusable = usable_only
+            && msg.header.flags.iter().any(|f| {
+                matches!(
+                    f,
+                    AddressHeaderFlag::Deprecated | AddressHeaderFlag::Tentative
+                )
+            });
         let addr = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
             _ => None,

@@ -1004,7 +1004,48 @@ fn docker_ipv6_network_masquerades_and_publishes_on_ipv6() {
         Some("2001:db8:6::1"),
         "the client's own address"
     );
+
+    // Hairpin: another container of the network reaches the published port through the
+    // uplink's IPv6 address, and the server sees the network's IPv6 gateway (Docker's hairpin
+    // masquerade). Retried while bpfnat learns the new container's port from Docker.
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "client6",
+        "--network",
+        "dual",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let client = Place::Sandbox(dockerd.sandbox("client6"));
+    let ask = move || {
+        let dst = std::net::SocketAddrV6::new(uplink6, 8080, 0, 0);
+        let mut sock = TcpStream::connect_timeout(&dst.into(), Duration::from_secs(1)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let mut hairpin = None;
+    wait_until("hairpin over IPv6", Duration::from_secs(10), || {
+        hairpin = client.spawn(ask).join().expect("client");
+        hairpin.is_some()
+    });
+    assert_eq!(
+        hairpin.as_deref(),
+        Some("fd00:dd:6::1"),
+        "hairpin: the network's IPv6 gateway"
+    );
+    let hairpin_translated = crate::support::cli::counter_in(&host, "hairpin_translated");
+    assert!(
+        hairpin_translated > 0,
+        "hairpin_translated {hairpin_translated}"
+    );
+
     stop.store(true, Ordering::Relaxed);
+    dockerd.docker(&["stop", "-t", "1", "client6"]);
     dockerd.docker(&["stop", "-t", "1", "web6"]);
     wait_until("8080 unpublished", Duration::from_secs(10), || {
         published(&host).is_empty()
