@@ -103,18 +103,18 @@ pub fn try_port_ingress6(ctx: &TcContext) -> Result<i32, Counter> {
     // The fixed header linear: the fast path rewrites the MACs and the hop limit in place.
     pull(ctx, ETH_HLEN + IPV6_HLEN)?;
     let hdr = fixed_header(ctx).ok_or(malformed)?;
-    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(malformed)?;
+    // The Ethernet source address: the container's MAC.
+    let src_mac = ptr_at::<[u8; 6]>(ctx, 6).ok_or(malformed)?;
     // SAFETY: both pointers come from the bounds-checked accessor (`parse::ptr_at`): the
-    // Ethernet addresses and the fixed IPv6 header lie between data and data_end; unaligned
-    // reads are allowed.
+    // source MAC and the fixed IPv6 header lie between data and data_end; unaligned reads are
+    // allowed.
     let (version, next, src, dst, mac) = unsafe {
-        let eth = eth.read_unaligned();
         (
             (*hdr).version_class_flow[0] >> 4,
             (*hdr).next_header,
             core::ptr::addr_of!((*hdr).src).read_unaligned(),
             core::ptr::addr_of!((*hdr).dst).read_unaligned(),
-            [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+            src_mac.read_unaligned(),
         )
     };
     if version != 6 {
